@@ -1,0 +1,20 @@
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/simulate.smk"
+include: "rules/ingest.smk"
+include: "rules/calibrate.smk"
+include: "rules/register.smk"
+include: "rules/stack.smk"
+
+
+rule all:
+    input:
+        all_outputs(),
+    default_target: True

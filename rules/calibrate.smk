@@ -1,0 +1,95 @@
+rule master_bias:
+    input:
+        bias_frames,
+    output:
+        "results/{target}/masters/bias.fits",
+    params:
+        method=config["calibration"]["combine_method"],
+        sigma_low=config["calibration"]["sigma_low"],
+        sigma_high=config["calibration"]["sigma_high"],
+        memory_mb=config["calibration"]["memory_mb"],
+    log:
+        "logs/master_bias/{target}.log",
+    benchmark:
+        "benchmarks/master_bias/{target}.tsv"
+    conda:
+        "../envs/calibrate.yaml"
+    script:
+        "../scripts/master_bias.py"
+
+
+rule master_dark:
+    input:
+        unpack(optional_bias),
+        frames=dark_frames,
+    output:
+        master="results/{target}/masters/{kind}.fits",
+    wildcard_constraints:
+        kind="dark|darkflat",
+    params:
+        method=config["calibration"]["combine_method"],
+        sigma_low=config["calibration"]["sigma_low"],
+        sigma_high=config["calibration"]["sigma_high"],
+        memory_mb=config["calibration"]["memory_mb"],
+    log:
+        "logs/master_dark/{target}-{kind}.log",
+    benchmark:
+        "benchmarks/master_dark/{target}-{kind}.tsv"
+    conda:
+        "../envs/calibrate.yaml"
+    script:
+        "../scripts/master_dark.py"
+
+
+rule hot_pixel_map:
+    input:
+        "results/{target}/masters/dark.fits",
+    output:
+        "results/{target}/masters/hot_pixels.fits",
+    params:
+        sigma=config["calibration"]["hot_pixel_sigma"],
+    log:
+        "logs/hot_pixel_map/{target}.log",
+    conda:
+        "../envs/calibrate.yaml"
+    script:
+        "../scripts/hot_pixel_map.py"
+
+
+rule master_flat:
+    input:
+        unpack(flat_masters),
+        frames=flat_frames,
+    output:
+        "results/{target}/masters/flat.fits",
+    params:
+        method=config["calibration"]["combine_method"],
+        sigma_low=config["calibration"]["sigma_low"],
+        sigma_high=config["calibration"]["sigma_high"],
+        memory_mb=config["calibration"]["memory_mb"],
+    log:
+        "logs/master_flat/{target}.log",
+    benchmark:
+        "benchmarks/master_flat/{target}.tsv"
+    conda:
+        "../envs/calibrate.yaml"
+    script:
+        "../scripts/master_flat.py"
+
+
+rule calibrate_light:
+    input:
+        unpack(light_masters),
+        light="results/{target}/ingest/light/{frame}.fits",
+    output:
+        "results/{target}/calibrated/{frame}.fits",
+    params:
+        cosmetic=config["calibration"]["cosmetic"],
+        cosmetic_sigma=config["calibration"]["cosmetic_sigma"],
+        debayer_method=config["calibration"]["debayer_method"],
+    log:
+        "logs/calibrate_light/{target}/{frame}.log",
+    conda:
+        "../envs/calibrate.yaml"
+    script:
+        "../scripts/calibrate_light.py"

@@ -1,0 +1,232 @@
+import glob
+import os
+import re
+from pathlib import Path
+
+import yaml
+from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
+from snakemake.utils import validate
+
+
+# Targets named in a --configfile replace the default (simulated) target rather than being
+# merged with it: a user pointing astroflow at their own night does not want the simulation too.
+def _cli_targets():
+    targets = {}
+    for path in workflow.overwrite_configfiles:
+        with open(path) as handle:
+            data = yaml.safe_load(handle) or {}
+        if not isinstance(data, dict):
+            raise WorkflowError(f"{path}: a config file must be a YAML mapping")
+        targets.update(data.get("targets") or {})
+    return targets
+
+
+if _cli_targets():
+    config["targets"] = _cli_targets()
+
+try:
+    validate(config, "../schemas/config.schema.yaml")
+except WorkflowError as err:
+    raise WorkflowError(f"invalid configuration: {err}") from None
+
+
+# Frame types, keyed by the config entry that names their folder. The type of a frame is the
+# folder it was found in, never its header (real flats often say IMAGETYP = 'Light Frame').
+FRAME_TYPES = {
+    "lights": "light",
+    "darks": "dark",
+    "flats": "flat",
+    "bias": "bias",
+    "darkflats": "darkflat",
+}
+FRAME_EXTENSIONS = {
+    # camera RAW (LibRaw)
+    ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".raf", ".orf", ".rw2",
+    ".dng", ".pef", ".srw", ".3fr", ".erf", ".kdc", ".mos", ".mrw", ".x3f", ".iiq",
+    # FITS and TIFF
+    ".fits", ".fit", ".fts", ".fits.fz", ".fit.fz", ".tif", ".tiff",
+}
+SIM = config["simulate"]
+SIM_DIR = os.path.normpath(SIM["outdir"])
+SIM_FOLDERS = {"lights": "light", "darks": "dark", "flats": "flat", "bias": "bias"}
+SIM_COUNTS = {
+    "lights": SIM["n_lights"],
+    "darks": SIM["n_darks"],
+    "flats": SIM["n_flats"],
+    "bias": SIM["n_bias"],
+}
+
+
+def _simulated_files(folder):
+    return [
+        f"{SIM_DIR}/{folder}/{SIM_FOLDERS[folder]}_{i:03d}.dng"
+        for i in range(1, SIM_COUNTS[folder] + 1)
+    ]
+
+
+SIM_OUTPUTS = {folder: _simulated_files(folder) for folder in SIM_FOLDERS}
+
+
+def _has_frame_extension(path):
+    name = path.lower()
+    return any(name.endswith(ext) for ext in FRAME_EXTENSIONS)
+
+
+def _frame_name(path):
+    name = Path(path).name
+    for ext in sorted(FRAME_EXTENSIONS, key=len, reverse=True):
+        if name.lower().endswith(ext):
+            name = name[: -len(ext)]
+            break
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "frame"
+
+
+def _list_frames(target, key):
+    spec = os.path.normpath(config["targets"][target][key])
+    where = f"target '{target}', {key}: {config['targets'][target][key]}"
+    if os.path.dirname(spec) == SIM_DIR and os.path.basename(spec) in SIM_FOLDERS:
+        paths = SIM_OUTPUTS[os.path.basename(spec)]
+    elif glob.has_magic(spec):
+        paths = sorted(p for p in glob.glob(spec) if os.path.isfile(p))
+    elif os.path.isdir(spec):
+        paths = sorted(
+            str(p) for p in Path(spec).iterdir() if p.is_file() and _has_frame_extension(p.name)
+        )
+    elif os.path.isfile(spec):
+        paths = [spec]
+    else:
+        raise WorkflowError(f"{where}: no such folder or file")
+    if not paths:
+        raise WorkflowError(
+            f"{where}: no frames found (looked for {', '.join(sorted(FRAME_EXTENSIONS))})"
+        )
+    frames = {}
+    for path in paths:
+        name = _frame_name(path)
+        unique, n = name, 1
+        while unique in frames:
+            n += 1
+            unique = f"{name}-{n}"
+        frames[unique] = path
+    return frames
+
+
+FRAMES = {
+    target: {
+        FRAME_TYPES[key]: _list_frames(target, key)
+        for key in FRAME_TYPES
+        if key in settings
+    }
+    for target, settings in config["targets"].items()
+}
+
+for _target, _types in FRAMES.items():
+    _missing = [t for t in ("bias", "dark", "flat") if t not in _types]
+    if _missing:
+        logger.warning(
+            f"target '{_target}': no {', '.join(_missing)} frames configured; "
+            f"that calibration is skipped"
+        )
+
+
+wildcard_constraints:
+    target="|".join(re.escape(t) for t in FRAMES),
+    ftype="|".join(FRAME_TYPES.values()),
+    frame=r"[A-Za-z0-9_.-]+",
+
+
+def ingest_source(wildcards):
+    """The source file of one frame (input function of ingest_frame)."""
+    return FRAMES[wildcards.target][wildcards.ftype][wildcards.frame]
+
+
+def ingested(target, ftype):
+    return [
+        f"results/{target}/ingest/{ftype}/{frame}.fits"
+        for frame in FRAMES[target].get(ftype, {})
+    ]
+
+
+def has_type(target, ftype):
+    return ftype in FRAMES[target]
+
+
+def ingested_frames(wildcards):
+    """Every ingested frame of a target, all types."""
+    return [path for ftype in FRAMES[wildcards.target] for path in ingested(wildcards.target, ftype)]
+
+
+def bias_frames(wildcards):
+    return ingested(wildcards.target, "bias")
+
+
+def flat_frames(wildcards):
+    return ingested(wildcards.target, "flat")
+
+
+def dark_frames(wildcards):
+    """Darks of master_dark; dark flats of master_darkflat (wildcard kind)."""
+    return ingested(wildcards.target, wildcards.kind)
+
+
+def optional_bias(wildcards):
+    if has_type(wildcards.target, "bias"):
+        return {"bias": f"results/{wildcards.target}/masters/bias.fits"}
+    return {}
+
+
+def flat_masters(wildcards):
+    """Master bias and the dark for the flats: dark flats if given, else the scaled master dark."""
+    masters = optional_bias(wildcards)
+    if has_type(wildcards.target, "darkflat"):
+        masters["dark"] = f"results/{wildcards.target}/masters/darkflat.fits"
+    elif has_type(wildcards.target, "dark"):
+        masters["dark"] = f"results/{wildcards.target}/masters/dark.fits"
+    return masters
+
+
+def light_masters(wildcards):
+    """The masters that exist for a target (input function of calibrate_light)."""
+    target = wildcards.target
+    masters = optional_bias(wildcards)
+    if has_type(target, "dark"):
+        masters["dark"] = f"results/{target}/masters/dark.fits"
+        masters["hot_pixels"] = f"results/{target}/masters/hot_pixels.fits"
+    if has_type(target, "flat"):
+        masters["flat"] = f"results/{target}/masters/flat.fits"
+    return masters
+
+
+def calibrated_lights(wildcards):
+    return [
+        f"results/{wildcards.target}/calibrated/{frame}.fits"
+        for frame in FRAMES[wildcards.target]["light"]
+    ]
+
+
+def registered_lights(wildcards):
+    return [
+        f"results/{wildcards.target}/registered/{frame}.fits"
+        for frame in FRAMES[wildcards.target]["light"]
+    ]
+
+
+def target_outputs(target):
+    outputs = [
+        f"results/{target}/frames.csv",
+        f"results/{target}/stack.fits",
+        f"results/{target}/stack.tif",
+        f"results/{target}/stack.png",
+        f"results/{target}/rejection.fits",
+    ]
+    outputs += [
+        f"results/{target}/masters/{ftype}.fits"
+        for ftype in ("bias", "dark", "flat")
+        if has_type(target, ftype)
+    ]
+    return outputs
+
+
+def all_outputs():
+    return [path for target in FRAMES for path in target_outputs(target)]

@@ -1,0 +1,68 @@
+"""The per-frame table of a target, ``results/{target}/frames.csv``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from astroflow.fitsio import REASON_KEY, is_rejected, read_header
+
+# FITS keyword -> frames.csv column, for what ingest records of every frame.
+HEADER_COLUMNS = {
+    "IMAGETYP": "type",
+    "SRCFILE": "source",
+    "SRCSHA": "sha256",
+    "INSTRUME": "camera",
+    "EXPTIME": "exposure_s",
+    "ISOSPEED": "iso",
+    "GAIN": "gain",
+    "CCD-TEMP": "temperature_c",
+    "DATE-OBS": "date_obs",
+    "BAYERPAT": "bayer_pattern",
+    "NAXIS1": "width",
+    "NAXIS2": "height",
+}
+
+
+def frames_table(ingested_paths, registration):
+    """One row per input frame: provenance, quality, transform, used or rejected and why.
+
+    Parameters
+    ----------
+    ingested_paths : sequence of str or os.PathLike
+        Ingested frames (``results/{target}/ingest/{type}/{frame}.fits``) of every type; rejected
+        placeholders included.
+    registration : pandas.DataFrame
+        The table written by the register rule (``registration.csv``): one row per light with
+        ``frame``, ``status``, ``reason`` and the quality and transform columns.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``frame``, ``type``, the provenance columns of :data:`HEADER_COLUMNS`, ``status``
+        (``used`` or ``rejected``), ``reason``, then the registration columns for lights. A light
+        rejected at ingest keeps the ingest reason; calibration frames are ``used`` unless
+        unreadable.
+    """
+    rows = []
+    for path in ingested_paths:
+        header = read_header(path)
+        row = {"frame": Path(path).stem}
+        for key, column in HEADER_COLUMNS.items():
+            row[column] = header.get(key)
+        row["type"] = str(row["type"] or Path(path).parent.name).lower()
+        if is_rejected(header):
+            row["status"], row["reason"] = "rejected", header.get(REASON_KEY, "")
+        else:
+            row["status"], row["reason"] = "used", ""
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    reg = registration.rename(columns={"status": "reg_status", "reason": "reg_reason"})
+    reg = reg.assign(type="light")
+    table = table.merge(reg, on=["frame", "type"], how="left")
+    is_light = table["type"] == "light"
+    late = is_light & (table["status"] == "used") & (table["reg_status"] == "rejected")
+    table.loc[late, "status"] = "rejected"
+    table.loc[late, "reason"] = table.loc[late, "reg_reason"]
+    return table.drop(columns=["reg_status", "reg_reason"])
