@@ -1,0 +1,473 @@
+"""Ingest: read camera RAW, FITS and TIFF frames into float32 ADU with their metadata.
+
+Every input frame, whatever its format, becomes one float32 FITS file (see
+:mod:`astroflow.fitsio`) whose header carries the exposure, camera, CFA layout and provenance
+that later rules need. RAW mosaics are kept exactly as recorded: no demosaic, no black-level
+subtraction, no white balance. A frame that cannot be read becomes a rejected placeholder, so
+that one bad file among hundreds does not stop the night.
+
+Readers: rawpy (LibRaw) for camera RAW, astropy for FITS, tifffile for TIFF, and Pillow's EXIF
+parser for the make, model, exposure, ISO and date stored in TIFF-structured files (NEF, CR2,
+DNG, ARW, PEF, SRW, ORF, RW2, TIFF), which rawpy does not expose.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import rawpy
+import tifffile
+from astropy.io import fits
+from PIL import ExifTags, Image
+
+from astroflow import __version__
+from astroflow.debayer import BAYER_PATTERNS
+from astroflow.fitsio import read_header, write_image, write_rejected
+
+log = logging.getLogger(__name__)
+
+FRAME_TYPES = ("LIGHT", "DARK", "FLAT", "BIAS", "DARKFLAT")
+
+RAW_EXTENSIONS = (
+    ".3fr", ".ari", ".arw", ".bay", ".cr2", ".cr3", ".crw", ".dcr", ".dng", ".erf", ".fff",
+    ".iiq", ".k25", ".kdc", ".mef", ".mos", ".mrw", ".nef", ".nrw", ".orf", ".pef", ".raf",
+    ".raw", ".rw2", ".rwl", ".sr2", ".srf", ".srw", ".x3f",
+)  # fmt: skip
+FITS_EXTENSIONS = (".fits", ".fit", ".fts", ".fz", ".fits.gz", ".fit.gz", ".fts.gz")
+TIFF_EXTENSIONS = (".tif", ".tiff")
+
+# FITS keywords copied into the ingested header, each from the first alias present.
+_FITS_ALIASES = {
+    "EXPTIME": ("EXPTIME", "EXPOSURE"),
+    "ISOSPEED": ("ISOSPEED", "ISO"),
+    "GAIN": ("GAIN",),
+    "EGAIN": ("EGAIN", "E-GAIN"),
+    "OFFSET": ("OFFSET",),
+    "CCD-TEMP": ("CCD-TEMP", "CCD_TEMP", "TEMPERAT"),
+    "SET-TEMP": ("SET-TEMP",),
+    "INSTRUME": ("INSTRUME",),
+    "TELESCOP": ("TELESCOP",),
+    "OBJECT": ("OBJECT",),
+    "FILTER": ("FILTER",),
+    "XBINNING": ("XBINNING",),
+    "YBINNING": ("YBINNING",),
+    "XPIXSZ": ("XPIXSZ",),
+    "YPIXSZ": ("YPIXSZ",),
+    "FOCALLEN": ("FOCALLEN",),
+    "BLACKLVL": ("BLACKLVL", "BLKLEVEL"),
+    "WHITELVL": ("WHITELVL", "SATURATE"),
+}
+_FITS_NUMERIC = {
+    "EXPTIME", "ISOSPEED", "GAIN", "EGAIN", "OFFSET", "CCD-TEMP", "SET-TEMP", "XBINNING",
+    "YBINNING", "XPIXSZ", "YPIXSZ", "FOCALLEN", "BLACKLVL", "WHITELVL",
+}  # fmt: skip
+
+# Olympus ORF and Panasonic RW2 are TIFF files with a private magic number.
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*")
+_TIFF_VARIANT_MAGIC = {b"IIRO": b"II*\x00", b"IIRS": b"II*\x00", b"IIU\x00": b"II*\x00", b"MMOR": b"MM\x00*"}
+
+_EXIF_MAKE, _EXIF_MODEL, _EXIF_DATETIME = 271, 272, 306
+_EXIF_EXPOSURE, _EXIF_ISO, _EXIF_DATE_ORIGINAL = 33434, 34855, 36867
+_EXIF_OFFSET_ORIGINAL, _EXIF_SUBSEC_ORIGINAL = 36881, 37521
+
+
+class UnreadableFrameError(ValueError):
+    """A frame file that cannot be read: empty, truncated, corrupt or of an unknown format.
+
+    The message names the file and the problem.
+    """
+
+
+def sha256_file(path):
+    """SHA-256 of a file's bytes.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Returns
+    -------
+    str
+        64 lower-case hexadecimal digits.
+
+    Raises
+    ------
+    OSError
+        If the file cannot be opened or read.
+    """
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def read_frame(path):
+    """Read one frame as float32 ADU with its metadata as FITS keywords.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Camera RAW (CR2, CR3, NEF, ARW, RAF, ORF, RW2, DNG, PEF, SRW... through rawpy/LibRaw),
+        FITS (``.fits``, ``.fit``, ``.fts``, optionally ``.fz`` tile-compressed or gzipped,
+        through astropy) or TIFF (``.tif``, ``.tiff``, through tifffile). The format comes from
+        the extension, case-insensitive.
+
+    Returns
+    -------
+    data : numpy.ndarray
+        float32 ADU, ``(H, W)`` for a mono image or a CFA mosaic, ``(H, W, 3)`` for RGB.
+        RAW: LibRaw's visible area exactly as recorded (``raw_image_visible``), no demosaic and
+        no black subtraction. FITS: BZERO/BSCALE applied (SBIG uint16 with BZERO 32768 gives
+        0..65535 ADU); a ``(3, H, W)`` cube becomes ``(H, W, 3)``.
+    meta : dict
+        FITS keywords, each only when the file records it: ``EXPTIME`` (s), ``ISOSPEED``,
+        ``GAIN`` (camera setting), ``EGAIN`` (e-/ADU), ``CCD-TEMP`` (deg C), ``DATE-OBS`` (ISO
+        8601; UTC when the file gives a time zone, otherwise the camera clock as recorded),
+        ``INSTRUME`` (make and model), ``BAYERPAT`` (pattern of ``data[0:2, 0:2]``, absent for
+        mono and RGB), ``BLACKLVL`` and ``WHITELVL`` (ADU), and ``NAXIS``, ``NAXIS1``,
+        ``NAXIS2`` (, ``NAXIS3``) of the image as written. For RAW whose black levels differ
+        between the four CFA positions, ``BLACK00``, ``BLACK01``, ``BLACK10``, ``BLACK11`` give
+        the level of ``data[dy::2, dx::2]`` and ``BLACKLVL`` their mean. FITS also passes on
+        ``OFFSET``, ``SET-TEMP``, ``TELESCOP``, ``OBJECT``, ``FILTER``, ``XBINNING``,
+        ``YBINNING``, ``XPIXSZ``, ``YPIXSZ``, ``FOCALLEN`` when present.
+
+    Raises
+    ------
+    UnreadableFrameError
+        A ValueError naming the file and the problem: unknown extension, empty, truncated or
+        corrupt file, no image inside, or an image layout that is not ``(H, W)`` or
+        ``(H, W, 3)``.
+    OSError
+        If the file cannot be opened at all (missing, no permission).
+    """
+    path = Path(path)
+    name = path.name.lower()
+    if name.endswith(RAW_EXTENSIONS):
+        reader = _read_raw
+    elif name.endswith(FITS_EXTENSIONS):
+        reader = _read_fits
+    elif name.endswith(TIFF_EXTENSIONS):
+        reader = _read_tiff
+    else:
+        raise UnreadableFrameError(f"{path}: unknown image file extension {path.suffix!r}")
+    if path.stat().st_size == 0:
+        raise UnreadableFrameError(f"{path}: file is empty (0 bytes)")
+    data, meta = reader(path)
+    meta.update(_naxis(data))
+    return data, meta
+
+
+def ingest_frame(path, frame_type, out_path):
+    """Convert one input frame into the workflow's float32 FITS, or a rejected placeholder.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Source frame (any format :func:`read_frame` reads).
+    frame_type : str
+        ``light``, ``dark``, ``flat``, ``bias`` or ``darkflat`` (any case): the folder the
+        configuration put the frame in. The file's own IMAGETYP is ignored, because headers lie
+        (the SBIG dome flats say ``'Light Frame'``).
+    out_path : str or os.PathLike
+        FITS file to write (parent folders are created).
+
+    Returns
+    -------
+    astropy.io.fits.Header
+        The header as written: the keywords of :func:`read_frame` plus ``IMAGETYP`` (upper-case
+        ``frame_type``), ``SRCFILE`` (source path), ``SRCSHA`` (its SHA-256), ``AFSTATUS`` and
+        HISTORY. For an unreadable frame: the placeholder's header, ``AFSTATUS = 'REJECTED'``
+        and ``AFREASON`` naming the file and the problem.
+
+    Raises
+    ------
+    ValueError
+        If ``frame_type`` is not one of the frame types (a configuration error, not a bad frame).
+    """
+    imagetyp = str(frame_type).upper()
+    if imagetyp not in FRAME_TYPES:
+        raise ValueError(
+            f"{path}: unknown frame type {frame_type!r}: expected one of {', '.join(FRAME_TYPES)}"
+        )
+    provenance = {"IMAGETYP": imagetyp, "SRCFILE": _fits_text(os.fspath(path))}
+    try:
+        provenance["SRCSHA"] = sha256_file(path)
+        data, meta = read_frame(path)
+    except (UnreadableFrameError, OSError) as exc:
+        reason = _fits_text(str(exc) if isinstance(exc, UnreadableFrameError) else f"{path}: {exc}")
+        log.warning("rejected: %s", reason)
+        write_rejected(out_path, reason, provenance)
+        return read_header(out_path)
+    header = {**meta, **provenance}
+    history = [f"astroflow {__version__} ingest: {imagetyp} from {_fits_text(Path(path).name)}"]
+    write_image(out_path, data, header, history=history)
+    return read_header(out_path)
+
+
+def _read_raw(path):
+    try:
+        with rawpy.imread(os.fspath(path)) as raw:
+            if raw.raw_type != rawpy.RawType.Flat:
+                raise UnreadableFrameError(f"{path}: not a CFA raw (LibRaw raw type {raw.raw_type.name})")
+            data = raw.raw_image_visible.astype(np.float32)
+            colours = raw.raw_colors_visible[:2, :2].copy()
+            desc = raw.color_desc.decode("ascii", "replace")
+            black = [float(b) for b in raw.black_level_per_channel]
+            white = int(raw.white_level)
+            other = raw.other
+            exposure, iso, stamp = float(other.shutter_speed), float(other.iso_speed), other.timestamp
+    except rawpy.LibRawError as exc:
+        raise UnreadableFrameError(
+            f"{path}: cannot read camera RAW ({type(exc).__name__}: {_libraw_message(exc)})"
+        ) from exc
+    meta = {}
+    pattern = "".join(desc[c] for c in colours.ravel())
+    if pattern in BAYER_PATTERNS:
+        meta["BAYERPAT"] = pattern
+    else:
+        log.warning("%s: CFA layout %s is not a Bayer pattern; BAYERPAT omitted", path, pattern)
+    cell_black = [black[c] for c in colours.ravel()]
+    meta["BLACKLVL"] = float(np.mean(cell_black))
+    if len(set(cell_black)) > 1:
+        for (dy, dx), level in zip(((0, 0), (0, 1), (1, 0), (1, 1)), cell_black, strict=True):
+            meta[f"BLACK{dy}{dx}"] = level
+    meta["WHITELVL"] = white
+    # EXIF first: its exposure is the exact rational; LibRaw's values fill what EXIF lacks.
+    meta.update(_exif_meta(_tiff_exif(path)))
+    if "EXPTIME" not in meta and exposure > 0:
+        meta["EXPTIME"] = exposure
+    if "ISOSPEED" not in meta and iso > 0:
+        meta["ISOSPEED"] = int(round(iso))
+    if "DATE-OBS" not in meta and stamp.year > 1970:
+        meta["DATE-OBS"] = stamp.isoformat(timespec="seconds")
+    return data, meta
+
+
+def _read_fits(path):
+    size = path.stat().st_size
+    try:
+        with warnings.catch_warnings():
+            # Truncation is detected below from the header's own sizes; astropy's warning
+            # about it would only repeat that.
+            warnings.filterwarnings("ignore", message="File may have been truncated")
+            with fits.open(path, memmap=False) as hdul:
+                hdu = _first_image_hdu(hdul, path)
+                _check_fits_complete(hdu, size, path)
+                header = hdu.header.copy()
+                raw = hdu.data
+                if raw is None:
+                    raise UnreadableFrameError(f"{path}: FITS file holds no image data")
+                data = np.asarray(raw, dtype=np.float32)
+    except UnreadableFrameError:
+        raise
+    except (OSError, ValueError, TypeError, IndexError) as exc:
+        raise UnreadableFrameError(f"{path}: cannot read FITS ({type(exc).__name__}: {exc})") from exc
+    if data.ndim == 3 and data.shape[0] == 3:
+        data = np.ascontiguousarray(np.moveaxis(data, 0, 2))
+    elif data.ndim != 2:
+        raise UnreadableFrameError(
+            f"{path}: FITS image of shape {data.shape} is neither (H, W) nor (3, H, W)"
+        )
+    meta = _fits_meta(header, path)
+    if data.ndim == 3:
+        meta.pop("BAYERPAT", None)
+    return data, meta
+
+
+def _first_image_hdu(hdul, path):
+    for hdu in hdul:
+        if hdu.is_image and hdu.header.get("NAXIS", 0) >= 2:
+            return hdu
+    raise UnreadableFrameError(f"{path}: FITS file holds no image HDU")
+
+
+def _check_fits_complete(hdu, size, path):
+    # astropy may only warn about a truncated file and then hand back short or garbage data,
+    # so compare the file size with what the header promises.
+    info = hdu.fileinfo()
+    if info is None:
+        return
+    header = hdu.header
+    if hasattr(hdu, "compression_type"):
+        # Tile-compressed: the header describes the image, not the stored table, so rely on
+        # the padded span of the table (fpack always pads).
+        needed = info["datLoc"] + info["datSpan"]
+    else:
+        n_pixels = int(np.prod([header.get(f"NAXIS{i}", 0) for i in range(1, header["NAXIS"] + 1)]))
+        needed = info["datLoc"] + abs(header["BITPIX"]) // 8 * n_pixels
+    if size < needed:
+        raise UnreadableFrameError(f"{path}: truncated FITS: file has {size} bytes, header promises {needed}")
+
+
+def _read_tiff(path):
+    size = path.stat().st_size
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            for page in series.pages:
+                ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts, strict=True)]
+                if ends and max(ends) > size:
+                    raise UnreadableFrameError(
+                        f"{path}: truncated TIFF: image data end at byte {max(ends)}, file has {size}"
+                    )
+            data = series.asarray()
+    except UnreadableFrameError:
+        raise
+    except (OSError, ValueError, IndexError) as exc:
+        raise UnreadableFrameError(f"{path}: cannot read TIFF ({type(exc).__name__}: {exc})") from exc
+    if data.ndim == 3 and data.shape[0] in (3, 4) and data.shape[2] not in (3, 4):
+        data = np.moveaxis(data, 0, 2)
+    if data.ndim == 3 and data.shape[2] in (3, 4):
+        # A fourth channel is alpha, not light.
+        data = data[:, :, :3]
+    elif data.ndim != 2:
+        raise UnreadableFrameError(
+            f"{path}: TIFF image of shape {data.shape} is neither (H, W) nor (H, W, 3)"
+        )
+    data = np.ascontiguousarray(data, dtype=np.float32)
+    return data, _exif_meta(_tiff_exif(path))
+
+
+def _fits_meta(header, path):
+    meta = {}
+    for key, aliases in _FITS_ALIASES.items():
+        for alias in aliases:
+            value = header.get(alias)
+            if value is None or (isinstance(value, str) and not value.strip()):
+                continue
+            if key in _FITS_NUMERIC:
+                try:
+                    value = float(value)
+                except (TypeError, ValueError):
+                    log.warning("%s: %s = %r is not a number; omitted", path, alias, value)
+                    continue
+                if value.is_integer() and key in ("ISOSPEED", "XBINNING", "YBINNING", "OFFSET", "WHITELVL"):
+                    value = int(value)
+            else:
+                value = _fits_text(str(value).strip())
+            meta[key] = value
+            break
+    date = header.get("DATE-OBS") or header.get("DATE_OBS")
+    if date and "T" not in str(date) and header.get("TIME-OBS"):
+        date = f"{str(date).strip()}T{str(header['TIME-OBS']).strip()}"
+    if date:
+        iso = _iso_date(str(date).strip())
+        if iso is None:
+            log.warning("%s: DATE-OBS = %r is not an ISO 8601 date; omitted", path, date)
+        else:
+            meta["DATE-OBS"] = iso
+    pattern = str(header.get("BAYERPAT") or header.get("COLORTYP") or "").strip().upper()
+    if pattern in BAYER_PATTERNS:
+        try:
+            dx, dy = (int(float(header.get(key, 0) or 0)) for key in ("XBAYROFF", "YBAYROFF"))
+        except (TypeError, ValueError):
+            log.warning("%s: XBAYROFF/YBAYROFF unreadable; BAYERPAT omitted", path)
+        else:
+            meta["BAYERPAT"] = _shift_pattern(pattern, dx, dy)
+    return meta
+
+
+def _shift_pattern(pattern, dx, dy):
+    # XBAYROFF/YBAYROFF: the pattern as named starts at column dx, row dy of the image.
+    return "".join(pattern[2 * ((r + dy) % 2) + (c + dx) % 2] for r in (0, 1) for c in (0, 1))
+
+
+def _tiff_exif(path):
+    """EXIF tags (IFD0 merged with the Exif IFD) of a TIFF-structured file; {} for others."""
+    with open(path, "rb") as f:
+        magic = f.read(4)
+        if magic not in _TIFF_MAGIC and magic not in _TIFF_VARIANT_MAGIC:
+            return {}
+        blob = _TIFF_VARIANT_MAGIC.get(magic, magic) + f.read()
+    exif = Image.Exif()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            exif.load(blob)
+            tags = dict(exif)
+            tags.update(exif.get_ifd(ExifTags.IFD.Exif))
+        # Metadata is optional: a maker's odd EXIF must not lose a good mosaic, and Pillow's
+        # parser can fail in many ways on it.
+        except Exception as exc:  # noqa: BLE001
+            log.warning(
+                "%s: EXIF unreadable (%s: %s); camera metadata omitted", path, type(exc).__name__, exc
+            )
+            return {}
+    for warning in caught:
+        log.info("%s: EXIF: %s", path, warning.message)
+    return tags
+
+
+def _exif_meta(tags):
+    meta = {}
+    make = _exif_text(tags.get(_EXIF_MAKE))
+    model = _exif_text(tags.get(_EXIF_MODEL))
+    if make and model and not model.upper().startswith(make.split()[0].upper()):
+        meta["INSTRUME"] = f"{make} {model}"
+    elif model or make:
+        meta["INSTRUME"] = model or make
+    exposure = _exif_number(tags.get(_EXIF_EXPOSURE))
+    if exposure:
+        meta["EXPTIME"] = exposure
+    iso = _exif_number(tags.get(_EXIF_ISO))
+    if iso:
+        meta["ISOSPEED"] = int(round(iso))
+    stamp = _exif_text(tags.get(_EXIF_DATE_ORIGINAL)) or _exif_text(tags.get(_EXIF_DATETIME))
+    if stamp:
+        date, _, time = stamp.partition(" ")
+        text = f"{date.replace(':', '-')}T{time}"
+        subsec = _exif_text(tags.get(_EXIF_SUBSEC_ORIGINAL))
+        if subsec and subsec.isdigit():
+            text += f".{subsec}"
+        iso_date = _iso_date(text + (_exif_text(tags.get(_EXIF_OFFSET_ORIGINAL)) or ""))
+        if iso_date is not None:
+            meta["DATE-OBS"] = iso_date
+    return meta
+
+
+def _iso_date(text):
+    try:
+        stamp = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if stamp.tzinfo is not None:
+        stamp = stamp.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    return stamp.isoformat(timespec="milliseconds" if stamp.microsecond else "seconds")
+
+
+def _exif_text(value):
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    return _fits_text(str(value).strip("\x00 ").strip())
+
+
+def _exif_number(value):
+    if isinstance(value, (tuple, list)):
+        value = value[0] if value else None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if np.isfinite(number) and number > 0 else None
+
+
+def _fits_text(text):
+    # FITS strings hold printable ASCII only; escape the rest instead of failing the write.
+    return "".join(c if " " <= c <= "~" else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def _libraw_message(exc):
+    message = exc.args[0] if exc.args else ""
+    return message.decode("ascii", "replace") if isinstance(message, bytes) else str(message)
+
+
+def _naxis(data):
+    if data.ndim == 3:
+        return {"NAXIS": 3, "NAXIS1": data.shape[1], "NAXIS2": data.shape[0], "NAXIS3": data.shape[2]}
+    return {"NAXIS": 2, "NAXIS1": data.shape[1], "NAXIS2": data.shape[0]}
