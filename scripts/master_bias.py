@@ -1,0 +1,14 @@
+"""Entry script of rule master_bias."""
+
+from astroflow.calibrate import master_bias
+from astroflow.fitsio import write_image
+from astroflow.logs import setup_logging
+
+log = setup_logging(snakemake.log[0])
+p = snakemake.params
+data, header = master_bias(
+    snakemake.input, method=p.method, sigma_low=p.sigma_low, sigma_high=p.sigma_high,
+    memory_mb=p.memory_mb,
+)
+write_image(snakemake.output[0], data, header)
+log.info("master bias from %d frames (%d skipped)", header["NCOMBINE"], header["NSKIPPED"])

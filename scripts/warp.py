@@ -1,0 +1,29 @@
+"""Entry script of rule warp: one calibrated light resampled onto the reference frame."""
+
+from pathlib import Path
+
+import pandas as pd
+
+from astroflow.fitsio import REASON_KEY, is_rejected, read_header, read_image, write_image, write_rejected
+from astroflow.logs import setup_logging
+from astroflow.register import transform_matrix, warp
+
+log = setup_logging(snakemake.log[0])
+frame = Path(snakemake.input.light).stem
+row = pd.read_csv(snakemake.input.registration).set_index("frame").loc[frame]
+header = read_header(snakemake.input.light)
+if is_rejected(header) or row["status"] != "used":
+    reason = header.get(REASON_KEY) if is_rejected(header) else row["reason"]
+    write_rejected(snakemake.output[0], reason, header)
+    log.warning("%s not warped: %s", frame, reason)
+else:
+    image, header = read_image(snakemake.input.light)
+    registered = warp(
+        image,
+        transform_matrix(row),
+        image.shape[:2],
+        interpolation=snakemake.params.interpolation,
+    )
+    history = [f"astroflow warp: onto the reference frame, {snakemake.params.interpolation}"]
+    write_image(snakemake.output[0], registered, header, history)
+    log.info("%s warped (dx %.2f, dy %.2f px, %.4f deg)", frame, row.dx, row.dy, row.rotation_deg)

@@ -1,0 +1,111 @@
+"""Bad input reaches the user as a clear error, or as one excluded frame with its reason."""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import rawpy
+import yaml
+from astropy.io import fits
+
+from astroflow.fitsio import read_header
+from astroflow.simulate import simulate_night
+from conftest import snakemake
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def small_night(tmp_path_factory):
+    """A small simulated night (DNG lights, darks, flats, bias) to build bad folders from."""
+    out = tmp_path_factory.mktemp("small-night")
+    simulate_night(out, width=320, height=240, n_lights=6, n_darks=2, n_flats=2, n_bias=2, seed=7)
+    return out
+
+
+def write_config(work, targets, **extra):
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / "night.yaml"
+    path.write_text(yaml.safe_dump({"targets": targets, **extra}))
+    return path
+
+
+def truncate(src, dst, fraction=0.5):
+    data = Path(src).read_bytes()
+    Path(dst).write_bytes(data[: int(len(data) * fraction)])
+
+
+def test_truncated_fits_and_raw_are_excluded_and_run_completes_without_calibration(
+    small_night, tmp_path
+):
+    lights = tmp_path / "data" / "lights"
+    lights.mkdir(parents=True)
+    good = sorted((small_night / "lights").glob("*.dng"))
+    for path in good[:5]:
+        shutil.copy(path, lights)
+    truncate(good[5], lights / "light_truncated.dng")
+    with rawpy.imread(str(good[0])) as raw:
+        mosaic = raw.raw_image_visible.copy()
+    fits.PrimaryHDU(mosaic.astype(np.uint16)).writeto(tmp_path / "whole.fits")
+    truncate(tmp_path / "whole.fits", lights / "light_truncated.fits")
+
+    work = tmp_path / "work"
+    config = write_config(work, {"lightsonly": {"kind": "deep-sky", "lights": str(lights)}})
+    proc = snakemake(work, "--cores", "2", "--configfile", str(config))
+    assert "no bias, dark, flat frames configured" in proc.stderr
+
+    frames = pd.read_csv(work / "results" / "lightsonly" / "frames.csv").set_index("frame")
+    for name, source in (("light_truncated", ".dng"), ("light_truncated-2", ".fits")):
+        row = frames.loc[name]
+        assert row["status"] == "rejected"
+        assert f"light_truncated{source}" in row["reason"]
+    header = read_header(work / "results" / "lightsonly" / "stack.fits")
+    used = frames[(frames["type"] == "light") & (frames["status"] == "used")]
+    assert header["NCOMBINE"] == len(used) >= 3
+    log = (work / "logs" / "calibrate_light" / "lightsonly" / "light_001.log").read_text()
+    assert "bias" in log and "skipped" in log
+
+
+def test_lights_of_different_sizes_name_the_files(small_night, tmp_path):
+    lights = tmp_path / "lights"
+    lights.mkdir()
+    for path in sorted((small_night / "lights").glob("*.dng"))[:3]:
+        shutil.copy(path, lights)
+    rng = np.random.default_rng(1)
+    odd = rng.normal(1000, 10, (200, 300)).astype(np.uint16)
+    fits.PrimaryHDU(odd).writeto(lights / "odd_size.fits")
+    work = tmp_path / "work"
+    config = write_config(work, {"mixed": {"kind": "deep-sky", "lights": str(lights)}})
+    proc = snakemake(work, "--cores", "2", "--configfile", str(config), check=False)
+    assert proc.returncode != 0
+    logs = "".join(p.read_text() for p in (work / "logs").rglob("*.log"))
+    assert "odd_size" in logs and "light_001" in logs and "300" in logs
+
+
+@pytest.mark.parametrize(
+    "case,expected",
+    [
+        ("missing", "no such folder or file"),
+        ("empty", "no frames found"),
+        ("unknown_key", "kappa"),
+    ],
+)
+def test_config_errors_stop_before_any_job(tmp_path, case, expected):
+    work = tmp_path / "work"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    target = {"kind": "deep-sky", "lights": str(empty)}
+    extra = {}
+    if case == "missing":
+        target["darks"] = str(tmp_path / "no-such-folder")
+        target["lights"] = str(tmp_path / "no-such-folder")
+    elif case == "unknown_key":
+        (empty / "a.fits").write_bytes(b"")
+        extra = {"stacking": {"kappa": 3}}
+    config = write_config(work, {"t": target}, **extra)
+    proc = snakemake(work, "-n", "--configfile", str(config), check=False)
+    assert proc.returncode != 0
+    assert expected in proc.stderr
+    assert not (work / "results").exists()
