@@ -3,17 +3,17 @@ rule master_bias:
         bias_frames,
     output:
         "results/{target}/masters/bias.fits",
-    params:
-        method=config["calibration"]["combine_method"],
-        sigma_low=config["calibration"]["sigma_low"],
-        sigma_high=config["calibration"]["sigma_high"],
-        memory_mb=config["calibration"]["memory_mb"],
     log:
         "logs/master_bias/{target}.log",
     benchmark:
         "benchmarks/master_bias/{target}.tsv"
     conda:
         "../envs/calibrate.yaml"
+    params:
+        method=config["calibration"]["combine_method"],
+        sigma_low=config["calibration"]["sigma_low"],
+        sigma_high=config["calibration"]["sigma_high"],
+        memory_mb=config["calibration"]["memory_mb"],
     script:
         "../scripts/master_bias.py"
 
@@ -24,19 +24,19 @@ rule master_dark:
         frames=dark_frames,
     output:
         master="results/{target}/masters/{kind}.fits",
+    log:
+        "logs/master_dark/{target}-{kind}.log",
+    benchmark:
+        "benchmarks/master_dark/{target}-{kind}.tsv"
     wildcard_constraints:
         kind="dark|darkflat",
+    conda:
+        "../envs/calibrate.yaml"
     params:
         method=config["calibration"]["combine_method"],
         sigma_low=config["calibration"]["sigma_low"],
         sigma_high=config["calibration"]["sigma_high"],
         memory_mb=config["calibration"]["memory_mb"],
-    log:
-        "logs/master_dark/{target}-{kind}.log",
-    benchmark:
-        "benchmarks/master_dark/{target}-{kind}.tsv"
-    conda:
-        "../envs/calibrate.yaml"
     script:
         "../scripts/master_dark.py"
 
@@ -46,12 +46,12 @@ rule hot_pixel_map:
         "results/{target}/masters/dark.fits",
     output:
         "results/{target}/masters/hot_pixels.fits",
-    params:
-        sigma=config["calibration"]["hot_pixel_sigma"],
     log:
         "logs/hot_pixel_map/{target}.log",
     conda:
         "../envs/calibrate.yaml"
+    params:
+        sigma=config["calibration"]["hot_pixel_sigma"],
     script:
         "../scripts/hot_pixel_map.py"
 
@@ -62,17 +62,17 @@ rule master_flat:
         frames=flat_frames,
     output:
         "results/{target}/masters/flat.fits",
-    params:
-        method=config["calibration"]["combine_method"],
-        sigma_low=config["calibration"]["sigma_low"],
-        sigma_high=config["calibration"]["sigma_high"],
-        memory_mb=config["calibration"]["memory_mb"],
     log:
         "logs/master_flat/{target}.log",
     benchmark:
         "benchmarks/master_flat/{target}.tsv"
     conda:
         "../envs/calibrate.yaml"
+    params:
+        method=config["calibration"]["combine_method"],
+        sigma_low=config["calibration"]["sigma_low"],
+        sigma_high=config["calibration"]["sigma_high"],
+        memory_mb=config["calibration"]["memory_mb"],
     script:
         "../scripts/master_flat.py"
 
@@ -83,13 +83,13 @@ rule calibrate_light:
         light="results/{target}/ingest/light/{frame}.fits",
     output:
         "results/{target}/calibrated/{frame}.fits",
-    params:
-        cosmetic=config["calibration"]["cosmetic"],
-        cosmetic_sigma=config["calibration"]["cosmetic_sigma"],
-        debayer_method=config["calibration"]["debayer_method"],
     log:
         "logs/calibrate_light/{target}/{frame}.log",
     conda:
         "../envs/calibrate.yaml"
+    params:
+        cosmetic=config["calibration"]["cosmetic"],
+        cosmetic_sigma=config["calibration"]["cosmetic_sigma"],
+        debayer_method=config["calibration"]["debayer_method"],
     script:
         "../scripts/calibrate_light.py"

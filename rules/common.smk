@@ -42,10 +42,35 @@ FRAME_TYPES = {
 }
 FRAME_EXTENSIONS = {
     # camera RAW (LibRaw)
-    ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".raf", ".orf", ".rw2",
-    ".dng", ".pef", ".srw", ".3fr", ".erf", ".kdc", ".mos", ".mrw", ".x3f", ".iiq",
+    ".cr2",
+    ".cr3",
+    ".crw",
+    ".nef",
+    ".nrw",
+    ".arw",
+    ".srf",
+    ".sr2",
+    ".raf",
+    ".orf",
+    ".rw2",
+    ".dng",
+    ".pef",
+    ".srw",
+    ".3fr",
+    ".erf",
+    ".kdc",
+    ".mos",
+    ".mrw",
+    ".x3f",
+    ".iiq",
     # FITS and TIFF
-    ".fits", ".fit", ".fts", ".fits.fz", ".fit.fz", ".tif", ".tiff",
+    ".fits",
+    ".fit",
+    ".fts",
+    ".fits.fz",
+    ".fit.fz",
+    ".tif",
+    ".tiff",
 }
 SIM = config["simulate"]
 SIM_DIR = os.path.normpath(SIM["outdir"])
@@ -91,7 +116,9 @@ def _list_frames(target, key):
         paths = sorted(p for p in glob.glob(spec) if os.path.isfile(p))
     elif os.path.isdir(spec):
         paths = sorted(
-            str(p) for p in Path(spec).iterdir() if p.is_file() and _has_frame_extension(p.name)
+            str(p)
+            for p in Path(spec).iterdir()
+            if p.is_file() and _has_frame_extension(p.name)
         )
     elif os.path.isfile(spec):
         paths = [spec]
@@ -154,7 +181,11 @@ def has_type(target, ftype):
 
 def ingested_frames(wildcards):
     """Every ingested frame of a target, all types."""
-    return [path for ftype in FRAMES[wildcards.target] for path in ingested(wildcards.target, ftype)]
+    return [
+        path
+        for ftype in FRAMES[wildcards.target]
+        for path in ingested(wildcards.target, ftype)
+    ]
 
 
 def bias_frames(wildcards):

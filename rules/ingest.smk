@@ -3,12 +3,12 @@ rule ingest_frame:
         ingest_source,
     output:
         "results/{target}/ingest/{ftype}/{frame}.fits",
-    params:
-        frame_type="{ftype}",
     log:
         "logs/ingest_frame/{target}/{ftype}/{frame}.log",
     conda:
         "../envs/ingest.yaml"
+    params:
+        frame_type="{ftype}",
     script:
         "../scripts/ingest_frame.py"
 

@@ -3,6 +3,12 @@ rule register:
         calibrated_lights,
     output:
         "results/{target}/registration.csv",
+    log:
+        "logs/register/{target}.log",
+    benchmark:
+        "benchmarks/register/{target}.tsv"
+    conda:
+        "../envs/register.yaml"
     params:
         model=config["registration"]["model"],
         reference=config["registration"]["reference"],
@@ -11,12 +17,6 @@ rule register:
         min_star_fraction=config["registration"]["min_star_fraction"],
         max_fwhm_ratio=config["registration"]["max_fwhm_ratio"],
         weighting=config["registration"]["weighting"],
-    log:
-        "logs/register/{target}.log",
-    benchmark:
-        "benchmarks/register/{target}.tsv"
-    conda:
-        "../envs/register.yaml"
     script:
         "../scripts/register.py"
 
@@ -27,11 +27,11 @@ rule warp:
         registration="results/{target}/registration.csv",
     output:
         "results/{target}/registered/{frame}.fits",
-    params:
-        interpolation=config["registration"]["interpolation"],
     log:
         "logs/warp/{target}/{frame}.log",
     conda:
         "../envs/register.yaml"
+    params:
+        interpolation=config["registration"]["interpolation"],
     script:
         "../scripts/warp.py"

@@ -5,14 +5,13 @@ rule simulate_night:
         flats=SIM_OUTPUTS["flats"],
         bias=SIM_OUTPUTS["bias"],
         truth=directory(f"{SIM_DIR}/truth"),
-    params:
-        outdir=SIM_DIR,
-        settings={key: value for key, value in SIM.items() if key != "outdir"},
     log:
         "logs/simulate_night/simulate_night.log",
     benchmark:
         "benchmarks/simulate_night/simulate_night.tsv"
     conda:
         "../envs/simulate.yaml"
+    params:
+        settings={key: value for key, value in SIM.items() if key != "outdir"},
     script:
         "../scripts/simulate_night.py"

@@ -16,6 +16,14 @@ rule stack:
             caption="../report/rejection.rst",
             category="{target}",
         ),
+    log:
+        "logs/stack/{target}.log",
+    benchmark:
+        "benchmarks/stack/{target}.tsv"
+    conda:
+        "../envs/stack.yaml"
+    resources:
+        mem_mb=config["stacking"]["memory_mb"] + 512,
     params:
         method=config["stacking"]["method"],
         kappa_low=config["stacking"]["kappa_low"],
@@ -24,13 +32,5 @@ rule stack:
         normalize=config["stacking"]["normalize"],
         memory_mb=config["stacking"]["memory_mb"],
         preview=config["preview"],
-    resources:
-        mem_mb=config["stacking"]["memory_mb"] + 512,
-    log:
-        "logs/stack/{target}.log",
-    benchmark:
-        "benchmarks/stack/{target}.tsv"
-    conda:
-        "../envs/stack.yaml"
     script:
         "../scripts/stack.py"

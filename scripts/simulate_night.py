@@ -1,8 +1,12 @@
 """Entry script of rule simulate_night: render the simulated night with its truth."""
 
+from pathlib import Path
+
 from astroflow.logs import setup_logging
 from astroflow.simulate import simulate_night
 
 log = setup_logging(snakemake.log[0])
-simulate_night(snakemake.params.outdir, **snakemake.params.settings)
-log.info("simulated night written to %s", snakemake.params.outdir)
+# the truth folder sits inside the night folder, so it names the output folder without a setting
+outdir = Path(snakemake.output.truth).parent
+simulate_night(outdir, **snakemake.params.settings)
+log.info("simulated night written to %s", outdir)
