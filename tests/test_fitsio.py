@@ -3,6 +3,7 @@ import pytest
 from astropy.io import fits
 
 from astroflow.fitsio import (
+    combined_header,
     image_shape,
     is_rejected,
     read_header,
@@ -40,3 +41,22 @@ def test_rejected_placeholder(tmp_path):
 def test_bad_shape_is_refused(tmp_path):
     with pytest.raises(ValueError, match="bad.fits"):
         write_image(tmp_path / "bad.fits", np.zeros((2, 3, 4), np.float32))
+
+
+def test_combined_header_sums_exposure_and_keeps_shared_keys():
+    headers = []
+    for i, date in enumerate(["2024-03-09T22:00:00", "2024-03-09T21:30:00", "2024-03-09T23:00:00"]):
+        h = fits.Header()
+        h["EXPTIME"] = 120.0
+        h["DATE-OBS"] = date
+        h["INSTRUME"] = "SimCam"
+        h["CCD-TEMP"] = -10.0 + i
+        h.add_history("calibrated")
+        headers.append(h)
+    header = combined_header(headers, ["stacked"])
+    assert header["NCOMBINE"] == 3 and header["EXPTIME"] == 360.0
+    assert header["DATE-OBS"] == "2024-03-09T21:30:00" and header["DATE-END"].startswith("2024-03-09T23")
+    assert header["INSTRUME"] == "SimCam" and "CCD-TEMP" not in header
+    assert list(header["HISTORY"]) == ["calibrated", "stacked"]
+    with pytest.raises(ValueError):
+        combined_header([])

@@ -54,7 +54,11 @@ def test_stack_is_sharp_and_quiet(night):
         f"({100 * (stack_q['fwhm'] / fwhm_single - 1):+.1f}%), noise {noise_gain:.2f}x lower "
         f"(sqrt(13) = {np.sqrt(13):.2f})"
     )
-    assert abs(stack_q["fwhm"] / fwhm_single - 1) < 0.10
+    # Seeing drifted from about 2.6 to 5.2 px over this night, and the average of such profiles
+    # is narrower than the median one: stacking must not blur (at most +10% over the median
+    # single light) and cannot beat the sharpest light.
+    assert stack_q["fwhm"] <= 1.10 * fwhm_single
+    assert stack_q["fwhm"] >= min(q["fwhm"] for q in single)
     assert noise_gain >= 3.2
 
 

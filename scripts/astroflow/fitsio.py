@@ -145,6 +145,53 @@ def image_shape(header):
     raise ValueError(f"header describes no 2-D or 3-D image (NAXIS={naxis})")
 
 
+def combined_header(headers, history=()):
+    """Header of an image combined from frames: provenance kept, exposure summed.
+
+    Parameters
+    ----------
+    headers : sequence of astropy.io.fits.Header
+        Headers of the frames that went into the combination (used frames only).
+    history : iterable of str, optional
+        HISTORY lines describing the combination.
+
+    Returns
+    -------
+    astropy.io.fits.Header
+        ``NCOMBINE`` (number of frames), ``EXPTIME`` (total exposure, s, where every frame has
+        one), ``DATE-OBS`` / ``DATE-END`` (first and last frame), every keyword whose value
+        all frames share (camera, Bayer history, temperature set point...), and HISTORY: the
+        first frame's processing steps, then ``history``.
+
+    Raises
+    ------
+    ValueError
+        If ``headers`` is empty.
+    """
+    if not headers:
+        raise ValueError("no frames to combine")
+    skip = {"HISTORY", "COMMENT", "SRCFILE", "SRCSHA", "EXPTIME", "DATE-OBS", STATUS_KEY}
+    header = fits.Header()
+    for key in headers[0]:
+        if key in skip or key.startswith("NAXIS") or key in ("SIMPLE", "BITPIX", "EXTEND"):
+            continue
+        value = headers[0][key]
+        if all(h.get(key) == value for h in headers[1:]):
+            header[key] = value
+    header["NCOMBINE"] = (len(headers), "number of frames combined")
+    exposures = [h.get("EXPTIME") for h in headers]
+    if all(e is not None for e in exposures):
+        header["EXPTIME"] = (float(sum(exposures)), "[s] total exposure of combined frames")
+    dates = sorted(str(h["DATE-OBS"]) for h in headers if "DATE-OBS" in h)
+    if dates:
+        header["DATE-OBS"] = (dates[0], "first frame")
+        header["DATE-END"] = (dates[-1], "last frame")
+    # every frame went through the same steps: the first frame's history tells them
+    for line in list(headers[0].get("HISTORY", [])) + list(history):
+        header.add_history(str(line))
+    return header
+
+
 def _atomic_write(path, hdul):
     # A job killed mid-write must never leave a file a later run would trust.
     path = Path(path)
