@@ -22,6 +22,8 @@ def needs_shared_data(*parts):
 def snakemake(workdir, *args, check=True, timeout=1200):
     """Run the workflow of this repository in ``workdir``; return the CompletedProcess.
 
+    Snakemake's messages (on stdout and stderr) are all in ``.stdout``.
+
     ``workdir/../shared`` is linked to the real shared folder so that the repository's configs,
     which name ``../shared/data/...``, work unchanged.
     """
@@ -37,9 +39,11 @@ def snakemake(workdir, *args, check=True, timeout=1200):
         *args,
     ]
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    proc = subprocess.run(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout, env=env
+    )
     if check and proc.returncode != 0:
         raise AssertionError(
-            f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-6000:]}"
+            f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-6000:]}"
         )
     return proc

@@ -54,7 +54,7 @@ def test_truncated_fits_and_raw_are_excluded_and_run_completes_without_calibrati
     work = tmp_path / "work"
     config = write_config(work, {"lightsonly": {"kind": "deep-sky", "lights": str(lights)}})
     proc = snakemake(work, "--cores", "2", "--configfile", str(config))
-    assert "no bias, dark, flat frames configured" in proc.stderr
+    assert "no bias, dark, flat frames configured" in proc.stdout
 
     frames = pd.read_csv(work / "results" / "lightsonly" / "frames.csv").set_index("frame")
     for name, source in (("light_truncated", ".dng"), ("light_truncated-2", ".fits")):
@@ -107,5 +107,5 @@ def test_config_errors_stop_before_any_job(tmp_path, case, expected):
     config = write_config(work, {"t": target}, **extra)
     proc = snakemake(work, "-n", "--configfile", str(config), check=False)
     assert proc.returncode != 0
-    assert expected in proc.stderr
+    assert expected in proc.stdout
     assert not (work / "results").exists()
