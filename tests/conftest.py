@@ -1,6 +1,5 @@
 """Shared fixtures: running the workflow in a scratch working directory."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -38,9 +37,8 @@ def snakemake(workdir, *args, check=True, timeout=1200):
         "--directory", str(workdir),
         *args,
     ]
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
     proc = subprocess.run(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout, env=env
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout
     )
     if check and proc.returncode != 0:
         raise AssertionError(
