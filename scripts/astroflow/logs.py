@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import platform
 import sys
 
 
@@ -28,4 +30,13 @@ def setup_logging(log_path):
         force=True,
     )
     logging.captureWarnings(True)
-    return logging.getLogger("astroflow")
+    log = logging.getLogger("astroflow")
+    # Where the job ran: provenance for the user, and how the SLURM test sees every job's
+    # allocation (SLURM_JOB_ID, and CUDA_VISIBLE_DEVICES for GPU jobs).
+    log.info(
+        "host %s, SLURM_JOB_ID %s, CUDA_VISIBLE_DEVICES %s",
+        platform.node(),
+        os.environ.get("SLURM_JOB_ID", "none"),
+        os.environ.get("CUDA_VISIBLE_DEVICES", "unset"),
+    )
+    return log
