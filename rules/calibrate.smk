@@ -9,7 +9,12 @@ rule master_bias:
         "benchmarks/master_bias/{target}.tsv"
     conda:
         "../envs/calibrate.yaml"
+    threads: 1
+    resources:
+        mem_mb=memory_estimate(config["calibration"]["memory_mb"] + 600, 0),
+        runtime=runtime_estimate(10, 10),
     params:
+        code=library_code("master_bias.py"),
         method=config["calibration"]["combine_method"],
         sigma_low=config["calibration"]["sigma_low"],
         sigma_high=config["calibration"]["sigma_high"],
@@ -32,7 +37,12 @@ rule master_dark:
         kind="dark|darkflat",
     conda:
         "../envs/calibrate.yaml"
+    threads: 1
+    resources:
+        mem_mb=memory_estimate(config["calibration"]["memory_mb"] + 600, 0),
+        runtime=runtime_estimate(10, 10),
     params:
+        code=library_code("master_dark.py"),
         method=config["calibration"]["combine_method"],
         sigma_low=config["calibration"]["sigma_low"],
         sigma_high=config["calibration"]["sigma_high"],
@@ -50,7 +60,12 @@ rule hot_pixel_map:
         "logs/hot_pixel_map/{target}.log",
     conda:
         "../envs/calibrate.yaml"
+    threads: 1
+    resources:
+        mem_mb=memory_estimate(400, 10),
+        runtime=5,
     params:
+        code=library_code("hot_pixel_map.py"),
         sigma=config["calibration"]["hot_pixel_sigma"],
     script:
         "../scripts/hot_pixel_map.py"
@@ -68,7 +83,12 @@ rule master_flat:
         "benchmarks/master_flat/{target}.tsv"
     conda:
         "../envs/calibrate.yaml"
+    threads: 1
+    resources:
+        mem_mb=memory_estimate(config["calibration"]["memory_mb"] + 600, 0),
+        runtime=runtime_estimate(10, 10),
     params:
+        code=library_code("master_flat.py"),
         method=config["calibration"]["combine_method"],
         sigma_low=config["calibration"]["sigma_low"],
         sigma_high=config["calibration"]["sigma_high"],
@@ -85,9 +105,16 @@ rule calibrate_light:
         "results/{target}/calibrated/{frame}.fits",
     log:
         "logs/calibrate_light/{target}/{frame}.log",
+    benchmark:
+        "benchmarks/calibrate_light/{target}/{frame}.tsv"
     conda:
         "../envs/calibrate.yaml"
+    threads: 1
+    resources:
+        mem_mb=memory_estimate(500, 14),
+        runtime=runtime_estimate(5, 10),
     params:
+        code=library_code("calibrate_light.py"),
         cosmetic=config["calibration"]["cosmetic"],
         cosmetic_sigma=config["calibration"]["cosmetic_sigma"],
         debayer_method=config["calibration"]["debayer_method"],

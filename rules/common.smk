@@ -3,6 +3,8 @@ import os
 import re
 from pathlib import Path
 
+import sys
+
 import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
@@ -24,6 +26,17 @@ def _cli_targets():
 
 if _cli_targets():
     config["targets"] = _cli_targets()
+
+sys.path.insert(0, os.path.join(workflow.basedir, "scripts"))
+from astroflow.provenance import code_digest
+
+
+def library_code(script):
+    """Digest of the astroflow modules an entry script imports: a params entry, so that a
+    change in the library reruns exactly the rules whose scripts use the changed module.
+    """
+    return code_digest(os.path.join(workflow.basedir, "scripts", script))
+
 
 try:
     validate(config, "../schemas/config.schema.yaml")
@@ -261,3 +274,28 @@ def target_outputs(target):
 
 def all_outputs():
     return [path for target in FRAMES for path in target_outputs(target)]
+
+
+# Resources: memory and run time grow with the size of a job's input files, and with the attempt
+# number so that a job killed for memory is retried with more (profiles set retries).
+def memory_estimate(base_mb, per_input_mb):
+    """A mem_mb function: base_mb plus per_input_mb for every MB of input."""
+
+    def mem_mb(wildcards, input, attempt):
+        return int((base_mb + per_input_mb * input.size_mb) * attempt)
+
+    return mem_mb
+
+
+def runtime_estimate(base_min, per_input_gb):
+    """A runtime function (minutes): base_min plus per_input_gb for every GB of input."""
+
+    def runtime(wildcards, input, attempt):
+        return int((base_min + per_input_gb * input.size_mb / 1024) * attempt)
+
+    return runtime
+
+
+def stack_memory(wildcards, attempt):
+    """The stacking budget plus the Python process and its libraries."""
+    return (config["stacking"]["memory_mb"] + 512) * attempt

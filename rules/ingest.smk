@@ -5,9 +5,16 @@ rule ingest_frame:
         "results/{target}/ingest/{ftype}/{frame}.fits",
     log:
         "logs/ingest_frame/{target}/{ftype}/{frame}.log",
+    benchmark:
+        "benchmarks/ingest_frame/{target}/{ftype}/{frame}.tsv"
     conda:
         "../envs/ingest.yaml"
+    threads: 1
+    resources:
+        mem_mb=memory_estimate(400, 12),
+        runtime=runtime_estimate(5, 2),
     params:
+        code=library_code("ingest_frame.py"),
         frame_type="{ftype}",
     script:
         "../scripts/ingest_frame.py"
@@ -27,5 +34,11 @@ rule frames_table:
         "logs/frames_table/{target}.log",
     conda:
         "../envs/stack.yaml"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    params:
+        code=library_code("frames_table.py"),
     script:
         "../scripts/frames_table.py"

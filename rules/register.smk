@@ -9,7 +9,12 @@ rule register:
         "benchmarks/register/{target}.tsv"
     conda:
         "../envs/register.yaml"
+    threads: 1
+    resources:
+        mem_mb=memory_estimate(800, 0.5),
+        runtime=runtime_estimate(10, 5),
     params:
+        code=library_code("register.py"),
         model=config["registration"]["model"],
         reference=config["registration"]["reference"],
         threshold_sigma=config["registration"]["threshold_sigma"],
@@ -29,9 +34,16 @@ rule warp:
         "results/{target}/registered/{frame}.fits",
     log:
         "logs/warp/{target}/{frame}.log",
+    benchmark:
+        "benchmarks/warp/{target}/{frame}.tsv"
     conda:
         "../envs/register.yaml"
+    threads: 2
+    resources:
+        mem_mb=memory_estimate(500, 8),
+        runtime=runtime_estimate(5, 5),
     params:
+        code=library_code("warp.py"),
         interpolation=config["registration"]["interpolation"],
     script:
         "../scripts/warp.py"

@@ -11,7 +11,12 @@ rule simulate_night:
         "benchmarks/simulate_night/simulate_night.tsv"
     conda:
         "../envs/simulate.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=15,
     params:
+        code=library_code("simulate_night.py"),
         settings={key: value for key, value in SIM.items() if key != "outdir"},
     script:
         "../scripts/simulate_night.py"

@@ -22,9 +22,12 @@ rule stack:
         "benchmarks/stack/{target}.tsv"
     conda:
         "../envs/stack.yaml"
+    threads: 1
     resources:
-        mem_mb=config["stacking"]["memory_mb"] + 512,
+        mem_mb=stack_memory,
+        runtime=runtime_estimate(10, 10),
     params:
+        code=library_code("stack.py"),
         method=config["stacking"]["method"],
         kappa_low=config["stacking"]["kappa_low"],
         kappa_high=config["stacking"]["kappa_high"],

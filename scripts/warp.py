@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import cv2
 import pandas as pd
 
 from astroflow.fitsio import REASON_KEY, is_rejected, read_header, read_image, write_image, write_rejected
@@ -9,6 +10,8 @@ from astroflow.logs import setup_logging
 from astroflow.register import transform_matrix, warp
 
 log = setup_logging(snakemake.log[0])
+# OpenCV takes every core unless told: keep to what the rule declared
+cv2.setNumThreads(snakemake.threads)
 frame = Path(snakemake.input.light).stem
 row = pd.read_csv(snakemake.input.registration).set_index("frame").loc[frame]
 header = read_header(snakemake.input.light)
