@@ -1,5 +1,6 @@
 """Shared fixtures: running the workflow in a scratch working directory."""
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,23 @@ def needs_shared_data(*parts):
     )
 
 
-def snakemake(workdir, *args, check=True, timeout=1200):
+WORKFLOW_PARTS = ("Snakefile", "config.yaml", "rules", "scripts", "schemas", "envs", "report")
+
+
+def copy_workflow(dest):
+    """A private copy of the workflow (to change its code in a test); returns its Snakefile."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for part in WORKFLOW_PARTS:
+        src = ROOT / part
+        if src.is_dir():
+            shutil.copytree(src, dest / part, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dest / part)
+    return dest / "Snakefile"
+
+
+def snakemake(workdir, *args, check=True, timeout=1200, snakefile=None):
     """Run the workflow of this repository in ``workdir``; return the CompletedProcess.
 
     Snakemake's messages (on stdout and stderr) are all in ``.stdout``.
@@ -33,7 +50,7 @@ def snakemake(workdir, *args, check=True, timeout=1200):
         shared.symlink_to(SHARED_DATA.parent)
     cmd = [
         sys.executable, "-m", "snakemake",
-        "--snakefile", str(ROOT / "Snakefile"),
+        "--snakefile", str(snakefile or ROOT / "Snakefile"),
         "--directory", str(workdir),
         *args,
     ]

@@ -13,6 +13,7 @@ coordinates and pixel centres at integers (as in :mod:`astroflow.quality`).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import astroalign
@@ -58,6 +59,8 @@ _INTERPOLATIONS = {
     "cubic": cv2.INTER_CUBIC,
     "linear": cv2.INTER_LINEAR,
 }
+
+log = logging.getLogger(__name__)
 
 
 class RegistrationError(ValueError):
@@ -308,6 +311,10 @@ def register_frames(
             continue
         stars = _measure(item, threshold_sigma=threshold_sigma, saturation=saturation)
         row.update(quality_from_stars(stars))
+        log.info(
+            "stars %d/%d %s: %d stars, FWHM %.2f px",
+            len(rows) + 1, len(inputs), name, row["n_stars"], row["fwhm"],
+        )
         clean = stars[stars["flag"] == 0].sort_values("flux", ascending=False)
         star_lists[name] = clean[["x", "y"]].to_numpy(dtype=np.float64)
         rows.append(row)
@@ -342,6 +349,10 @@ def register_frames(
         table.at[idx, "scale"] = np.sqrt(abs(np.linalg.det(matrix[:2, :2])))
         table.at[idx, "n_matches"] = n_matches
         table.at[idx, "rms_residual_px"] = rms
+        log.info(
+            "matched %s: %d stars, shift (%.2f, %.2f) px, rms %.3f px",
+            table.at[idx, "frame"], n_matches, shift[0], shift[1], rms,
+        )
     _set_weights(table, weighting)
     return table
 

@@ -32,12 +32,15 @@ has data. Non-finite samples (NaN outside the registered field) are no data.
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 from astropy.io import fits
 
 from astroflow.fitsio import REASON_KEY, image_shape, is_rejected
+
+log = logging.getLogger(__name__)
 
 METHODS = ("mean", "median", "sigma_clip", "winsorized")
 NORMALIZATIONS = ("none", "additive", "multiplicative", "additive_scaling")
@@ -256,6 +259,7 @@ def combine(
     work = _workspace(n_frames, block)
     for r0 in range(0, height, rows):
         r1 = min(height, r0 + rows)
+        log.info("rows %d-%d of %d (%d frames)", r0, r1, height, n_frames)
         chunk = chunk_flat[: n_frames * (r1 - r0) * row_pixels].reshape(
             (n_frames, r1 - r0) + shape[1:]
         )
