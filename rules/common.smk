@@ -256,6 +256,47 @@ def registered_lights(wildcards):
     ]
 
 
+# Benchmark files are products of their rules: Snakemake runs rule runtimes after every
+# benchmarked job, and again when one of them reruns.
+def benchmark_files(wildcards):
+    """Benchmark files of every benchmarked job of this run (input function of rule runtimes).
+
+    Rules that get a benchmark directive are added here too; tests/test_report.py checks that
+    each of them is in results/runtimes.tsv.
+    """
+    simulated = {path for paths in SIM_OUTPUTS.values() for path in paths}
+    sources = {
+        path
+        for types in FRAMES.values()
+        for frames in types.values()
+        for path in frames.values()
+    }
+    files = [rules.simulate_night.benchmark] if simulated & sources else []
+    masters = {
+        "bias": rules.master_bias,
+        "dark": rules.master_dark,
+        "darkflat": rules.master_dark,
+        "flat": rules.master_flat,
+    }
+    for target, types in FRAMES.items():
+        for ftype, frames in types.items():
+            files += expand(
+                rules.ingest_frame.benchmark,
+                target=target,
+                ftype=ftype,
+                frame=list(frames),
+            )
+        for kind, producer in masters.items():
+            if kind in types:
+                files += expand(producer.benchmark, target=target, kind=kind)
+        lights = list(types["light"])
+        files += expand(rules.calibrate_light.benchmark, target=target, frame=lights)
+        files += expand(rules.register.benchmark, target=target)
+        files += expand(rules.warp.benchmark, target=target, frame=lights)
+        files += expand(rules.stack.benchmark, target=target)
+    return files
+
+
 def target_outputs(target):
     outputs = [
         f"results/{target}/frames.csv",
@@ -263,6 +304,7 @@ def target_outputs(target):
         f"results/{target}/stack.tif",
         f"results/{target}/stack.png",
         f"results/{target}/rejection.fits",
+        f"results/{target}/quality.png",
     ]
     outputs += [
         f"results/{target}/masters/{ftype}.fits"
@@ -273,16 +315,27 @@ def target_outputs(target):
 
 
 def all_outputs():
-    return [path for target in FRAMES for path in target_outputs(target)]
+    outputs = [path for target in FRAMES for path in target_outputs(target)]
+    return outputs + [
+        "results/runtimes.tsv",
+        "results/runtimes.png",
+        "results/config.yaml",
+        "results/config.html",
+    ]
 
 
 # Resources: memory and run time grow with the size of a job's input files, and with the attempt
 # number so that a job killed for memory is retried with more (profiles set retries).
+def input_mb(input):
+    """Size (MB) of a job's existing input files; files still to be made count as empty."""
+    return sum(os.path.getsize(f) for f in input if os.path.exists(f)) / 1e6
+
+
 def memory_estimate(base_mb, per_input_mb):
     """A mem_mb function: base_mb plus per_input_mb for every MB of input."""
 
     def mem_mb(wildcards, input, attempt):
-        return int((base_mb + per_input_mb * input.size_mb) * attempt)
+        return int((base_mb + per_input_mb * input_mb(input)) * attempt)
 
     return mem_mb
 
@@ -291,7 +344,7 @@ def runtime_estimate(base_min, per_input_gb):
     """A runtime function (minutes): base_min plus per_input_gb for every GB of input."""
 
     def runtime(wildcards, input, attempt):
-        return int((base_min + per_input_gb * input.size_mb / 1024) * attempt)
+        return int((base_min + per_input_gb * input_mb(input) / 1024) * attempt)
 
     return runtime
 

@@ -112,4 +112,4 @@ def env_check_summary():
 def test_summary_counts(capsys):
     rules, envs, imports = env_check_summary()
     print(f"env check: {rules} rules, {envs} envs, {imports} rule-import pairs verified")
-    assert rules >= 10 and envs == 5 and imports > rules
+    assert rules >= 10 and envs == 6 and imports > rules

@@ -212,4 +212,10 @@ def test_nothing_to_do_after_a_run_and_stacking_change_reruns_only_stack(night):
     override = night / "kappa.yaml"
     override.write_text("stacking:\n  kappa_high: 2.5\n")
     changed = snakemake(night, "-n", "--configfile", str(ROOT / "config.yaml"), str(override))
-    assert planned_jobs(changed.stdout) == {"stack": 1, "all": 1}
+    # the stack, and the report's record of the settings and of the runtimes
+    assert planned_jobs(changed.stdout) == {
+        "stack": 1,
+        "effective_config": 1,
+        "runtimes": 1,
+        "all": 1,
+    }

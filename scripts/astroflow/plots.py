@@ -1,0 +1,174 @@
+"""Figures of the report: per-frame quality through the night, and run time per rule.
+
+Figures are built with the object-oriented API (:class:`matplotlib.figure.Figure`), never pyplot:
+no GUI backend is involved, nothing global changes, and ``Figure.savefig`` renders with Agg.
+"""
+
+from __future__ import annotations
+
+import matplotlib.dates as mdates
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+# frames.csv column -> axis label, top to bottom.
+QUALITY_PANELS = {
+    "fwhm": "FWHM (px)",
+    "n_stars": "stars",
+    "background": "background (ADU)",
+}
+REJECTED_COLOR = "tab:red"
+# More rejected frames than this are summarised in one line; frames.csv has them all.
+MAX_LISTED = 12
+MAX_REASON_CHARS = 90
+
+
+def frame_times(frames):
+    """The x axis of the quality plot: DATE-OBS of each frame, or its number when any lacks one.
+
+    Parameters
+    ----------
+    frames : pandas.DataFrame
+        Rows of ``frames.csv`` with a ``date_obs`` column (ISO 8601 strings, UTC as FITS
+        DATE-OBS is; missing values allowed).
+
+    Returns
+    -------
+    x : numpy.ndarray
+        ``datetime64[ns]`` (naive, UTC) when every frame has a parseable ``date_obs``; otherwise
+        the frame numbers 1..n in table order, as floats.
+    label : str
+        The axis label saying which of the two it is.
+    """
+    dates = frames["date_obs"] if "date_obs" in frames else pd.Series(np.nan, index=frames.index)
+    times = pd.to_datetime(dates, errors="coerce", utc=True, format="ISO8601")
+    if len(times) and times.notna().all():
+        return times.dt.tz_convert(None).to_numpy(), "DATE-OBS (UTC)"
+    # Half a night without times is still worth plotting, in acquisition (file name) order.
+    return np.arange(1, len(frames) + 1, dtype=float), "frame number (no DATE-OBS)"
+
+
+def quality_plot(frames, *, title=""):
+    """FWHM, star count and sky background of every light against time, rejected frames marked.
+
+    Parameters
+    ----------
+    frames : pandas.DataFrame
+        The table of ``results/{target}/frames.csv``: columns ``frame``, ``type``, ``date_obs``,
+        ``status`` (``used`` or ``rejected``), ``reason``, ``fwhm``, ``n_stars``, ``background``,
+        and optionally ``reference`` (bool). Rows of other types than ``light`` are ignored.
+    title : str, optional
+        Figure title (the target's name), followed by how many lights were used.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Three panels sharing the time axis. Used lights are joined by a line, the reference frame
+        is a star, rejected lights are red crosses (where they were measured) on a red dotted line
+        numbered at the top; below the panels one line per rejected frame gives its number, name,
+        time and reason. With no lights, a figure that says so.
+    """
+    lights = frames[frames["type"] == "light"]
+    if lights.empty:
+        fig = Figure(figsize=(9, 2), layout="constrained")
+        fig.text(0.5, 0.5, f"{title}: no light frames".strip(": "), ha="center", va="center")
+        return fig
+    x, xlabel = frame_times(lights)
+    order = np.argsort(x, kind="stable")
+    lights, x = lights.iloc[order].reset_index(drop=True), x[order]
+    rejected = (lights["status"] == "rejected").to_numpy()
+    reference = lights.get("reference", pd.Series(False, index=lights.index)).eq(True).to_numpy()
+    used = ~rejected
+    lines = _rejection_lines(lights[rejected], x[rejected], xlabel)
+
+    heights = [2.2] * len(QUALITY_PANELS) + ([0.3 + 0.17 * len(lines)] if lines else [])
+    fig = Figure(figsize=(9, sum(heights) + 0.6), layout="constrained")
+    grid = fig.add_gridspec(len(heights), 1, height_ratios=heights)
+    axes = [fig.add_subplot(grid[0])]
+    axes += [fig.add_subplot(grid[i], sharex=axes[0]) for i in range(1, len(QUALITY_PANELS))]
+    for ax, (column, label) in zip(axes, QUALITY_PANELS.items()):
+        y = pd.to_numeric(lights[column], errors="coerce").to_numpy(dtype=float)
+        ax.plot(x[used], y[used], "o-", color="tab:blue", markersize=4, lw=1, label="used")
+        ax.plot(x[reference], y[reference], "*", color="gold", mec="black", ms=13, label="reference")
+        ax.plot(x[rejected], y[rejected], "X", color=REJECTED_COLOR, ms=9, label="rejected")
+        for xr in x[rejected]:
+            ax.axvline(xr, color=REJECTED_COLOR, ls=":", lw=1)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        # Only the lowest panel labels the shared time axis.
+        ax.tick_params(labelbottom=ax is axes[-1])
+    for number, xr in enumerate(x[rejected], start=1):
+        axes[0].annotate(
+            str(number),
+            (xr, 1.0),
+            xycoords=("data", "axes fraction"),
+            ha="center",
+            va="bottom",
+            color=REJECTED_COLOR,
+            fontsize=8,
+        )
+    axes[-1].set_xlabel(xlabel)
+    if np.issubdtype(x.dtype, np.datetime64):
+        locator = mdates.AutoDateLocator()
+        axes[-1].xaxis.set_major_locator(locator)
+        axes[-1].xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+    axes[0].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
+    fig.suptitle(f"{title}: {int(used.sum())} of {len(lights)} lights used".strip(": "))
+    if lines:
+        text = fig.add_subplot(grid[-1])
+        text.axis("off")
+        text.text(0, 1, "\n".join(lines), va="top", family="monospace", fontsize=8)
+    return fig
+
+
+def _rejection_lines(rejected, x, xlabel):
+    """One text line per rejected light: number (as on the plot), frame, time, reason."""
+    lines = []
+    for number, (row, xr) in enumerate(zip(rejected.itertuples(index=False), x), start=1):
+        when = pd.Timestamp(xr).strftime("%H:%M:%S") if xlabel.startswith("DATE") else ""
+        reason = str(row.reason) if pd.notna(row.reason) else "no reason recorded"
+        if len(reason) > MAX_REASON_CHARS:
+            reason = reason[: MAX_REASON_CHARS - 3] + "..."
+        lines.append("  ".join(part for part in (f"{number:>3}", row.frame, when, reason) if part))
+    if len(lines) > MAX_LISTED:
+        more = len(lines) - MAX_LISTED + 1
+        lines = lines[: MAX_LISTED - 1] + [f"     ... and {more} more: see frames.csv"]
+    return lines
+
+
+def runtime_plot(runtimes, *, title="run time per rule"):
+    """Total wall-clock time and peak memory of each rule, from the benchmark table.
+
+    Parameters
+    ----------
+    runtimes : pandas.DataFrame
+        The table of :func:`astroflow.report.runtime_table`: one row per job with ``rule``, ``s``
+        (wall-clock seconds) and ``max_rss`` (MB).
+    title : str, optional
+        Figure title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Two panels of horizontal bars, one bar per rule in the order rules first appear in the
+        table (top to bottom): the sum of ``s`` over the rule's jobs, annotated with the number of
+        jobs, and the largest ``max_rss`` of any of its jobs.
+    """
+    per_rule = runtimes.groupby("rule", sort=False).agg(
+        seconds=("s", "sum"), jobs=("s", "size"), max_rss=("max_rss", "max")
+    )
+    fig = Figure(figsize=(9, 1.2 + 0.4 * max(1, len(per_rule))), layout="constrained")
+    time_ax, mem_ax = fig.subplots(1, 2, sharey=True)
+    y = np.arange(len(per_rule))
+    bars = time_ax.barh(y, per_rule["seconds"], color="tab:blue")
+    time_ax.bar_label(bars, labels=[f"{n} job{'s' * (n != 1)}" for n in per_rule["jobs"]], padding=3)
+    time_ax.set_xlabel("wall-clock time, all jobs (s)")
+    time_ax.set_yticks(y, per_rule.index)
+    time_ax.invert_yaxis()
+    time_ax.margins(x=0.25)
+    mem_ax.barh(y, per_rule["max_rss"], color="tab:orange")
+    mem_ax.set_xlabel("peak resident memory, largest job (MB)")
+    for ax in (time_ax, mem_ax):
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(title)
+    return fig
