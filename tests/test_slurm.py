@@ -1,0 +1,204 @@
+"""astroflow on a real single-node SLURM cluster, through profiles/slurm-nodb (docs/slurm.md).
+
+A module fixture starts SLURM with tests/slurm/start-slurm.sh (Debian's slurm-wlm and munge,
+installed if missing; one node with one GPU generic resource) and stops it afterwards. The
+simulated night and tests/slurm/Snakefile.gpu then run through the profile, changed in one key
+only: no conda (software-deployment-method), which this machine does not have.
+With SLURM_CI_DBD=1 the cluster also has an accounting database (MariaDB and slurmdbd) and the
+runs go through profiles/slurm, which polls with sacct.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, snakemake
+
+SLURM_TESTS = ROOT / "tests" / "slurm"
+PROFILES = ROOT / "profiles"
+# A tiny night: 26 jobs, each mostly Python and Snakemake start-up.
+TINY_NIGHT = {
+    "simulate": dict(width=320, height=240, n_lights=4, n_darks=1, n_flats=1, n_bias=1)
+}
+# The first line of every job log (astroflow.logs.setup_logging, and the probes of Snakefile.gpu).
+LOG_HEADER = re.compile(r"host (\S+), SLURM_JOB_ID (\S+), CUDA_VISIBLE_DEVICES (\S+)")
+SUBMITTED = re.compile(r"has been submitted with SLURM jobid (\d+)")
+# start-slurm.sh exits with this where a SLURM that is not its own has this machine.
+FOREIGN_SLURM = 77
+# start-slurm.sh reads SLURM_CI_DBD too: with slurmdbd, sacct works.
+PROFILE = "slurm" if os.environ.get("SLURM_CI_DBD") == "1" else "slurm-nodb"
+
+
+def slurm_unavailable():
+    """Why this machine cannot run the cluster of start-slurm.sh, or None where it can."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return "starting slurmctld and slurmd needs root"
+    installed = shutil.which("slurmctld") and shutil.which("slurmd") and shutil.which("munged")
+    if not installed and not (Path("/etc/debian_version").exists() and shutil.which("apt-get")):
+        return "SLURM is not installed and this is not Debian with apt-get to install it"
+    return None
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    """A running single-node SLURM cluster; stopped afterwards whatever happens."""
+    reason = slurm_unavailable()
+    if reason:
+        pytest.skip(f"no SLURM cluster: {reason}")
+    env = {**os.environ, "SLURM_CI_DIR": str(tmp_path_factory.mktemp("slurm-state"))}
+    try:
+        start = subprocess.run(
+            [str(SLURM_TESTS / "start-slurm.sh")],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900,
+        )
+        print(start.stdout)
+        if start.returncode == FOREIGN_SLURM:
+            pytest.skip(f"a SLURM that these tests did not start runs here:\n{start.stdout}")
+        assert start.returncode == 0, f"start-slurm.sh failed:\n{start.stdout}"
+        yield
+    finally:
+        subprocess.run(
+            [str(SLURM_TESTS / "stop-slurm.sh")], env=env, timeout=300,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+
+
+def profile_without_conda(tmp_path, name=PROFILE):
+    """A copy of a profile minus software-deployment-method (no conda on this machine)."""
+    settings = yaml.safe_load((PROFILES / name / "config.yaml").read_text())
+    assert settings.pop("software-deployment-method") == "conda"
+    folder = tmp_path / f"profile-{name}"
+    folder.mkdir()
+    (folder / "config.yaml").write_text(yaml.safe_dump(settings))
+    return folder
+
+
+def first_lines(logs):
+    """log path -> (host, SLURM job id, CUDA_VISIBLE_DEVICES) from its first line."""
+    found = {}
+    for log in logs:
+        text = log.read_text()
+        match = LOG_HEADER.search(text.splitlines()[0] if text else "")
+        assert match, f"{log} does not begin with the host/SLURM_JOB_ID line:\n{text[:500]}"
+        found[log] = match.groups()
+    return found
+
+
+def scontrol_job(job_id):
+    """`scontrol show job` of one job as a dict (finished jobs stay MinJobAge = 300 s)."""
+    out = subprocess.run(
+        ["scontrol", "show", "job", "--oneliner", job_id],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=True,
+    ).stdout
+    return dict(field.split("=", 1) for field in out.split() if "=" in field)
+
+
+@pytest.mark.integration
+def test_simulated_night_runs_as_slurm_jobs(slurm, tmp_path):
+    work = tmp_path / "work"
+    night = tmp_path / "tiny-night.yaml"
+    night.write_text(yaml.safe_dump(TINY_NIGHT))
+    started = time.monotonic()
+    proc = snakemake(
+        work,
+        "--profile", str(profile_without_conda(tmp_path)),
+        "--configfile", str(ROOT / "config.yaml"), str(night),
+        timeout=600,
+    )
+    wall_s = time.monotonic() - started
+
+    assert (work / "results" / "simulated-night" / "stack.fits").stat().st_size > 0
+    submitted = SUBMITTED.findall(proc.stdout)
+    finished = re.findall(r"Finished jobid: \S+ \(Rule: (\w+)\)", proc.stdout)
+    rule_jobs = [rule for rule in finished if rule != "all"]
+    logs = sorted((work / "logs").rglob("*.log"))
+    headers = first_lines(logs)
+    # Every job wrote its log inside a SLURM job that this run submitted, and every SLURM job
+    # ran at least one of them: nothing ran on the submit host, nothing went missing.
+    assert len(logs) == len(rule_jobs)
+    assert {job_id for _, job_id, _ in headers.values()} == set(submitted)
+    assert len(set(submitted)) == len(submitted)
+    # No astroflow rule asks for a GPU yet: none may see one.
+    assert {cuda for _, _, cuda in headers.values()} == {"unset"}
+    # The profile's bundles: several frames per SLURM job.
+    assert len(submitted) < len(rule_jobs)
+    if PROFILE == "slurm":
+        accounted = subprocess.run(
+            ["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(submitted)],
+            stdout=subprocess.PIPE, text=True, check=True,
+        ).stdout.split()
+        assert sorted(accounted) == sorted(f"{job_id}|COMPLETED" for job_id in submitted)
+    print(
+        f"\nSLURM ({PROFILE}), astroflow simulated night: {len(rule_jobs)} Snakemake jobs in "
+        f"{len(submitted)} SLURM jobs, 0 asked for a GPU, wall time {wall_s:.0f} s"
+    )
+
+
+@pytest.mark.integration
+def test_gpu_requests_reach_the_job(slurm, tmp_path):
+    work = tmp_path / "gpu"
+    profile = str(profile_without_conda(tmp_path))
+    started = time.monotonic()
+    proc = snakemake(
+        work, "--profile", profile,
+        snakefile=SLURM_TESTS / "Snakefile.gpu", timeout=300,
+    )
+    wall_s = time.monotonic() - started
+    submitted = SUBMITTED.findall(proc.stdout)
+    logs = sorted((work / "logs").glob("*.log"))
+    headers = {log.stem: ids for log, ids in first_lines(logs).items()}
+    assert sorted(headers) == ["cpu", "gpu", "gres"]
+    assert sorted(job_id for _, job_id, _ in headers.values()) == sorted(submitted)
+    assert headers["cpu"][2] == "unset"
+    assert headers["gpu"][2] == headers["gres"][2] == "0"
+    # resources: gpu=1 was submitted as --gpus=1, gres="gpu:1" as --gres=gpu:1.
+    gpu_job, gres_job = scontrol_job(headers["gpu"][1]), scontrol_job(headers["gres"][1])
+    assert gpu_job["TresPerJob"] == "gres:gpu:1" and "TresPerNode" not in gpu_job
+    assert gres_job["TresPerNode"] == "gres:gpu:1" and "TresPerJob" not in gres_job
+
+    # The switch of docs/slurm.md for clusters that only take --gres: gres plus gpu=0.
+    switched = snakemake(
+        work, "--profile", profile,
+        "--set-resources", "gpu:gres='gpu:1'", "gpu:gpu=0", "--forcerun", "gpu",
+        snakefile=SLURM_TESTS / "Snakefile.gpu", timeout=300,
+    )
+    (job_id,) = SUBMITTED.findall(switched.stdout)
+    gpu_log = work / "logs" / "gpu.log"
+    _, seen_id, cuda = first_lines([gpu_log])[gpu_log]
+    assert (seen_id, cuda) == (job_id, "0")
+    switched_job = scontrol_job(job_id)
+    assert switched_job["TresPerNode"] == "gres:gpu:1" and "TresPerJob" not in switched_job
+    print(
+        f"\nSLURM ({PROFILE}), GPU probes: {len(submitted)} SLURM jobs, 2 asked for a GPU "
+        f"(--gpus=1, --gres=gpu:1) and saw CUDA_VISIBLE_DEVICES=0, the CPU job saw none; wall time "
+        f"{wall_s:.0f} s; gpu=1 switched to --gres=gpu:1 also saw CUDA_VISIBLE_DEVICES={cuda}"
+    )
+
+
+def test_profiles_differ_only_in_status_command():
+    nodb = yaml.safe_load((PROFILES / "slurm-nodb" / "config.yaml").read_text())
+    db = yaml.safe_load((PROFILES / "slurm" / "config.yaml").read_text())
+    assert nodb.pop("slurm-status-command") == "squeue"
+    assert db.pop("slurm-status-command") == "sacct"
+    assert nodb == db
+
+
+def test_profile_names_only_existing_rules():
+    """A renamed rule would silently lose its per-rule settings."""
+    rules = {
+        match.group(1)
+        for smk in (ROOT / "rules").glob("*.smk")
+        for match in re.finditer(r"^rule (\w+):", smk.read_text(), re.MULTILINE)
+    }
+    profile = yaml.safe_load((PROFILES / "slurm" / "config.yaml").read_text())
+    named = (
+        set(profile.get("set-threads", {})) | set(profile["set-resources"]) | set(profile["groups"])
+    )
+    assert named <= rules, f"not rules of the workflow: {sorted(named - rules)}"
+    assert set(profile["group-components"]) <= set(profile["groups"].values())
