@@ -22,8 +22,10 @@ lint: $(STAMP)
 	$(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check Snakefile rules/
 
+# Two workers, one test file each (module fixtures run once): the workflow tests spend much of
+# their time waiting on Snakemake, SLURM and apt, so the other worker's CPU work fills it.
 test: lint
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -n 2 --dist loadfile
 
 clean:
 	rm -rf results resources logs .snakemake benchmarks/*/

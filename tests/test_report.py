@@ -90,7 +90,7 @@ def chromium():
     ]
     if subprocess.run(install, env=env, capture_output=True).returncode != 0:
         # a fresh machine has no package lists yet
-        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, check=True)
+        subprocess.run(["apt-get", "-o", "DPkg::Lock::Timeout=300", "update", "-q"], env=env, capture_output=True, check=True)
         subprocess.run(install, env=env, capture_output=True, check=True)
     return shutil.which("chromium") or pytest.fail("apt-get installed chromium, but it is not on PATH")
 
