@@ -24,8 +24,9 @@ def _cli_targets():
     return targets
 
 
-if _cli_targets():
-    config["targets"] = _cli_targets()
+CLI_TARGETS = _cli_targets()
+if CLI_TARGETS:
+    config["targets"] = CLI_TARGETS
 
 sys.path.insert(0, os.path.join(workflow.basedir, "scripts"))
 from astroflow.provenance import code_digest

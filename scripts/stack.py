@@ -1,5 +1,7 @@
 """Entry script of rule stack: registered lights -> stack.{fits,tif,png} and the rejection map."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -11,7 +13,8 @@ from astroflow.stack import combine
 log = setup_logging(snakemake.log[0])
 p = snakemake.params
 registration = pd.read_csv(snakemake.input.registration)
-registration["path"] = list(snakemake.input.frames)
+paths = {Path(path).stem: path for path in snakemake.input.frames}
+registration["path"] = registration["frame"].map(paths)
 # The reference frame first: frames are normalised to the first one.
 used = registration[registration["status"] == "used"].sort_values("reference", ascending=False)
 log.info("stacking %d of %d lights with %s", len(used), len(registration), p.method)

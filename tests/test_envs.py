@@ -109,7 +109,7 @@ def env_check_summary():
     return len(SCRIPTED), len(envs), imports
 
 
-def test_summary_counts(capsys):
+def test_summary_counts():
     rules, envs, imports = env_check_summary()
     print(f"env check: {rules} rules, {envs} envs, {imports} rule-import pairs verified")
     assert rules >= 10 and envs == 6 and imports > rules

@@ -129,6 +129,12 @@ def test_satellite_and_cloudy_frames(night):
     assert abs(excess) < 5 * error + 0.01 * in_frame / len(used)
 
 
+def block_means(image, size):
+    """Means of size x size blocks (the image cropped to whole blocks)."""
+    h, w = (n // size * size for n in image.shape)
+    return image[:h, :w].reshape(h // size, size, w // size, size).mean(axis=(1, 3))
+
+
 def test_calibrated_light_against_true_sky(night):
     meta = json.loads(truth(night, "meta.json").read_text())
     true = pd.read_csv(truth(night, "transforms.csv"))
@@ -151,9 +157,7 @@ def test_calibrated_light_against_true_sky(night):
     rel_rms = np.sqrt(np.mean(residual[ok] ** 2)) / np.mean(sky[ok])
     noise_ratio = np.sqrt(np.mean(residual[ok] ** 2) / np.mean(expected[ok] ** 2))
     # large scales: the flat, dark and bias errors, not the noise
-    h, w = (s // 32 * 32 for s in sky.shape)
-    blocks = lambda a: a[:h, :w].reshape(h // 32, 32, w // 32, 32).mean(axis=(1, 3))  # noqa: E731
-    large = np.abs(blocks(residual)) / blocks(sky)
+    large = np.abs(block_means(residual, 32)) / block_means(sky, 32)
     print(
         f"calibrated {frame} vs true sky: relative RMS {rel_rms:.4f}, "
         f"residual / expected noise {noise_ratio:.3f}, large-scale relative error "
