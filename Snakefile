@@ -12,6 +12,7 @@ include: "rules/ingest.smk"
 include: "rules/calibrate.smk"
 include: "rules/register.smk"
 include: "rules/stack.smk"
+include: "rules/planetary.smk"
 include: "rules/report.smk"
 
 

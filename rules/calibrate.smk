@@ -34,6 +34,7 @@ rule master_dark:
     benchmark:
         "benchmarks/master_dark/{target}-{kind}.tsv"
     wildcard_constraints:
+        target=DEEP_SKY_TARGETS,
         kind="dark|darkflat",
     conda:
         "../envs/calibrate.yaml"

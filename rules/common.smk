@@ -160,7 +160,80 @@ FRAMES = {
         if key in settings
     }
     for target, settings in config["targets"].items()
+    if settings["kind"] == "deep-sky"
 }
+
+# Planetary targets: a video or SER file, or a folder or glob of frames (names may hold spaces).
+VIDEO_EXTENSIONS = {".avi", ".mov", ".mp4", ".mkv", ".m4v", ".webm", ".ser"}
+SEQUENCE_FRAME_EXTENSIONS = {
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".tif",
+    ".tiff",
+    ".fits",
+    ".fit",
+    ".fts",
+}
+
+
+def _natural_key(path):
+    return [int(p) if p.isdigit() else p.lower() for p in re.split(r"(\d+)", str(path))]
+
+
+def _list_sequence(target, key):
+    spec = config["targets"][target][key]
+    where = f"target '{target}', {key}: {spec}"
+    known = VIDEO_EXTENSIONS | SEQUENCE_FRAME_EXTENSIONS
+    if glob.has_magic(spec):
+        paths = [p for p in glob.glob(spec) if os.path.isfile(p)]
+    elif os.path.isdir(spec):
+        paths = [
+            str(p)
+            for p in Path(spec).iterdir()
+            if p.is_file() and p.suffix.lower() in SEQUENCE_FRAME_EXTENSIONS
+        ]
+    elif os.path.isfile(spec):
+        paths = [spec]
+    else:
+        raise WorkflowError(f"{where}: no such folder or file")
+    paths = [p for p in paths if Path(p).suffix.lower() in known]
+    if not paths:
+        raise WorkflowError(
+            f"{where}: no video or frames found (looked for {', '.join(sorted(known))})"
+        )
+    videos = [p for p in paths if Path(p).suffix.lower() in VIDEO_EXTENSIONS]
+    if videos and len(paths) > 1:
+        raise WorkflowError(
+            f"{where}: give one video or SER file, or a folder of frames, not {len(paths)} files"
+        )
+    return sorted(paths, key=_natural_key)
+
+
+SEQUENCES = {
+    target: {
+        FRAME_TYPES[key]: _list_sequence(target, key)
+        for key in ("lights", "darks")
+        if key in settings
+    }
+    for target, settings in config["targets"].items()
+    if settings["kind"] == "planetary"
+}
+for _target, _settings in config["targets"].items():
+    _extra = sorted(set(_settings) - {"kind", "lights", "darks"})
+    if _settings["kind"] == "planetary" and _extra:
+        raise WorkflowError(
+            f"target '{_target}': a planetary target takes lights and optional darks, "
+            f"not {', '.join(_extra)}"
+        )
+
+
+def _target_pattern(names):
+    return "|".join(re.escape(t) for t in names) if names else "(?!)"
+
+
+DEEP_SKY_TARGETS = _target_pattern(FRAMES)
+PLANETARY_TARGETS = _target_pattern(SEQUENCES)
 
 for _target, _types in FRAMES.items():
     _missing = [t for t in ("bias", "dark", "flat") if t not in _types]
@@ -172,7 +245,7 @@ for _target, _types in FRAMES.items():
 
 
 wildcard_constraints:
-    target="|".join(re.escape(t) for t in FRAMES),
+    target=_target_pattern(config["targets"]),
     ftype="|".join(FRAME_TYPES.values()),
     frame=r"[A-Za-z0-9_.-]+",
 
@@ -295,10 +368,56 @@ def benchmark_files(wildcards):
         files += expand(rules.register.benchmark, target=target)
         files += expand(rules.warp.benchmark, target=target, frame=lights)
         files += expand(rules.stack.benchmark, target=target)
+    for target, types in SEQUENCES.items():
+        producers = [
+            rules.planetary_analyse,
+            rules.planetary_align,
+            rules.planetary_stack,
+        ]
+        if "dark" in types:
+            producers.append(rules.planetary_master_dark)
+        files += [expand(rule.benchmark, target=target)[0] for rule in producers]
     return files
 
 
+def planetary_lights(wildcards):
+    """The video, SER file or frames of a planetary target."""
+    return SEQUENCES[wildcards.target]["light"]
+
+
+def planetary_dark(wildcards):
+    """The master dark of a planetary target, if it has darks."""
+    if "dark" in SEQUENCES[wildcards.target]:
+        return {"dark": f"results/{wildcards.target}/masters/dark.fits"}
+    return {}
+
+
+def planetary_darks(wildcards):
+    return SEQUENCES[wildcards.target]["dark"]
+
+
+def planetary_outputs(target):
+    outputs = [
+        f"results/{target}/{name}"
+        for name in (
+            "frames.csv",
+            "stack.fits",
+            "stack.tif",
+            "stack.png",
+            "sharpened.fits",
+            "sharpened.png",
+            "quality.png",
+            "alignment_points.png",
+        )
+    ]
+    if "dark" in SEQUENCES[target]:
+        outputs.append(f"results/{target}/masters/dark.fits")
+    return outputs
+
+
 def target_outputs(target):
+    if target in SEQUENCES:
+        return planetary_outputs(target)
     outputs = [
         f"results/{target}/frames.csv",
         f"results/{target}/stack.fits",
@@ -316,7 +435,7 @@ def target_outputs(target):
 
 
 def all_outputs():
-    outputs = [path for target in FRAMES for path in target_outputs(target)]
+    outputs = [path for target in config["targets"] for path in target_outputs(target)]
     return outputs + [
         "results/runtimes.tsv",
         "results/runtimes.png",

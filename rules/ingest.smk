@@ -32,6 +32,8 @@ rule frames_table:
         ),
     log:
         "logs/frames_table/{target}.log",
+    wildcard_constraints:
+        target=DEEP_SKY_TARGETS,
     conda:
         "../envs/stack.yaml"
     threads: 1

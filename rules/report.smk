@@ -12,6 +12,8 @@ rule quality_plot:
         ),
     log:
         "logs/quality_plot/{target}.log",
+    wildcard_constraints:
+        target=DEEP_SKY_TARGETS,
     conda:
         "../envs/report.yaml"
     threads: 1

@@ -20,6 +20,8 @@ rule stack:
         "logs/stack/{target}.log",
     benchmark:
         "benchmarks/stack/{target}.tsv"
+    wildcard_constraints:
+        target=DEEP_SKY_TARGETS,
     conda:
         "../envs/stack.yaml"
     threads: 1

@@ -110,3 +110,49 @@ def _atomic(path, write):
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     write(tmp)
     os.replace(tmp, path)
+
+
+def linear_png_levels(image, *, black_percentile=0.5, white_percentile=99.99):
+    """Black and white points for a linear display of a planetary image.
+
+    Planetary images are mostly black sky around a bright disc, so the MTF autostretch of deep-sky
+    previews (which lifts the sky median) would show the sky noise; a linear stretch between a
+    dark percentile and the brightest pixels is what planetary software shows.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        ``(H, W)`` or ``(H, W, 3)`` linear data (ADU); NaN ignored.
+    black_percentile, white_percentile : float, optional
+        Percentiles (0-100) of all the samples that map to 0 and 1.
+
+    Returns
+    -------
+    tuple of float
+        ``(black, white)`` in ADU, ``white > black``.
+    """
+    data = np.asarray(image, dtype=np.float64)
+    data = data[np.isfinite(data)]
+    if data.size == 0:
+        return 0.0, 1.0
+    black, white = (float(v) for v in np.percentile(data, [black_percentile, white_percentile]))
+    return black, white if white > black else black + 1.0
+
+
+def save_linear_png(path, image, *, levels=None):
+    """Write an 8-bit PNG of linear data scaled between two levels (planetary previews).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Output path.
+    image : numpy.ndarray
+        ``(H, W)`` or ``(H, W, 3)`` linear data (ADU).
+    levels : tuple of float or None, optional
+        ``(black, white)`` in ADU; :func:`linear_png_levels` of the image by default. Give the
+        same levels to compare two images (a stack and its sharpened version).
+    """
+    black, white = levels if levels is not None else linear_png_levels(image)
+    data = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=black)
+    scaled = np.clip((data - black) / (white - black), 0.0, 1.0)
+    _atomic(path, lambda tmp: iio.imwrite(tmp, np.round(scaled * 255).astype(np.uint8), extension=".png"))

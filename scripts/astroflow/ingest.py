@@ -29,6 +29,7 @@ from PIL import ExifTags, Image
 from astroflow import __version__
 from astroflow.debayer import BAYER_PATTERNS
 from astroflow.fitsio import read_header, write_image, write_rejected
+from astroflow.provenance import sha256_file  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -82,27 +83,6 @@ class UnreadableFrameError(ValueError):
 
     The message names the file and the problem.
     """
-
-
-def sha256_file(path):
-    """SHA-256 of a file's bytes.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-
-    Returns
-    -------
-    str
-        64 lower-case hexadecimal digits.
-
-    Raises
-    ------
-    OSError
-        If the file cannot be opened or read.
-    """
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def read_frame(path):

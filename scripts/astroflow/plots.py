@@ -172,3 +172,93 @@ def runtime_plot(runtimes, *, title="run time per rule"):
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle(title)
     return fig
+
+
+def planetary_quality_plot(frames, *, title=""):
+    """Quality of every frame of a planetary sequence against time, and what became of it.
+
+    Parameters
+    ----------
+    frames : pandas.DataFrame
+        The ``frames.csv`` of a planetary target: ``frame``, ``timestamp`` (ISO or empty),
+        ``status`` (``used``, ``unused``, ``rejected``), ``reason``, ``quality``, ``ap_count``.
+    title : str, optional
+        Figure title (the target's name).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Top: quality (sharpness) of each frame, used frames in blue, unused in grey, rejected
+        as red marks at the bottom with their reasons listed under the panels. Bottom: at how
+        many alignment points each frame was stacked. The x axis is the timestamp where every
+        frame has one, else the frame number.
+    """
+    frames = frames.reset_index(drop=True)
+    x, xlabel = frame_times(frames.rename(columns={"timestamp": "date_obs"}))
+    status = frames["status"].astype(str).to_numpy()
+    quality = pd.to_numeric(frames["quality"], errors="coerce").to_numpy(dtype=float)
+    aps = pd.to_numeric(frames["ap_count"], errors="coerce").fillna(0).to_numpy()
+    rejected = status == "rejected"
+    lines = _rejection_lines(frames[rejected], x[rejected], xlabel)
+    heights = [2.6, 1.6] + ([0.3 + 0.17 * len(lines)] if lines else [])
+    fig = Figure(figsize=(9, sum(heights) + 0.6), layout="constrained")
+    grid = fig.add_gridspec(len(heights), 1, height_ratios=heights)
+    ax = fig.add_subplot(grid[0])
+    ax2 = fig.add_subplot(grid[1], sharex=ax)
+    ax.plot(x, quality, "-", color="0.8", lw=0.8)
+    for kind, colour, label in (("used", "tab:blue", "used"), ("unused", "0.55", "not among the best")):
+        sel = status == kind
+        ax.plot(x[sel], quality[sel], "o", color=colour, ms=3, label=f"{label} ({int(sel.sum())})")
+    if rejected.any():
+        floor = np.nanmin(quality) if np.isfinite(quality).any() else 0.0
+        ax.plot(x[rejected], np.full(int(rejected.sum()), floor), "X", color=REJECTED_COLOR, ms=8,
+                label=f"rejected ({int(rejected.sum())})")
+        for xr in x[rejected]:
+            ax.axvline(xr, color=REJECTED_COLOR, ls=":", lw=1)
+    ax.set_ylabel("sharpness")
+    ax.grid(alpha=0.3)
+    ax.tick_params(labelbottom=False)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
+    ax2.bar(x, aps, width=0.8 if not np.issubdtype(x.dtype, np.datetime64) else 0.0005, color="tab:blue")
+    ax2.set_ylabel("alignment points")
+    ax2.set_xlabel(xlabel)
+    ax2.grid(alpha=0.3)
+    fig.suptitle(f"{title}: {int((status == 'used').sum())} of {len(frames)} frames used".strip(": "))
+    if lines:
+        text = fig.add_subplot(grid[-1])
+        text.axis("off")
+        text.text(0, 1, "\n".join(lines), va="top", family="monospace", fontsize=8)
+    return fig
+
+
+def alignment_points_plot(reference, points, size, *, title=""):
+    """The reference window with the alignment point boxes drawn on it.
+
+    Parameters
+    ----------
+    reference : numpy.ndarray
+        ``(h, w)`` or ``(h, w, 3)`` reference (ADU).
+    points : numpy.ndarray
+        ``(n, 2)`` box corners ``(y, x)`` (px).
+    size : int
+        Box side (px).
+    title : str, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from matplotlib.patches import Rectangle
+
+    data = np.asarray(reference, dtype=float)
+    lo, hi = np.percentile(data, [0.5, 99.99])
+    shown = np.clip((data - lo) / max(hi - lo, 1e-12), 0, 1)
+    h, w = data.shape[:2]
+    fig = Figure(figsize=(6, 6 * h / w + 0.4), layout="constrained")
+    ax = fig.add_subplot()
+    ax.imshow(shown, cmap="gray" if data.ndim == 2 else None, interpolation="nearest")
+    for y, x in np.asarray(points).reshape(-1, 2):
+        ax.add_patch(Rectangle((x - 0.5, y - 0.5), size, size, fill=False, ec="tab:orange", lw=0.6))
+    ax.set_title(f"{title}: {len(points)} alignment points of {size} px".strip(": "), fontsize=10)
+    ax.set_axis_off()
+    return fig

@@ -92,3 +92,24 @@ def code_digest(script):
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def sha256_file(path):
+    """SHA-256 of a file's bytes.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Returns
+    -------
+    str
+        64 lower-case hexadecimal digits.
+
+    Raises
+    ------
+    OSError
+        If the file cannot be opened or read.
+    """
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()

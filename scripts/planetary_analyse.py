@@ -1,0 +1,31 @@
+"""Entry script of rule planetary_analyse: pass 1, object and quality of every frame."""
+
+from astroflow.fitsio import read_image
+from astroflow.provenance import sha256_file
+from astroflow.logs import setup_logging
+from astroflow.planetary import analyse_sequence
+from astroflow.sequence import open_sequence
+
+log = setup_logging(snakemake.log[0])
+p = snakemake.params
+sequence = open_sequence(list(snakemake.input.frames))
+log.info(
+    "%s: %d frames of %s, %d-bit, %s",
+    sequence.source,
+    len(sequence),
+    "x".join(map(str, sequence.shape)),
+    sequence.bit_depth,
+    sequence.colour,
+)
+dark_path = getattr(snakemake.input, "dark", None)
+dark = read_image(dark_path)[0] if dark_path else None
+table = analyse_sequence(
+    sequence, dark=dark, min_snr=p.min_snr, threshold=p.threshold, edge_margin=p.edge_margin
+)
+digests = {source: sha256_file(source) for source in table["source"].unique()}
+table.insert(3, "sha256", table["source"].map(digests))
+table.to_csv(snakemake.output[0], index=False)
+rejected = table[table["status"] == "rejected"]
+log.info("%d frames, %d rejected", len(table), len(rejected))
+for _, row in rejected.iterrows():
+    log.warning("frame %s rejected: %s", row["frame"], row["reason"])

@@ -1,0 +1,15 @@
+"""Entry script of rule planetary_frames_table: results/{target}/frames.csv of a planetary target."""
+
+import pandas as pd
+
+from astroflow.logs import setup_logging
+from astroflow.planetary import frames_table
+
+log = setup_logging(snakemake.log[0])
+table = frames_table(
+    pd.read_csv(snakemake.input.table, keep_default_na=False, na_values=[""]),
+    pd.read_csv(snakemake.input.usage),
+)
+table.to_csv(snakemake.output[0], index=False)
+counts = table["status"].value_counts().to_dict()
+log.info("%d frames: %s", len(table), counts)

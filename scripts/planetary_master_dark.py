@@ -1,0 +1,17 @@
+"""Entry script of rule planetary_master_dark: dark video or frames -> masters/dark.fits (mean)."""
+
+from astroflow.fitsio import write_image
+from astroflow.logs import setup_logging
+from astroflow.planetary import master_dark
+from astroflow.sequence import open_sequence
+
+log = setup_logging(snakemake.log[0])
+sequence = open_sequence(list(snakemake.input))
+dark, n = master_dark(sequence)
+log.info("master dark: mean of %d of %d frames of %s", n, len(sequence), sequence.source)
+write_image(
+    snakemake.output[0],
+    dark,
+    {"IMAGETYP": "Master Dark", "NCOMBINE": n},
+    [f"astroflow planetary_master_dark: mean of {n} frames of {sequence.source}"],
+)

@@ -1,0 +1,11 @@
+"""Entry script of rule planetary_quality_plot: frames.csv -> results/{target}/quality.png."""
+
+import pandas as pd
+
+from astroflow.logs import setup_logging
+from astroflow.plots import planetary_quality_plot
+
+log = setup_logging(snakemake.log[0])
+frames = pd.read_csv(snakemake.input[0], keep_default_na=False, na_values=[""])
+planetary_quality_plot(frames, title=snakemake.wildcards.target).savefig(snakemake.output[0], dpi=100)
+log.info("%d frames plotted", len(frames))
