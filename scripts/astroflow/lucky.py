@@ -496,6 +496,9 @@ def alignment_points(reference, *, size=48, min_brightness=0.1, min_structure=0.
 def ap_qualities(window_lum, points, size):
     """Sharpness of one frame's window at every alignment point.
 
+    The same measure as :func:`sharpness` (variance of the Laplacian of the smoothed image over
+    the squared mean), evaluated for every box at once from integral images.
+
     Parameters
     ----------
     window_lum : numpy.ndarray
@@ -508,15 +511,27 @@ def ap_qualities(window_lum, points, size):
     Returns
     -------
     numpy.ndarray
-        float64 ``(n,)``: :func:`sharpness` of each box.
+        float64 ``(n,)``: the sharpness of each box (0 where its mean is not positive).
     """
-    smooth = cv2.GaussianBlur(np.asarray(window_lum, np.float32), (0, 0), 1.0)
-    lap = cv2.Laplacian(smooth, cv2.CV_32F, ksize=3)
-    out = np.empty(len(points))
-    for k, (y, x) in enumerate(points):
-        values = window_lum[y : y + size, x : x + size]
-        mean = float(values.mean())
-        out[k] = float(lap[y : y + size, x : x + size].var()) / mean**2 if mean > 0 else 0.0
+    lum = np.asarray(window_lum, np.float32)
+    points = np.asarray(points, dtype=int).reshape(-1, 2)
+    if points.size == 0:
+        return np.zeros(0)
+    smooth = cv2.GaussianBlur(lum, (0, 0), 1.0)
+    lap = cv2.Laplacian(smooth, cv2.CV_32F, ksize=3).astype(np.float64)
+    area = float(size * size)
+    y, x = points[:, 0], points[:, 1]
+
+    def box_sum(image):
+        integral = cv2.integral(np.ascontiguousarray(image, dtype=np.float64))
+        return integral[y + size, x + size] - integral[y, x + size] - integral[y + size, x] + integral[y, x]
+
+    mean = box_sum(lum) / area
+    lap_mean = box_sum(lap) / area
+    lap_var = np.maximum(box_sum(lap * lap) / area - lap_mean**2, 0.0)
+    out = np.zeros(len(points))
+    good = mean > 0
+    out[good] = lap_var[good] / mean[good] ** 2
     return out
 
 
@@ -600,7 +615,12 @@ def mid_frequency_power(image, *, band=(0.05, 0.25), noise_band=(0.4, 0.5)):
 
 
 def local_shift(ref_box, patch, search):
-    """Residual shift of a frame at one alignment point.
+    """Residual shift of a frame at one alignment point, by block matching.
+
+    The reference box is matched over the search area with OpenCV's normalised
+    cross-correlation (``matchTemplate``, TM_CCOEFF_NORMED, as PlanetarySystemStacker's local
+    search), after a light Gaussian against noise; the peak is refined to sub-pixel precision
+    by a parabola through it and its neighbours on each axis.
 
     Parameters
     ----------
@@ -610,19 +630,32 @@ def local_shift(ref_box, patch, search):
         ``(s + 2 search, s + 2 search)`` frame luminance around the box at its globally
         aligned (integer) position.
     search : int
-        Largest accepted shift (px); a larger estimate is refused.
+        Largest shift searched (px).
 
     Returns
     -------
     tuple of float or None
         ``(dy, dx)``: the box content is the reference moved by it (as :func:`global_shift`);
-        None when the estimate exceeds ``search``.
+        None when the best match lies on the border of the search area (the true shift is
+        larger) or the correlation is flat.
     """
-    s = ref_box.shape[0]
-    dy, dx = global_shift(ref_box, patch[search : search + s, search : search + s], upsample=10)
-    if max(abs(dy), abs(dx)) > search:
+    ref = cv2.GaussianBlur(np.asarray(ref_box, np.float32), (0, 0), 1.0)
+    img = cv2.GaussianBlur(np.asarray(patch, np.float32), (0, 0), 1.0)
+    score = cv2.matchTemplate(img, ref, cv2.TM_CCOEFF_NORMED)
+    if not np.isfinite(score).all():
         return None
-    return dy, dx
+    iy, ix = np.unravel_index(int(np.argmax(score)), score.shape)
+    n = score.shape[0]
+    if iy in (0, n - 1) or ix in (0, score.shape[1] - 1):
+        return None
+
+    def vertex(a, b, c):
+        den = a - 2.0 * b + c
+        return 0.0 if den >= 0 else float(np.clip(0.5 * (a - c) / den, -0.5, 0.5))
+
+    fy = vertex(score[iy - 1, ix], score[iy, ix], score[iy + 1, ix])
+    fx = vertex(score[iy, ix - 1], score[iy, ix], score[iy, ix + 1])
+    return iy + fy - search, ix + fx - search
 
 
 class PatchStacker:
@@ -730,7 +763,7 @@ class PatchStacker:
             shift = local_shift(self.ref_lum[y : y + s, x : x + s], patch_lum, r)
             if shift is None:
                 self.local_fallbacks += 1
-                shift = (-frac_y, -frac_x)
+                shift = (frac_y, frac_x)
             k = self.slot[(a, index)]
             self.patches[a, k] = image3[y0 : y0 + s + 2 * r, x0 : x0 + s + 2 * r]
             self.shifts[a, k] = shift
