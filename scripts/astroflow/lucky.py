@@ -41,6 +41,7 @@ __all__ = [
     "Detection",
     "PatchStacker",
     "alignment_points",
+    "align_window",
     "analyse_frame",
     "ap_qualities",
     "build_reference",
@@ -398,6 +399,44 @@ def global_shift(reference, lum, *, upsample=20, smooth_px=1.0):
     return -float(shift[0]), -float(shift[1])
 
 
+def align_window(reference_lum, image, py, px, shape, *, iterations=3, tolerance=0.02):
+    """Aligned position of a frame's window: :func:`global_shift`, iterated to convergence.
+
+    The Hann window that keeps the correlation free of edge effects also pulls the estimate
+    towards zero shift (by about 0.1 px per px of shift); re-extracting the window at the
+    estimated position and measuring what is left removes that bias.
+
+    Parameters
+    ----------
+    reference_lum : numpy.ndarray
+        ``(h, w)`` reference luminance.
+    image : numpy.ndarray
+        ``(H, W[, C])`` the whole frame (ADU).
+    py, px : float
+        First estimate of the window position (px).
+    shape : tuple of int
+        ``(h, w)``.
+    iterations : int, optional
+        Most refinements after the first estimate. Default 3.
+    tolerance : float, optional
+        Stop when a refinement moves less than this (px).
+
+    Returns
+    -------
+    tuple of float or None
+        The aligned position ``(py, px)``; None when the window leaves the frame.
+    """
+    for _ in range(iterations + 1):
+        window = extract(image, py, px, shape)
+        if window is None:
+            return None
+        dy, dx = global_shift(reference_lum, luminance(window))
+        py, px = py + dy, px + dx
+        if max(abs(dy), abs(dx)) < tolerance:
+            break
+    return (py, px) if extract(image, py, px, shape) is not None else None
+
+
 def build_reference(windows, *, upsample=20):
     """Reference image: the best frames' windows aligned on the first and averaged.
 
@@ -424,7 +463,12 @@ def build_reference(windows, *, upsample=20):
     first = luminance(windows[0])
     total = np.zeros_like(windows[0], dtype=np.float64)
     for win in windows:
-        dy, dx = global_shift(first, luminance(win), upsample=upsample)
+        dy = dx = 0.0
+        for _ in range(4):  # iterated, as in align_window, against the Hann window's pull
+            ddy, ddx = global_shift(first, luminance(_translate(win, -dy, -dx)), upsample=upsample)
+            dy, dx = dy + ddy, dx + ddx
+            if max(abs(ddy), abs(ddx)) < 0.02:
+                break
         total += _translate(win, -dy, -dx)
     return (total / len(windows)).astype(np.float32)
 

@@ -291,17 +291,14 @@ def align_sequence(
     for frame in sequence.frames(sorted(usable)):
         image = _dark_subtracted(frame.image, dark)
         wy, wx = position[frame.index]
-        window = lucky.extract(image, wy, wx, size)
         i = table.index[table["index"] == frame.index][0]
-        dy, dx = lucky.global_shift(ref_lum, lucky.luminance(window))
-        py, px = wy + dy, wx + dx
-        aligned = lucky.extract(image, py, px, size)
-        if aligned is None:
-            table.loc[i, ["status", "reason"]] = [
-                "rejected",
-                f"aligned window leaves the frame (shift {dy:+.1f}, {dx:+.1f} px)",
-            ]
+        aligned_at = lucky.align_window(ref_lum, image, wy, wx, size)
+        if aligned_at is None:
+            table.loc[i, ["status", "reason"]] = ["rejected", "aligned window leaves the frame"]
             continue
+        py, px = aligned_at
+        dy, dx = py - wy, px - wx
+        aligned = lucky.extract(image, py, px, size)
         table.loc[i, ["shift_y", "shift_x", "position_y", "position_x"]] = [dy, dx, py, px]
         ap_quality[i] = lucky.ap_qualities(lucky.luminance(aligned), points, ap_size)
         _progress(frame.index, n, "align")
