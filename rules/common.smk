@@ -210,6 +210,15 @@ def _list_sequence(target, key):
     return sorted(paths, key=_natural_key)
 
 
+for _target, _settings in config["targets"].items():
+    _extra = sorted(set(_settings) - {"kind", "lights", "darks"})
+    if _settings["kind"] == "planetary" and _extra:
+        raise WorkflowError(
+            f"target '{_target}': a planetary target takes lights and optional darks, "
+            f"not {', '.join(_extra)}"
+        )
+
+
 SEQUENCES = {
     target: {
         FRAME_TYPES[key]: _list_sequence(target, key)
@@ -219,13 +228,6 @@ SEQUENCES = {
     for target, settings in config["targets"].items()
     if settings["kind"] == "planetary"
 }
-for _target, _settings in config["targets"].items():
-    _extra = sorted(set(_settings) - {"kind", "lights", "darks"})
-    if _settings["kind"] == "planetary" and _extra:
-        raise WorkflowError(
-            f"target '{_target}': a planetary target takes lights and optional darks, "
-            f"not {', '.join(_extra)}"
-        )
 
 
 def _target_pattern(names):

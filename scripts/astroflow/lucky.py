@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass
 
 import cv2
@@ -702,6 +703,43 @@ def local_shift(ref_box, patch, search):
     return iy + fy - search, ix + fx - search
 
 
+class _DiskArray:
+    """A float32 array in a file, written and read by explicit I/O.
+
+    A numpy memmap would do the same, but its pages count in the process's resident memory
+    while they are cached, so the memory a job reports would grow with the samples; explicit
+    reads and writes go through the page cache, which the kernel owns.
+    """
+
+    def __init__(self, path, shape):
+        self.path = str(path)
+        self.shape = tuple(int(n) for n in shape)
+        self.item = int(np.prod(self.shape[1:], dtype=np.int64)) * 4
+        self.file = open(self.path, "w+b")
+        self.file.truncate(self.shape[0] * self.item)
+
+    def _offset(self, index):
+        inner = self.shape[1:]
+        flat = 0
+        for k, i in enumerate(index[1:]):
+            flat += i * int(np.prod(inner[k + 1 :], dtype=np.int64))
+        return index[0] * self.item + flat * 4
+
+    def write(self, index, values):
+        """Write a block at ``index`` (a tuple of leading indices), contiguous in the file."""
+        data = np.ascontiguousarray(values, dtype=np.float32)
+        os.pwrite(self.file.fileno(), data.tobytes(), self._offset(index))
+
+    def read(self, index, shape):
+        """Read a contiguous block of ``shape`` starting at ``index``."""
+        count = int(np.prod(shape, dtype=np.int64))
+        raw = os.pread(self.file.fileno(), count * 4, self._offset(index))
+        return np.frombuffer(raw, dtype=np.float32).reshape(shape).copy()
+
+    def close(self):
+        self.file.close()
+
+
 class PatchStacker:
     """Pass 3: stacks every alignment point from its best frames, and the globally aligned rest.
 
@@ -745,23 +783,24 @@ class PatchStacker:
                 self.per_frame.setdefault(int(f), []).append(a)
         self.counts = np.array([len(s) for s in selections], dtype=int)
         n_ap = len(self.points)
-        self.patches = np.lib.format.open_memmap(
-            f"{self.workdir}/ap_patches.npy",
-            mode="w+",
-            dtype=np.float32,
-            shape=(max(n_ap, 1), max(n_keep, 1), patch, patch, self.channels),
+        self.patch_shape = (patch, patch, self.channels)
+        self.patches = _DiskArray(
+            f"{self.workdir}/ap_patches.f32", (max(n_ap, 1), max(n_keep, 1)) + self.patch_shape
         )
         self.shifts = np.full((max(n_ap, 1), max(n_keep, 1), 2), np.nan)
         self.global_slot = {int(f): k for k, f in enumerate(global_selection)}
-        self.windows = np.lib.format.open_memmap(
-            f"{self.workdir}/windows.npy",
-            mode="w+",
-            dtype=np.float32,
-            shape=(max(len(global_selection), 1), self.h, self.w, self.channels),
+        self.windows = _DiskArray(
+            f"{self.workdir}/windows.f32",
+            (max(len(global_selection), 1), self.h, self.w, self.channels),
         )
         self.windows_valid = np.zeros(max(len(global_selection), 1), dtype=bool)
         self.local_fallbacks = 0
         self.local_measured = 0
+
+    def close(self):
+        """Close the sample files (the caller removes ``workdir``)."""
+        self.patches.close()
+        self.windows.close()
 
     def wanted(self):
         """Sorted frame indices this stacker needs to see."""
@@ -790,7 +829,7 @@ class PatchStacker:
             window = extract(image3, py, px, (self.h, self.w))
             if window is not None:
                 k = self.global_slot[index]
-                self.windows[k] = window.reshape(self.h, self.w, self.channels)
+                self.windows.write((k,), window.reshape(self.h, self.w, self.channels))
                 self.windows_valid[k] = True
         used = 0
         iy, ix = int(round(py)), int(round(px))
@@ -809,7 +848,7 @@ class PatchStacker:
                 self.local_fallbacks += 1
                 shift = (frac_y, frac_x)
             k = self.slot[(a, index)]
-            self.patches[a, k] = image3[y0 : y0 + s + 2 * r, x0 : x0 + s + 2 * r]
+            self.patches.write((a, k), image3[y0 : y0 + s + 2 * r, x0 : x0 + s + 2 * r])
             self.shifts[a, k] = shift
             used += 1
         return used
@@ -819,7 +858,7 @@ class PatchStacker:
         n = self.counts[a]
         s, r = self.size, self.search
         valid = np.flatnonzero(np.isfinite(self.shifts[a, :n, 0]))
-        raw = np.asarray(self.patches[a, valid])
+        raw = self.patches.read((a, 0), (n,) + self.patch_shape)[valid]
         shifts = self.shifts[a, valid]
         aligned = np.empty((valid.size, s, s, self.channels), np.float32)
         for k in range(valid.size):
@@ -935,7 +974,10 @@ class PatchStacker:
             return self.reference.reshape(self.h, self.w, self.channels).copy()
         out = np.empty((self.h, self.w, self.channels), np.float32)
         for r0 in range(0, self.h, band):
-            block = np.asarray(self.windows[valid, r0 : r0 + band])
+            rows = min(band, self.h - r0)
+            block = np.stack(
+                [self.windows.read((k, r0), (rows, self.w, self.channels)) for k in valid]
+            )
             if block.shape[0] >= 3:
                 masked = sigma_clip(
                     block, sigma_lower=kappa_low, sigma_upper=kappa_high, maxiters=max_iters,

@@ -395,7 +395,7 @@ def stack_sequence(
         image, coverage, stats = stacker.finish(
             kappa_low=kappa_low, kappa_high=kappa_high, max_iters=max_iters, drizzle=drizzle, pixfrac=pixfrac
         )
-        del stacker
+        stacker.close()
     fill_set = set(int(i) for i in fill)
     usage = pd.DataFrame(
         {
@@ -473,3 +473,73 @@ def frames_table(alignment, usage):
         if column not in table:
             table[column] = math.nan
     return table[FRAMES_COLUMNS]
+
+
+def baselines(sequence, table, size, *, dark=None):
+    """What a lucky stack is measured against: the mean of all frames and the best frame.
+
+    Both are taken at the frames' globally aligned window positions, so they cover exactly the
+    stack's field.
+
+    Parameters
+    ----------
+    sequence : astroflow.sequence.FrameSequence
+    table : pandas.DataFrame
+        From :func:`align_sequence` (or frames.csv): ``index``, ``status``, ``quality``,
+        ``position_y``, ``position_x``.
+    size : tuple of int
+        ``(h, w)`` of the window.
+    dark : numpy.ndarray or None, optional
+
+    Returns
+    -------
+    mean_all : numpy.ndarray
+        float32 ``(h, w[, C])``: mean of every usable frame, globally aligned.
+    best : numpy.ndarray
+        float32 ``(h, w[, C])``: the frame ranked sharpest.
+    """
+    usable = table[table["status"].isin(["ok", "used", "unused"])]
+    best_index = int(usable.sort_values("quality", ascending=False).iloc[0]["index"])
+    position = dict(zip(usable["index"], zip(usable["position_y"], usable["position_x"])))
+    total, n, best = None, 0, None
+    for frame in sequence.frames(sorted(int(i) for i in position)):
+        image = _dark_subtracted(frame.image, dark)
+        window = lucky.extract(image, *position[frame.index], size)
+        total = window.astype(np.float64) if total is None else total + window
+        n += 1
+        if frame.index == best_index:
+            best = window
+    return (total / n).astype(np.float32), best
+
+
+def detail_measures(images, *, bands=((0.02, 0.08), (0.08, 0.2))):
+    """Detail and noise of a set of images of the same field, for the comparisons of the note.
+
+    Parameters
+    ----------
+    images : dict of str to numpy.ndarray
+        Images ``(h, w[, C])`` of the same field (ADU).
+    bands : tuple of tuple of float, optional
+        Frequency bands (cycles/px) of :func:`astroflow.lucky.mid_frequency_power`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per image: ``power_<lo>-<hi>`` for each band (noise-corrected, over the mean²),
+        ``noise_floor`` (power at 0.4-0.5 cycles/px over the mean², where the atmosphere leaves
+        only noise) and ``sharpness`` (:func:`astroflow.lucky.sharpness`).
+    """
+    rows = []
+    for name, image in images.items():
+        lum = lucky.luminance(image).astype(np.float64)
+        row = {"image": name}
+        for lo, hi in bands:
+            row[f"power_{lo:g}-{hi:g}"] = lucky.mid_frequency_power(image, band=(lo, hi))
+        mean = lum.mean()
+        win = np.outer(np.hanning(lum.shape[0]), np.hanning(lum.shape[1]))
+        power = np.abs(np.fft.fft2((lum - mean) * win)) ** 2 / win.sum() ** 2
+        radius = np.hypot(np.fft.fftfreq(lum.shape[0])[:, None], np.fft.fftfreq(lum.shape[1])[None, :])
+        row["noise_floor"] = float(power[(radius >= 0.4) & (radius < 0.5)].mean() / mean**2)
+        row["sharpness"] = lucky.sharpness(lum.astype(np.float32))
+        rows.append(row)
+    return pd.DataFrame(rows)
