@@ -218,3 +218,39 @@ def test_config_page_shows_the_configuration_as_escaped_yaml():
     (pre,) = re.findall(r"<pre[^>]*>(.*)</pre>", page, flags=re.S)
     assert yaml.safe_load(html.unescape(pre)) == dict(config)
     assert html.unescape(pre).index("targets") < html.unescape(pre).index("stacking")
+
+
+def test_planetary_quality_plot_marks_used_unused_and_rejected_with_reasons():
+    from astroflow.plots import planetary_quality_plot
+
+    frames = pd.DataFrame(
+        {
+            "frame": [f"f{i}" for i in range(6)],
+            "timestamp": [""] * 6,
+            "status": ["used", "used", "unused", "rejected", "used", "rejected"],
+            "reason": ["", "", "not among the best frames", "no object: frame is blank", "",
+                       "object cut by the frame edge"],
+            "quality": [3.0, 2.5, 1.0, np.nan, 2.0, np.nan],
+            "ap_count": [10, 4, 0, 0, 7, 0],
+        }
+    )
+    fig = planetary_quality_plot(frames, title="jupiter")
+    assert fig._suptitle.get_text() == "jupiter: 3 of 6 frames used"
+    texts = " ".join(t.get_text() for ax in fig.axes for t in ax.texts)
+    assert "frame is blank" in texts and "cut by the frame edge" in texts
+    top, bottom = fig.axes[:2]
+    labels = [line.get_label() for line in top.get_lines()]
+    assert "used (3)" in labels and "not among the best (1)" in labels and "rejected (2)" in labels
+    heights = [bar.get_height() for bar in bottom.patches]
+    assert heights == [10, 4, 0, 0, 7, 0]
+
+
+def test_alignment_points_plot_draws_one_box_per_point():
+    from astroflow.plots import alignment_points_plot
+
+    points = np.array([[0, 0], [0, 16], [16, 0]])
+    fig = alignment_points_plot(np.random.default_rng(0).random((64, 64)), points, 32, title="t")
+    ax = fig.axes[0]
+    assert len(ax.patches) == 3
+    assert [p.get_xy() for p in ax.patches] == [(-0.5, -0.5), (15.5, -0.5), (-0.5, 15.5)]
+    assert "3 alignment points of 32 px" in ax.get_title()
