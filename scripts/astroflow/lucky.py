@@ -703,6 +703,46 @@ def local_shift(ref_box, patch, search):
     return iy + fy - search, ix + fx - search
 
 
+def _clipped_mean(samples, kappa_low, kappa_high, max_iters, budget_mb=4):
+    """Sigma-clipped mean over the first axis (astropy.stats.sigma_clip), in chunks of rows.
+
+    Parameters
+    ----------
+    samples : numpy.ndarray
+        ``(n, h, w, C)`` float32 samples.
+    kappa_low, kappa_high : float
+        Clipping thresholds (sigma) about the median.
+    max_iters : int
+    budget_mb : float, optional
+        Samples clipped at once (MB); astropy makes a few copies of them.
+
+    Returns
+    -------
+    mean : numpy.ndarray
+        float32 ``(h, w, C)``: the mean of the kept samples (their median where all were
+        clipped).
+    mask : numpy.ndarray
+        bool ``(n, h, w, C)``: True for clipped samples.
+    """
+    n, h = samples.shape[:2]
+    if n < 3:
+        return samples.mean(axis=0), np.zeros(samples.shape, dtype=bool)
+    row_bytes = samples[:, :1].nbytes
+    step = int(max(1, min(h, budget_mb * 2**20 // max(row_bytes, 1))))
+    mean = np.empty(samples.shape[1:], np.float32)
+    mask = np.zeros(samples.shape, dtype=bool)
+    for r0 in range(0, h, step):
+        block = samples[:, r0 : r0 + step]
+        clipped = sigma_clip(
+            block, sigma_lower=kappa_low, sigma_upper=kappa_high, maxiters=max_iters,
+            axis=0, cenfunc="median", stdfunc="std", masked=True,
+        )
+        kept = clipped.mean(axis=0).filled(np.nan)
+        mean[r0 : r0 + step] = np.where(np.isfinite(kept), kept, np.median(block, axis=0))
+        mask[:, r0 : r0 + step] = np.ma.getmaskarray(clipped)
+    return mean, mask
+
+
 class _DiskArray:
     """A float32 array in a file, written and read by explicit I/O.
 
@@ -909,18 +949,10 @@ class PatchStacker:
             aligned, raw, shifts = self._ap_samples(a)
             if aligned.shape[0] == 0:
                 continue
-            masked = sigma_clip(
-                aligned, sigma_lower=kappa_low, sigma_upper=kappa_high, maxiters=max_iters,
-                axis=0, cenfunc="median", stdfunc="std", masked=True,
-            )
-            mask = np.ma.getmaskarray(masked)
+            patch, mask = _clipped_mean(aligned, kappa_low, kappa_high, max_iters)
             clipped += int(mask.sum())
             n_samples += mask.size
-            if z == 1.0:
-                patch = masked.mean(axis=0).filled(np.nan)
-                fallback = np.median(aligned, axis=0)
-                patch = np.where(np.isfinite(patch), patch, fallback)
-            else:
+            if z != 1.0:
                 patch = self._drizzle_ap(raw, shifts, mask, z, pixfrac)
             Y, X = int(round(y * z)), int(round(x * z))
             total[Y : Y + zs, X : X + zs] += window[:, :, None] * patch
@@ -967,24 +999,24 @@ class PatchStacker:
             acc += _translate(raw[k], -shifts[k, 0], -shifts[k, 1]).reshape(raw[k].shape)[r : r + s, r : r + s]
         return (acc / raw.shape[0]).astype(np.float32)
 
-    def _fill_stack(self, kappa_low, kappa_high, max_iters, band=64):
-        """Sigma-clipped mean of the globally aligned windows, in bands of rows."""
+    def _fill_stack(self, kappa_low, kappa_high, max_iters, budget_mb=8):
+        """Sigma-clipped mean of the globally aligned windows, in bands of rows.
+
+        A band holds every frame's samples of its rows; its height is chosen so that the
+        samples take about ``budget_mb`` (sigma clipping makes a few copies of them), so memory
+        does not grow with the number of frames.
+        """
         valid = np.flatnonzero(self.windows_valid)
         if valid.size == 0:
             return self.reference.reshape(self.h, self.w, self.channels).copy()
+        row_bytes = valid.size * self.w * self.channels * 4
+        band = int(max(1, min(self.h, budget_mb * 2**20 // row_bytes)))
         out = np.empty((self.h, self.w, self.channels), np.float32)
         for r0 in range(0, self.h, band):
             rows = min(band, self.h - r0)
             block = np.stack(
                 [self.windows.read((k, r0), (rows, self.w, self.channels)) for k in valid]
             )
-            if block.shape[0] >= 3:
-                masked = sigma_clip(
-                    block, sigma_lower=kappa_low, sigma_upper=kappa_high, maxiters=max_iters,
-                    axis=0, cenfunc="median", stdfunc="std", masked=True,
-                )
-                mean = masked.mean(axis=0).filled(np.nan)
-                out[r0 : r0 + band] = np.where(np.isfinite(mean), mean, np.median(block, axis=0))
-            else:
-                out[r0 : r0 + band] = block.mean(axis=0)
+            out[r0 : r0 + rows] = _clipped_mean(block, kappa_low, kappa_high, max_iters)[0]
         return out
+
