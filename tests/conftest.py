@@ -1,5 +1,6 @@
 """Shared fixtures: running the workflow in a scratch working directory."""
 
+import re
 import shutil
 import subprocess
 import sys
@@ -62,3 +63,18 @@ def snakemake(workdir, *args, check=True, timeout=1200, snakefile=None):
             f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-6000:]}"
         )
     return proc
+
+
+def benchmarked_rules(files=None):
+    """Rules that have a benchmark: directive, from the rule files (all but the planetary ones,
+    which tests/test_workflow_planetary.py checks on a planetary run)."""
+    names = set()
+    files = files or [p for p in (ROOT / "rules").glob("*.smk") if p.name != "planetary.smk"]
+    for smk in files:
+        rule = None
+        for line in smk.read_text().splitlines():
+            if m := re.match(r"^rule (\w+):", line):
+                rule = m.group(1)
+            elif rule and re.match(r"^    benchmark:\s*$", line):
+                names.add(rule)
+    return names

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import ROOT, snakemake
+from conftest import ROOT, benchmarked_rules, snakemake
 
 pytestmark = pytest.mark.integration
 TARGET = "simulated-night"
@@ -106,19 +106,6 @@ def data_uri_bytes(uri):
     header, _, payload = uri.partition(",")
     assert header.endswith(";base64"), header
     return base64.b64decode(payload)
-
-
-def benchmarked_rules():
-    """Rules that have a benchmark: directive, from the rule files."""
-    names = set()
-    for smk in (ROOT / "rules").glob("*.smk"):
-        rule = None
-        for line in smk.read_text().splitlines():
-            if m := re.match(r"^rule (\w+):", line):
-                rule = m.group(1)
-            elif rule and re.match(r"^    benchmark:\s*$", line):
-                names.add(rule)
-    return names
 
 
 def render(chromium, page, tmp_path, *extra, fragment=""):

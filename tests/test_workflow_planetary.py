@@ -12,7 +12,7 @@ from astroflow import planetary
 from astroflow import simulate_planetary as sp
 from astroflow.fitsio import read_image
 from astroflow.sequence import open_sequence, write_ser
-from conftest import ROOT, SHARED_DATA, needs_shared_data, snakemake
+from conftest import ROOT, SHARED_DATA, benchmarked_rules, needs_shared_data, snakemake
 
 pytestmark = pytest.mark.integration
 
@@ -167,6 +167,9 @@ def test_ser_file_with_darks_is_stacked(synthetic_frames, tmp_path):
     assert abs(float(np.median(corner)) - 20.0) < 5.0
     frames = pd.read_csv(work / "results" / "ser" / "frames.csv")
     assert len(frames) == 30 and frames["frame"].iloc[0].startswith("jupiter.ser")
+    # Every benchmarked planetary rule (master dark included) is in the run's runtimes table.
+    runtimes = pd.read_csv(work / "results" / "runtimes.tsv", sep="\t")
+    assert set(runtimes["rule"]) == benchmarked_rules([ROOT / "rules" / "planetary.smk"])
 
 
 def test_corrupt_video_is_a_clear_error_naming_the_file(tmp_path):
