@@ -13,6 +13,8 @@ include: "rules/calibrate.smk"
 include: "rules/register.smk"
 include: "rules/stack.smk"
 include: "rules/planetary.smk"
+include: "rules/starless.smk"
+include: "rules/training.smk"
 include: "rules/report.smk"
 
 

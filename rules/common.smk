@@ -210,11 +210,20 @@ def _list_sequence(target, key):
     return sorted(paths, key=_natural_key)
 
 
+_ALLOWED_KEYS = {
+    "planetary": ({"kind", "lights", "darks"}, "lights and optional darks"),
+    "image": (
+        {"kind", "lights", "encoding"},
+        "lights (one image) and an optional encoding",
+    ),
+    "deep-sky": (set(FRAME_TYPES) | {"kind"}, "lights and calibration folders"),
+}
 for _target, _settings in config["targets"].items():
-    _extra = sorted(set(_settings) - {"kind", "lights", "darks"})
-    if _settings["kind"] == "planetary" and _extra:
+    _allowed, _what = _ALLOWED_KEYS[_settings["kind"]]
+    _extra = sorted(set(_settings) - _allowed)
+    if _extra:
         raise WorkflowError(
-            f"target '{_target}': a planetary target takes lights and optional darks, "
+            f"target '{_target}': a {_settings['kind']} target takes {_what}, "
             f"not {', '.join(_extra)}"
         )
 
@@ -230,12 +239,36 @@ SEQUENCES = {
 }
 
 
+IMAGE_EXTENSIONS = {".png", ".tif", ".tiff", ".fits", ".fit", ".fts"}
+
+
+def _image_file(target):
+    spec = config["targets"][target]["lights"]
+    where = f"target '{target}', lights: {spec}"
+    if not os.path.isfile(spec):
+        raise WorkflowError(f"{where}: an image target needs one image file")
+    if Path(spec).suffix.lower() not in IMAGE_EXTENSIONS:
+        raise WorkflowError(
+            f"{where}: not an image file (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"
+        )
+    return spec
+
+
+IMAGES = {
+    target: _image_file(target)
+    for target, settings in config["targets"].items()
+    if settings["kind"] == "image"
+}
+
+
 def _target_pattern(names):
     return "|".join(re.escape(t) for t in names) if names else "(?!)"
 
 
 DEEP_SKY_TARGETS = _target_pattern(FRAMES)
 PLANETARY_TARGETS = _target_pattern(SEQUENCES)
+IMAGE_TARGETS = _target_pattern(IMAGES)
+STACKED_TARGETS = _target_pattern(list(FRAMES) + list(SEQUENCES))
 
 for _target, _types in FRAMES.items():
     _missing = [t for t in ("bias", "dark", "flat") if t not in _types]
@@ -379,6 +412,10 @@ def benchmark_files(wildcards):
         if "dark" in types:
             producers.append(rules.planetary_master_dark)
         files += [expand(rule.benchmark, target=target)[0] for rule in producers]
+    if STARLESS["enabled"]:
+        files += expand(rules.starless.benchmark, target=list(config["targets"]))
+        if STARLESS["weights"] == "trained":
+            files.append(rules.train_starless.benchmark)
     return files
 
 
@@ -417,10 +454,52 @@ def planetary_outputs(target):
     return outputs
 
 
+STARLESS = config["starless"]
+STARLESS_TRAINING = config["training"]["starless"]
+STARLESS_PROFILE = STARLESS_TRAINING[STARLESS_TRAINING["profile"]]
+SHIPPED_STARLESS = os.path.join(workflow.basedir, "models", "starless.pt")
+
+
+def starless_shards(split):
+    """The synthetic data shards of the star-removal training profile in use."""
+    n = STARLESS_PROFILE[f"{split}_shards"]
+    return [f"resources/datasets/starless/{split}/shard_{i:03d}.npz" for i in range(n)]
+
+
+def starless_weights(wildcards):
+    """Weights used for star removal: shipped under models/, or trained by this run."""
+    if STARLESS["weights"] == "trained":
+        return "results/models/starless.pt"
+    return SHIPPED_STARLESS
+
+
+def starless_input(wildcards):
+    """The image star removal works on: a target's stack, or its one image."""
+    if wildcards.target in IMAGES:
+        return f"results/{wildcards.target}/image.fits"
+    return f"results/{wildcards.target}/stack.fits"
+
+
+def image_source(wildcards):
+    return IMAGES[wildcards.target]
+
+
+def starless_outputs(target):
+    if not STARLESS["enabled"]:
+        return []
+    return [
+        f"results/{target}/{name}.{ext}"
+        for name in ("starless", "stars")
+        for ext in ("fits", "png")
+    ]
+
+
 def target_outputs(target):
+    if target in IMAGES:
+        return [f"results/{target}/image.png"] + starless_outputs(target)
     if target in SEQUENCES:
-        return planetary_outputs(target)
-    outputs = [
+        return planetary_outputs(target) + starless_outputs(target)
+    outputs = starless_outputs(target) + [
         f"results/{target}/frames.csv",
         f"results/{target}/stack.fits",
         f"results/{target}/stack.tif",
@@ -438,6 +517,8 @@ def target_outputs(target):
 
 def all_outputs():
     outputs = [path for target in config["targets"] for path in target_outputs(target)]
+    if STARLESS["enabled"] and STARLESS["weights"] == "trained":
+        outputs += ["results/models/starless.pt", "results/models/starless_curves.png"]
     return outputs + [
         "results/runtimes.tsv",
         "results/runtimes.png",

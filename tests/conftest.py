@@ -20,7 +20,9 @@ def needs_shared_data(*parts):
     )
 
 
-WORKFLOW_PARTS = ("Snakefile", "config.yaml", "rules", "scripts", "schemas", "envs", "report")
+WORKFLOW_PARTS = (
+    "Snakefile", "config.yaml", "rules", "scripts", "schemas", "envs", "report", "models",
+)
 
 
 def copy_workflow(dest):
@@ -66,10 +68,11 @@ def snakemake(workdir, *args, check=True, timeout=1200, snakefile=None):
 
 
 def benchmarked_rules(files=None):
-    """Rules that have a benchmark: directive, from the rule files (all but the planetary ones,
-    which tests/test_workflow_planetary.py checks on a planetary run)."""
+    """Rules that have a benchmark: directive, from the rule files (all but the planetary and
+    training ones, which tests/test_workflow_planetary.py and test_workflow_starless.py check)."""
     names = set()
-    files = files or [p for p in (ROOT / "rules").glob("*.smk") if p.name != "planetary.smk"]
+    others = ("planetary.smk", "training.smk")  # checked on planetary and training runs
+    files = files or [p for p in (ROOT / "rules").glob("*.smk") if p.name not in others]
     for smk in files:
         rule = None
         for line in smk.read_text().splitlines():

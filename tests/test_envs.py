@@ -19,7 +19,7 @@ DISTRIBUTIONS = {
     "colour_demosaicing": "colour-demosaicing",
 }
 # conda-forge names that differ from PyPI's
-CONDA_TO_PYPI = {"matplotlib-base": "matplotlib"}
+CONDA_TO_PYPI = {"matplotlib-base": "matplotlib", "pytorch": "torch"}
 
 
 def parse_rules():

@@ -28,8 +28,8 @@ TINY = {
     "simulate": {"width": 320, "height": 240, "n_lights": 5, "n_darks": 2, "n_flats": 2, "n_bias": 2}
 }
 # Jobs of the tiny night that write a benchmark file: simulate_night, 11 ingest_frame, 3 masters,
-# 5 calibrate_light, register, 5 warp, stack.
-BENCHMARKED_JOBS = 1 + 11 + 3 + 5 + 1 + 5 + 1
+# 5 calibrate_light, register, 5 warp, stack, starless.
+BENCHMARKED_JOBS = 1 + 11 + 3 + 5 + 1 + 5 + 1 + 1
 # Rendering waits for virtual time (timers, React), not wall-clock time; then Chromium exits.
 CHROMIUM_FLAGS = [
     "--headless",

@@ -34,8 +34,10 @@ DOWNSTREAM_OF_REGISTER = {
 
 
 def with_report(jobs, config_changed):
-    """What the report rules add: runtimes follows every benchmarked job (all these changes
-    rerun the stack), effective_config follows any setting."""
+    """What follows the stack and the report rules add: star removal follows a new stack,
+    runtimes follows every benchmarked job (all these changes rerun the stack), effective_config
+    follows any setting."""
+    jobs = {**jobs, "starless": 1} if "stack" in jobs else dict(jobs)
     return {**jobs, "runtimes": 1, **({"effective_config": 1} if config_changed else {})}
 
 

@@ -69,3 +69,21 @@ def test_masters_are_sane(night):
     assert header["EXPTIME"] == 20.0
     bias, _ = read_image(results(night, "masters", "bias.fits"))
     assert 500 < np.median(bias) < 2000
+
+
+def test_starless_stack_has_far_fewer_stars_and_recombines_exactly(night):
+    """Star removal on the real linear stack: starless + stars = stack, and SEP finds few stars."""
+    from astroflow.quality import detect_stars
+
+    stack, _ = read_image(results(night, "stack.fits"))
+    starless, _ = read_image(results(night, "starless.fits"))
+    stars, _ = read_image(results(night, "stars.fits"))
+    assert np.allclose(starless + stars, stack, rtol=1e-5, atol=1e-2)
+    crop = np.s_[64:-64, 64:-64]
+    before = len(detect_stars(stack[crop], threshold_sigma=5.0, max_stars=5000))
+    after = len(detect_stars(starless[crop], threshold_sigma=5.0, max_stars=5000))
+    print(f"SBIG stack: {before} stars detected before star removal, {after} after")
+    assert after < 0.3 * before
+    # The sky is left alone: the background level and noise barely change.
+    sky = np.median(stack[crop])
+    assert abs(np.median(starless[crop]) - sky) < 0.01 * abs(sky) + 1.0

@@ -209,16 +209,17 @@ def test_stack_noise_follows_sqrt_n(night):
     assert gain > 0.9 * np.sqrt(len(used))
 
 
-def test_nothing_to_do_after_a_run_and_stacking_change_reruns_only_stack(night):
+def test_nothing_to_do_after_a_run_and_stacking_change_reruns_only_stack_and_after(night):
     config = ["--configfile", str(ROOT / "config.yaml")]
     dry = snakemake(night, "-n", *config)
     assert "Nothing to be done" in dry.stdout
     override = night / "kappa.yaml"
     override.write_text("stacking:\n  kappa_high: 2.5\n")
     changed = snakemake(night, "-n", "--configfile", str(ROOT / "config.yaml"), str(override))
-    # the stack, and the report's record of the settings and of the runtimes
+    # the stack, its star removal, and the report's record of the settings and of the runtimes
     assert planned_jobs(changed.stdout) == {
         "stack": 1,
+        "starless": 1,
         "effective_config": 1,
         "runtimes": 1,
         "all": 1,

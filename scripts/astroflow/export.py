@@ -139,7 +139,7 @@ def linear_png_levels(image, *, black_percentile=0.5, white_percentile=99.99):
     return black, white if white > black else black + 1.0
 
 
-def save_linear_png(path, image, *, levels=None):
+def save_linear_png(path, image, *, levels=None, bits=8):
     """Write an 8-bit PNG of linear data scaled between two levels (planetary previews).
 
     Parameters
@@ -151,8 +151,15 @@ def save_linear_png(path, image, *, levels=None):
     levels : tuple of float or None, optional
         ``(black, white)`` in ADU; :func:`linear_png_levels` of the image by default. Give the
         same levels to compare two images (a stack and its sharpened version).
+    bits : int, optional
+        8 (default) or 16: the PNG's sample depth (16 keeps 16-bit input in its own encoding);
+        any other value is written as 8-bit.
     """
     black, white = levels if levels is not None else linear_png_levels(image)
     data = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=black)
     scaled = np.clip((data - black) / (white - black), 0.0, 1.0)
-    _atomic(path, lambda tmp: iio.imwrite(tmp, np.round(scaled * 255).astype(np.uint8), extension=".png"))
+    if bits == 16:
+        out = np.round(scaled * 65535).astype(np.uint16)
+    else:
+        out = np.round(scaled * 255).astype(np.uint8)
+    _atomic(path, lambda tmp: iio.imwrite(tmp, out, extension=".png"))

@@ -1,0 +1,69 @@
+# Star removal (every target kind) and the image target kind: one finished image in.
+
+
+rule image_ingest:
+    input:
+        image_source,
+    output:
+        fits="results/{target}/image.fits",
+        png=report(
+            "results/{target}/image.png",
+            caption="../report/image.rst",
+            category="{target}",
+        ),
+    log:
+        "logs/image_ingest/{target}.log",
+    wildcard_constraints:
+        target=IMAGE_TARGETS,
+    conda:
+        "../envs/starless.yaml"
+    threads: 1
+    resources:
+        mem_mb=memory_estimate(500, 20),
+        runtime=5,
+    params:
+        code=library_code("image_ingest.py"),
+        encoding=lambda wildcards: config["targets"][wildcards.target].get(
+            "encoding", "auto"
+        ),
+    script:
+        "../scripts/image_ingest.py"
+
+
+rule starless:
+    input:
+        image=starless_input,
+        weights=starless_weights,
+    output:
+        fits="results/{target}/starless.fits",
+        png=report(
+            "results/{target}/starless.png",
+            caption="../report/starless.rst",
+            category="{target}",
+        ),
+        stars_fits="results/{target}/stars.fits",
+        stars_png=report(
+            "results/{target}/stars.png",
+            caption="../report/stars.rst",
+            category="{target}",
+        ),
+    log:
+        "logs/starless/{target}.log",
+    benchmark:
+        "benchmarks/starless/{target}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=memory_estimate(1500, 40),
+        runtime=runtime_estimate(10, 60),
+    params:
+        code=library_code("starless.py"),
+        tile=config["starless"]["tile"],
+        overlap=config["starless"]["overlap"],
+        batch=config["starless"]["batch"],
+        target_background=config["starless"]["target_background"],
+        preview=config["preview"],
+    script:
+        "../scripts/starless.py"

@@ -1,0 +1,57 @@
+# Synthetic training data and network training (GPU jobs where a GPU is given).
+
+
+rule starless_shard:
+    output:
+        "resources/datasets/starless/{split}/shard_{shard}.npz",
+    log:
+        "logs/starless_shard/{split}-{shard}.log",
+    wildcard_constraints:
+        split="train|val",
+        shard=r"\d+",
+    conda:
+        "../envs/starless.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=30,
+    params:
+        code=library_code("starless_shard.py"),
+        seed=config["training"]["starless"]["seed"],
+        size=config["training"]["starless"]["sample_size"],
+        samples=config["training"]["starless"]["samples_per_shard"],
+    script:
+        "../scripts/starless_shard.py"
+
+
+rule train_starless:
+    input:
+        train=starless_shards("train"),
+        val=starless_shards("val"),
+    output:
+        weights="results/models/starless.pt",
+        metrics="results/models/starless.json",
+        history="results/models/starless_history.csv",
+        curves=report(
+            "results/models/starless_curves.png",
+            caption="../report/training.rst",
+            category="models",
+        ),
+    log:
+        "logs/train_starless/train_starless.log",
+    benchmark:
+        "benchmarks/train_starless/train_starless.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=4000,
+        runtime=600,
+    params:
+        code=library_code("train_starless.py"),
+        profile=config["training"]["starless"]["profile"],
+        settings=STARLESS_PROFILE,
+        seed=config["training"]["starless"]["seed"],
+    script:
+        "../scripts/train_starless.py"

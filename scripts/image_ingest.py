@@ -1,0 +1,31 @@
+"""Entry script of rule image_ingest: one finished image -> results/{target}/image.{fits,png}."""
+
+import numpy as np
+
+from astroflow.export import save_linear_png, save_preview_png
+from astroflow.fitsio import write_image
+from astroflow.imagefile import choose_encoding, display_scale, read_finished_image
+from astroflow.logs import setup_logging
+from astroflow.provenance import sha256_file
+
+log = setup_logging(snakemake.log[0])
+path = snakemake.input[0]
+image, bits = read_finished_image(path)
+encoding = choose_encoding(image, bits, snakemake.params.encoding)
+if encoding == "display":
+    image = image / display_scale(bits)
+finite = np.isfinite(image)
+log.info(
+    "%s: %s, %d-bit, %s data, %d NaN pixels",
+    path,
+    "x".join(map(str, image.shape)),
+    bits,
+    encoding,
+    int((~finite).sum()),
+)
+header = {"AFENCODE": encoding, "AFBITS": bits, "SRCFILE": str(path), "SRCSHA": sha256_file(path)}
+write_image(snakemake.output.fits, image, header, [f"astroflow image_ingest: {encoding} data from {path}"])
+if encoding == "linear":
+    save_preview_png(snakemake.output.png, image)
+else:
+    save_linear_png(snakemake.output.png, image, levels=(0.0, 1.0))

@@ -1,0 +1,50 @@
+"""Entry script of rule starless: a stack or image -> starless.{fits,png} and stars.{fits,png}."""
+
+import numpy as np
+import torch
+
+from astroflow.export import save_linear_png, save_preview_png
+from astroflow.fitsio import read_image, write_image
+from astroflow.imagefile import display_scale
+from astroflow.logs import setup_logging
+from astroflow.starless import remove_stars
+from astroflow.starnet import load_starless, predictor
+
+log = setup_logging(snakemake.log[0])
+p = snakemake.params
+torch.set_num_threads(snakemake.threads)
+image, header = read_image(snakemake.input.image)
+encoding = header.get("AFENCODE", "linear")
+bits = int(header.get("AFBITS", 32))
+model, meta = load_starless(snakemake.input.weights)
+log.info(
+    "weights %s (%s profile, val PSNR %s dB); %s image %s",
+    snakemake.input.weights,
+    meta.get("profile", "?"),
+    meta.get("val_psnr", "?"),
+    encoding,
+    "x".join(map(str, image.shape)),
+)
+result = remove_stars(
+    image,
+    predictor(model, tile=p.tile, overlap=p.overlap, batch=p.batch),
+    encoding=encoding,
+    target_background=p.target_background,
+)
+history = [f"astroflow starless: weights {snakemake.input.weights}, {encoding} data"]
+out_header = {"AFENCODE": encoding, "AFBITS": bits}
+write_image(snakemake.output.fits, result.starless, out_header, history)
+recombine = "starless + stars" if encoding == "linear" else "1 - (1 - starless)(1 - stars)"
+write_image(snakemake.output.stars_fits, result.stars, out_header, history + [f"input = {recombine}"])
+if encoding == "linear":
+    # One stretch, the input's, for both previews, so that they compare.
+    from astroflow.stretch import auto_stretch
+
+    stretch = auto_stretch(image, target_background=p.preview["target_background"],
+                           shadows_clip=p.preview["shadows_clip"], linked=p.preview["linked"])
+    save_linear_png(snakemake.output.png, stretch.apply(result.starless), levels=(0.0, 1.0))
+    save_linear_png(snakemake.output.stars_png, stretch.apply(result.stars + np.nanmin(image)), levels=(0.0, 1.0))
+else:
+    save_linear_png(snakemake.output.png, result.starless, levels=(0.0, 1.0), bits=bits)
+    save_linear_png(snakemake.output.stars_png, result.stars, levels=(0.0, 1.0), bits=bits)
+log.info("%d NaN pixels kept as NaN", result.n_nan)

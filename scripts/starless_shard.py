@@ -1,0 +1,14 @@
+"""Entry script of rule starless_shard: one .npz shard of synthetic starry/starless pairs."""
+
+import zlib
+
+from astroflow.logs import setup_logging
+from astroflow.synthstars import make_shard
+
+log = setup_logging(snakemake.log[0])
+p = snakemake.params
+split, shard = snakemake.wildcards.split, int(snakemake.wildcards.shard)
+# Every shard of every split has its own seed, a fixed function of the training seed.
+seed = [p.seed, zlib.crc32(split.encode()), shard]
+make_shard(snakemake.output[0], p.samples, seed, size=p.size)
+log.info("%s shard %d: %d samples of %d px, seed %s", split, shard, p.samples, p.size, seed)

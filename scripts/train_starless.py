@@ -1,0 +1,66 @@
+"""Entry script of rule train_starless: synthetic shards -> results/models/starless.pt."""
+
+import json
+import platform
+import time
+
+import torch
+
+from astroflow.logs import setup_logging
+from astroflow.nets import ResUNet, count_parameters, save_weights
+from astroflow.training import plot_history, train
+
+log = setup_logging(snakemake.log[0])
+p = snakemake.params
+s = dict(p.settings)
+torch.set_num_threads(snakemake.threads)
+torch.manual_seed(p.seed)
+model = ResUNet(in_channels=3, out_channels=3, base=s["base"], depth=s["depth"])
+device = "cuda" if torch.cuda.is_available() else "cpu"
+log.info(
+    "profile %s: ResUNet base %d depth %d, %d parameters, on %s",
+    p.profile,
+    s["base"],
+    s["depth"],
+    count_parameters(model),
+    device,
+)
+start = time.time()
+history = train(
+    model,
+    list(snakemake.input.train),
+    list(snakemake.input.val),
+    epochs=s["epochs"],
+    steps_per_epoch=s["steps_per_epoch"],
+    batch_size=s["batch_size"],
+    crop=s["crop"],
+    lr=s["lr"],
+    device=device,
+    seed=p.seed,
+    checkpoint=snakemake.output.weights + ".checkpoint",
+    log=log,
+)
+seconds = time.time() - start
+final = history.iloc[-1]
+meta = {
+    "task": "starless",
+    "profile": p.profile,
+    "settings": s,
+    "seed": p.seed,
+    "device": device,
+    "host": platform.node(),
+    "torch": torch.__version__,
+    "train_shards": len(snakemake.input.train),
+    "val_shards": len(snakemake.input.val),
+    "steps": int(history["steps"].sum()),
+    "wall_s": round(seconds, 1),
+    "val_psnr": float(final["val_psnr"]),
+    "val_ssim": float(final["val_ssim"]),
+    "val_loss": float(final["val_loss"]),
+}
+save_weights(snakemake.output.weights, model.cpu(), meta=meta)
+history.to_csv(snakemake.output.history, index=False)
+with open(snakemake.output.metrics, "w") as handle:
+    json.dump(meta, handle, indent=2)
+plot_history(history).savefig(snakemake.output.curves, dpi=100)
+log.info("trained in %.0f s: val PSNR %.2f dB, SSIM %.4f", seconds, meta["val_psnr"], meta["val_ssim"])

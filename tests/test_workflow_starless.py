@@ -1,0 +1,149 @@
+"""Star removal through the workflow: the image target kind, the real Cave Nebula, bad input, and
+training the network from its own synthetic data with the rules."""
+
+import numpy as np
+import pytest
+import sep
+import tifffile
+import yaml
+from astropy.io import fits
+from PIL import Image
+
+from astroflow.fitsio import read_image
+from astroflow.starless import screen
+from conftest import SHARED_DATA, needs_shared_data, snakemake
+
+pytestmark = pytest.mark.integration
+
+CAVE = SHARED_DATA / "cave-nebula" / "cave_nebula_starry_color.png"
+
+
+def write_config(work, targets, **extra):
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / "images.yaml"
+    path.write_text(yaml.safe_dump({"targets": targets, **extra}))
+    return path
+
+
+def count_stars(image, threshold=5.0):
+    """Compact sources found by SEP on the luminance (the note's before/after figure)."""
+    lum = np.ascontiguousarray(image if image.ndim == 2 else image.mean(axis=2), dtype=np.float32)
+    background = sep.Background(lum)
+    objects = sep.extract(lum - background.back(), threshold, err=background.globalrms, minarea=4)
+    return len(objects)
+
+
+@pytest.fixture(scope="module")
+def images_run(tmp_path_factory):
+    """The real Cave Nebula PNG plus small awkward images, in one run."""
+    data = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    # Smaller than one 256 px tile, 8-bit RGB, with stars.
+    small = np.full((90, 70, 3), 40, np.uint8)
+    small[30:33, 20:23] = 250
+    Image.fromarray(small).save(data / "small.png")
+    # Single-channel 16-bit TIFF (stretched), with two stars.
+    mono = (rng.normal(12000, 300, (300, 280))).astype(np.uint16)
+    yy, xx = np.mgrid[:300, :280]
+    for y, x in ((100, 100), (200, 150)):
+        mono = np.maximum(mono, (60000 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / 4.0)).astype(np.uint16))
+    tifffile.imwrite(data / "mono16.tif", mono)
+    # Linear float FITS with NaN pixels.
+    linear = rng.normal(100, 3, (200, 220)).astype(np.float32)
+    linear[50, 60] = 5000.0
+    linear[10:14, 10:30] = np.nan
+    fits.PrimaryHDU(linear).writeto(data / "linear.fits")
+    targets = {
+        "small": {"kind": "image", "lights": str(data / "small.png")},
+        "mono16": {"kind": "image", "lights": str(data / "mono16.tif")},
+        "linear": {"kind": "image", "lights": str(data / "linear.fits")},
+    }
+    if CAVE.exists():
+        targets["cave"] = {"kind": "image", "lights": str(CAVE)}
+    work = tmp_path_factory.mktemp("images-run") / "work"
+    snakemake(work, "--cores", "2", "--configfile", str(write_config(work, targets)))
+    return work, data
+
+
+@needs_shared_data("cave-nebula")
+def test_cave_nebula_loses_its_stars_and_recombines_exactly(images_run):
+    work, _ = images_run
+    results = work / "results" / "cave"
+    image, header = read_image(results / "image.fits")
+    starless, _ = read_image(results / "starless.fits")
+    stars, _ = read_image(results / "stars.fits")
+    assert header["AFENCODE"] == "display" and header["AFBITS"] == 8
+    assert np.allclose(screen(starless, stars), image, atol=1e-5)
+    before, after = count_stars(image), count_stars(starless)
+    print(f"Cave Nebula: {before} stars detected before, {after} after")
+    assert after < 0.4 * before
+    # The nebula stays: the starless image keeps most of the input's large-scale light.
+    import cv2
+
+    smooth_in = cv2.GaussianBlur(image, (0, 0), 8)
+    smooth_out = cv2.GaussianBlur(starless, (0, 0), 8)
+    assert np.corrcoef(smooth_in.ravel(), smooth_out.ravel())[0, 1] > 0.95
+    png = np.asarray(Image.open(results / "starless.png"))
+    assert png.dtype == np.uint8 and png.shape == image.shape
+
+
+def test_image_smaller_than_a_tile(images_run):
+    work, _ = images_run
+    starless, _ = read_image(work / "results" / "small" / "starless.fits")
+    assert starless.shape == (90, 70, 3)
+    assert starless[31, 21].max() < 0.9  # the star at (31, 21) was 250/255 = 0.98
+
+
+def test_single_channel_16bit_tiff_stays_16bit_mono(images_run):
+    work, _ = images_run
+    results = work / "results" / "mono16"
+    image, header = read_image(results / "image.fits")
+    starless, _ = read_image(results / "starless.fits")
+    assert header["AFBITS"] == 16 and image.ndim == 2 and starless.shape == image.shape
+    png = np.asarray(Image.open(results / "starless.png"))
+    assert png.dtype == np.uint16 and png.ndim == 2
+    # Both stars are fainter after star removal.
+    for y, x in ((100, 100), (200, 150)):
+        assert starless[y, x] < image[y, x] - 0.2
+
+
+def test_linear_fits_with_nan_pixels(images_run):
+    work, _ = images_run
+    results = work / "results" / "linear"
+    image, header = read_image(results / "image.fits")
+    starless, _ = read_image(results / "starless.fits")
+    stars, _ = read_image(results / "stars.fits")
+    assert header["AFENCODE"] == "linear"
+    assert np.isnan(starless[10:14, 10:30]).all()
+    finite = np.isfinite(image)
+    assert np.allclose((starless + stars)[finite], image[finite], atol=1e-2)
+    assert starless[50, 60] < 0.5 * image[50, 60]
+    log = (work / "logs" / "starless" / "linear.log").read_text()
+    assert "80 NaN pixels" in log
+
+
+def test_training_rules_make_weights_that_inference_uses(tmp_path):
+    """starless_shard -> train_starless -> starless with weights: trained, on a tiny profile."""
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.fromarray(np.full((64, 64, 3), 30, np.uint8)).save(data / "flat.png")
+    tiny = {"train_shards": 2, "val_shards": 1, "base": 4, "depth": 2, "epochs": 2,
+            "steps_per_epoch": 3, "batch_size": 2, "crop": 32, "lr": 0.002}
+    work = tmp_path / "work"
+    config = write_config(
+        work,
+        {"flat": {"kind": "image", "lights": str(data / "flat.png")}},
+        starless={"weights": "trained"},
+        training={"starless": {"sample_size": 64, "samples_per_shard": 3, "small": tiny}},
+    )
+    snakemake(work, "--cores", "2", "--configfile", str(config))
+    models = work / "results" / "models"
+    for name in ("starless.pt", "starless.json", "starless_history.csv", "starless_curves.png"):
+        assert (models / name).stat().st_size > 0
+    meta = yaml.safe_load((models / "starless.json").read_text())
+    assert meta["steps"] == 6 and meta["settings"]["base"] == 4 and meta["device"] == "cpu"
+    assert len(list((work / "resources" / "datasets" / "starless" / "train").glob("*.npz"))) == 2
+    log = (work / "logs" / "starless" / "flat.log").read_text()
+    assert "results/models/starless.pt" in log
+    runtimes = (work / "results" / "runtimes.tsv").read_text()
+    assert "train_starless" in runtimes and "starless" in runtimes
