@@ -267,6 +267,7 @@ def starless_metrics(output, truth, starry, footprint):
     added = float((starry - truth)[fp].sum())
     left = float((output - truth)[fp].sum())
     outside = ~fp
+    nan = float("nan")  # a crowded field's footprint can cover everything
     mse = float(((output - truth) ** 2).mean())
     return {
         "psnr": float(peak_signal_noise_ratio(truth, output, data_range=1.0)) if mse > 0 else float("inf"),
@@ -274,6 +275,6 @@ def starless_metrics(output, truth, starry, footprint):
             structural_similarity(truth, output, data_range=1.0, channel_axis=-1 if truth.ndim == 3 else None)
         ),
         "residual_star_flux": left / added if added > 0 else float("nan"),
-        "outside_change": float(np.abs(output - starry)[outside].mean()),
-        "outside_rmse": float(np.sqrt(((output - truth)[outside] ** 2).mean())),
+        "outside_change": float(np.abs(output - starry)[outside].mean()) if outside.any() else nan,
+        "outside_rmse": float(np.sqrt(((output - truth)[outside] ** 2).mean())) if outside.any() else nan,
     }
