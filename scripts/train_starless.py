@@ -1,8 +1,10 @@
 """Entry script of rule train_starless: synthetic shards -> results/models/starless.pt."""
 
+import hashlib
 import json
 import platform
 import time
+from pathlib import Path
 
 import torch
 
@@ -25,6 +27,14 @@ log.info(
     count_parameters(model),
     device,
 )
+# A job killed mid-training resumes from its checkpoint; a checkpoint of other settings (the job
+# reruns because they changed) is stale and removed.
+run_key = json.dumps([s, p.seed, list(snakemake.input.train), list(snakemake.input.val)])
+checkpoint = Path(f"{snakemake.output.weights}.{hashlib.sha1(run_key.encode()).hexdigest()[:12]}.checkpoint")
+for stale in checkpoint.parent.glob(Path(snakemake.output.weights).name + ".*checkpoint"):
+    if stale != checkpoint:
+        log.info("removing the checkpoint of other settings %s", stale)
+        stale.unlink()
 start = time.time()
 history = train(
     model,
@@ -37,7 +47,7 @@ history = train(
     lr=s["lr"],
     device=device,
     seed=p.seed,
-    checkpoint=snakemake.output.weights + ".checkpoint",
+    checkpoint=str(checkpoint),
     log=log,
 )
 seconds = time.time() - start
@@ -63,4 +73,5 @@ history.to_csv(snakemake.output.history, index=False)
 with open(snakemake.output.metrics, "w") as handle:
     json.dump(meta, handle, indent=2)
 plot_history(history).savefig(snakemake.output.curves, dpi=100)
+checkpoint.unlink(missing_ok=True)
 log.info("trained in %.0f s: val PSNR %.2f dB, SSIM %.4f", seconds, meta["val_psnr"], meta["val_ssim"])

@@ -124,8 +124,10 @@ def test_simulated_night_runs_as_slurm_jobs(slurm, tmp_path):
     assert len(logs) == len(rule_jobs)
     assert {job_id for _, job_id, _ in headers.values()} == set(submitted)
     assert len(set(submitted)) == len(submitted)
-    # No astroflow rule asks for a GPU yet: none may see one.
-    assert {cuda for _, _, cuda in headers.values()} == {"unset"}
+    # Only star removal asks for a GPU (resources: gpu=1): it gets the node's GPU through the
+    # profile's gres mapping, and no other job sees one.
+    gpu_jobs = {log.parent.name: cuda for log, (_, _, cuda) in headers.items() if cuda != "unset"}
+    assert gpu_jobs == {"starless": "0"}
     # The profile's bundles: several frames per SLURM job.
     assert len(submitted) < len(rule_jobs)
     if PROFILE == "slurm":

@@ -167,9 +167,12 @@ def test_ser_file_with_darks_is_stacked(synthetic_frames, tmp_path):
     assert abs(float(np.median(corner)) - 20.0) < 5.0
     frames = pd.read_csv(work / "results" / "ser" / "frames.csv")
     assert len(frames) == 30 and frames["frame"].iloc[0].startswith("jupiter.ser")
-    # Every benchmarked planetary rule (master dark included) is in the run's runtimes table.
+    # Every benchmarked planetary rule (master dark included) and star removal are in the run's
+    # runtimes table.
     runtimes = pd.read_csv(work / "results" / "runtimes.tsv", sep="\t")
-    assert set(runtimes["rule"]) == benchmarked_rules([ROOT / "rules" / "planetary.smk"])
+    assert set(runtimes["rule"]) == benchmarked_rules(
+        [ROOT / "rules" / "planetary.smk", ROOT / "rules" / "starless.smk"]
+    )
 
 
 def test_corrupt_video_is_a_clear_error_naming_the_file(tmp_path):
