@@ -24,19 +24,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from astroflow.imagefile import display_scale, read_finished_image  # noqa: E402
-from astroflow.starless import classical_star_removal, remove_stars, starless_metrics  # noqa: E402
+from astroflow.starless import (  # noqa: E402
+    classical_star_removal,
+    count_sources,
+    remove_stars,
+    starless_metrics,
+)
 from astroflow.starnet import load_starless, predictor  # noqa: E402
 from astroflow.synthstars import render_sample  # noqa: E402
 
 TEST_SEED = 99_000_001
-
-
-def sep_count(image, threshold=5.0):
-    import sep
-
-    lum = np.ascontiguousarray(image if image.ndim == 2 else image.mean(axis=2), dtype=np.float32)
-    background = sep.Background(lum)
-    return len(sep.extract(lum - background.back(), threshold, err=background.globalrms, minarea=4))
 
 
 def main():
@@ -84,7 +81,7 @@ def main():
         result = remove_stars(image, predict, encoding="display")
         print(
             f"\nCave Nebula {image.shape}: {time.time() - start:.1f} s; SEP stars "
-            f"{sep_count(image)} before, {sep_count(result.starless)} after"
+            f"{count_sources(image)} before, {count_sources(result.starless)} after"
         )
 
 

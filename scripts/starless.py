@@ -9,6 +9,7 @@ from astroflow.imagefile import display_scale
 from astroflow.logs import setup_logging
 from astroflow.starless import remove_stars
 from astroflow.starnet import load_starless, predictor
+from astroflow.stretch import auto_stretch
 
 log = setup_logging(snakemake.log[0])
 p = snakemake.params
@@ -38,8 +39,6 @@ recombine = "starless + stars" if encoding == "linear" else "1 - (1 - starless)(
 write_image(snakemake.output.stars_fits, result.stars, out_header, history + [f"input = {recombine}"])
 if encoding == "linear":
     # One stretch, the input's, for both previews, so that they compare.
-    from astroflow.stretch import auto_stretch
-
     stretch = auto_stretch(image, target_background=p.preview["target_background"],
                            shadows_clip=p.preview["shadows_clip"], linked=p.preview["linked"])
     save_linear_png(snakemake.output.png, stretch.apply(result.starless), levels=(0.0, 1.0))

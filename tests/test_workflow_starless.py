@@ -3,14 +3,13 @@ training the network from its own synthetic data with the rules."""
 
 import numpy as np
 import pytest
-import sep
 import tifffile
 import yaml
 from astropy.io import fits
 from PIL import Image
 
 from astroflow.fitsio import read_image
-from astroflow.starless import screen
+from astroflow.starless import count_sources, screen
 from conftest import SHARED_DATA, needs_shared_data, snakemake
 
 pytestmark = pytest.mark.integration
@@ -23,14 +22,6 @@ def write_config(work, targets, **extra):
     path = work / "images.yaml"
     path.write_text(yaml.safe_dump({"targets": targets, **extra}))
     return path
-
-
-def count_stars(image, threshold=5.0):
-    """Compact sources found by SEP on the luminance (the note's before/after figure)."""
-    lum = np.ascontiguousarray(image if image.ndim == 2 else image.mean(axis=2), dtype=np.float32)
-    background = sep.Background(lum)
-    objects = sep.extract(lum - background.back(), threshold, err=background.globalrms, minarea=4)
-    return len(objects)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +65,7 @@ def test_cave_nebula_loses_its_stars_and_recombines_exactly(images_run):
     stars, _ = read_image(results / "stars.fits")
     assert header["AFENCODE"] == "display" and header["AFBITS"] == 8
     assert np.allclose(screen(starless, stars), image, atol=1e-5)
-    before, after = count_stars(image), count_stars(starless)
+    before, after = count_sources(image), count_sources(starless)
     print(f"Cave Nebula: {before} stars detected before, {after} after")
     assert after < 0.4 * before
     # The nebula stays: the starless image keeps most of the input's large-scale light.

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
 import tifffile
 
+from astroflow.atomic import atomic_write
 from astroflow.stretch import auto_stretch
 
 
@@ -53,7 +52,7 @@ def save_tiff16(path, image, *, description=""):
     data, scale = to_uint16_linear(image)
     text = f"{description} linear; ADU = value / {scale:.9g}".strip()
     photometric = "rgb" if data.ndim == 3 else "minisblack"
-    _atomic(path, lambda tmp: tifffile.imwrite(tmp, data, photometric=photometric, description=text))
+    atomic_write(path, lambda tmp: tifffile.imwrite(tmp, data, photometric=photometric, description=text))
     return scale
 
 
@@ -78,7 +77,7 @@ def save_preview_png(path, image, *, target_background=0.25, shadows_clip=-2.8, 
         image, target_background=target_background, shadows_clip=shadows_clip, linked=linked
     )
     preview = np.round(stretch.apply(image) * 255.0).astype(np.uint8)
-    _atomic(path, lambda tmp: iio.imwrite(tmp, preview, extension=".png"))
+    atomic_write(path, lambda tmp: iio.imwrite(tmp, preview, extension=".png"))
     return stretch
 
 
@@ -100,16 +99,8 @@ def save_map_png(path, values):
     data = np.clip(np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0), 0.0, None)
     peak = float(data.max()) if data.size else 0.0
     scaled = np.round(data / peak * 255.0) if peak > 0 else np.zeros_like(data)
-    _atomic(path, lambda tmp: iio.imwrite(tmp, scaled.astype(np.uint8), extension=".png"))
+    atomic_write(path, lambda tmp: iio.imwrite(tmp, scaled.astype(np.uint8), extension=".png"))
     return peak
-
-
-def _atomic(path, write):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def linear_png_levels(image, *, black_percentile=0.5, white_percentile=99.99):
@@ -162,4 +153,4 @@ def save_linear_png(path, image, *, levels=None, bits=8):
         out = np.round(scaled * 65535).astype(np.uint16)
     else:
         out = np.round(scaled * 255).astype(np.uint8)
-    _atomic(path, lambda tmp: iio.imwrite(tmp, out, extension=".png"))
+    atomic_write(path, lambda tmp: iio.imwrite(tmp, out, extension=".png"))

@@ -28,7 +28,6 @@ N. Misiura, StarNet (StarNet++), https://github.com/nekitmm/starnet (star remova
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import zipfile
 from collections.abc import Mapping
@@ -37,6 +36,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from astroflow.atomic import atomic_write
 
 __all__ = [
     "ARCHITECTURES",
@@ -369,16 +370,7 @@ def save_weights(path, model, *, meta=None):
             raise ValueError(f"meta must be JSON-serialisable: {err}") from err
     state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
     payload = {"arch": dict(arch), "state_dict": state, "meta": meta}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load_weights(path, *, expected=None, device="cpu"):

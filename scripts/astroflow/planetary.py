@@ -273,10 +273,10 @@ def align_sequence(
     best = table[ok].sort_values("quality", ascending=False).head(n_ref)
     wanted = {int(i): k for k, i in enumerate(best["index"])}
     windows = [None] * len(wanted)
+    first = dict(zip(table["index"], zip(table["window_y"], table["window_x"])))
     for frame in sequence.frames(sorted(wanted)):
         image = _dark_subtracted(frame.image, dark)
-        row = table.loc[table["index"] == frame.index].iloc[0]
-        windows[wanted[frame.index]] = lucky.extract(image, row["window_y"], row["window_x"], size)
+        windows[wanted[frame.index]] = lucky.extract(image, *first[frame.index], size)
     windows = [w for w in windows if w is not None]
     reference = lucky.build_reference(windows)
     ref_lum = lucky.luminance(reference)
@@ -287,11 +287,11 @@ def align_sequence(
     ap_quality = np.full((len(table), len(points)), np.nan)
     usable = set(int(i) for i in table.loc[ok, "index"])
     n = len(sequence)
-    position = dict(zip(table["index"], zip(table["window_y"], table["window_x"])))
+    row_of = dict(zip(table["index"], table.index))
     for frame in sequence.frames(sorted(usable)):
         image = _dark_subtracted(frame.image, dark)
-        wy, wx = position[frame.index]
-        i = table.index[table["index"] == frame.index][0]
+        wy, wx = first[frame.index]
+        i = row_of[frame.index]
         aligned_at = lucky.align_window(ref_lum, image, wy, wx, size)
         if aligned_at is None:
             table.loc[i, ["status", "reason"]] = ["rejected", "aligned window leaves the frame"]

@@ -58,7 +58,6 @@ more than enough at ``radius_frac=0.3``.
 from __future__ import annotations
 
 import math
-import os
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -70,6 +69,7 @@ import pandas as pd
 import tifffile
 from scipy import ndimage
 
+from astroflow.atomic import atomic_write
 from astroflow.fitsio import write_image
 
 __all__ = [
@@ -466,7 +466,7 @@ def write_sequence(seq, outdir, *, fmt="tiff"):
         path = frame_dir / f"frame_{i:04d}{suffix}"
         if fmt == "tiff":
             data = np.clip(np.rint(frame), 0, 65535).astype(np.uint16)
-            _atomic(path, lambda tmp, d=data: tifffile.imwrite(tmp, d, photometric="minisblack"))
+            atomic_write(path, lambda tmp, d=data: tifffile.imwrite(tmp, d, photometric="minisblack"))
         else:
             write_image(path, frame, header={"BUNIT": "adu", "FRAME": i})
         paths.append(path)
@@ -506,7 +506,7 @@ def write_sequence(seq, outdir, *, fmt="tiff"):
             "seeing": np.asarray(seq.seeing, dtype=np.float64),
         }
     )
-    _atomic(truth_dir / "shifts.csv", lambda tmp: table.to_csv(tmp, index=False))
+    atomic_write(truth_dir / "shifts.csv", lambda tmp: table.to_csv(tmp, index=False))
     return paths
 
 
@@ -775,15 +775,3 @@ def _warn_if_crowded(truth, margin):
             UserWarning,
             stacklevel=3,
         )
-
-
-def _atomic(path, write):
-    """Write through ``write(tmp)`` to a temporary file beside ``path``, then rename it."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()

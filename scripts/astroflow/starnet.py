@@ -12,7 +12,7 @@ import logging
 import numpy as np
 import torch
 
-from astroflow.nets import load_weights
+from astroflow.nets import WeightsError, load_weights
 from astroflow.tiling import predict_tiled
 
 __all__ = ["default_device", "load_starless", "predictor"]
@@ -52,8 +52,6 @@ def load_starless(path, device=None):
     model, meta = load_weights(path, device=device)
     arch = model.arch
     if arch.get("in_channels") != arch.get("out_channels"):
-        from astroflow.nets import WeightsError
-
         raise WeightsError(f"{path}: not star-removal weights (channels {arch.get('in_channels')} in, "
                            f"{arch.get('out_channels')} out)")
     model.eval()

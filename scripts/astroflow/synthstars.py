@@ -43,15 +43,14 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import cv2
 import numpy as np
 from scipy import fft as sfft
 from scipy import special
 
+from astroflow.atomic import atomic_write
 from astroflow.simulate import colour_ratios, moffat_alpha
 from astroflow.stretch import MTFStretch, auto_stretch
 
@@ -449,10 +448,8 @@ def make_shard(path, n_samples, seed, *, size=256, channels=3):
         "kind": kinds,
         "stretch": stretches,
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+
+    def write(tmp):
         with open(tmp, "wb") as fh:
             np.savez_compressed(
                 fh,
@@ -462,10 +459,8 @@ def make_shard(path, n_samples, seed, *, size=256, channels=3):
                 star_flux=star_flux,
                 meta=np.array(json.dumps(meta)),
             )
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+
+    atomic_write(path, write)
 
 
 def load_shard(path):

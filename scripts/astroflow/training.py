@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 import zipfile
 from collections.abc import Mapping
@@ -45,6 +44,8 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import nn
+
+from astroflow.atomic import atomic_write
 
 __all__ = [
     "HISTORY_COLUMNS",
@@ -490,18 +491,6 @@ def _schedule(warmup, total):
     return factor
 
 
-def _save_atomic(obj, path):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _evaluate(model, dataset, loss_fn, batch_size, device, autocast):
     """Mean loss, PSNR and SSIM of ``model`` over ``dataset`` (per image, then averaged)."""
     model.eval()
@@ -796,21 +785,19 @@ def train(
                 row["seconds"],
             )
             if checkpoint is not None:
-                _save_atomic(
-                    {
-                        "format": _CHECKPOINT_FORMAT,
-                        "config": config,
-                        "arch": dict(getattr(model, "arch", {}) or {}),
-                        "epoch": epoch + 1,
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "scaler": scaler.state_dict() if scaler is not None else None,
-                        "history": history,
-                        "rng": _rng_state(),
-                    },
-                    checkpoint,
-                )
+                state = {
+                    "format": _CHECKPOINT_FORMAT,
+                    "config": config,
+                    "arch": dict(getattr(model, "arch", {}) or {}),
+                    "epoch": epoch + 1,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict() if scaler is not None else None,
+                    "history": history,
+                    "rng": _rng_state(),
+                }
+                atomic_write(checkpoint, lambda tmp, state=state: torch.save(state, tmp))
     finally:
         torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags[2:]
