@@ -386,3 +386,49 @@ def test_write_sequence_bad_format(tmp_path):
     seq = simulate_sequence(spot(), 1, local_px=0.0)
     with pytest.raises(ValueError, match="fmt"):
         write_sequence(seq, tmp_path, fmt="png")
+
+
+def test_kolmogorov_frames_are_truth_convolved_with_their_psfs():
+    truth = planet_truth(128, seed=3)
+    seq = simulate_sequence(truth, 6, seed=2, turbulence="kolmogorov", d_over_r0=5.0,
+                            local_px=0.0, photon_noise=False, read_noise=0.0, psf_size=32)
+    assert seq.psfs.shape == (6, 32, 32)
+    assert np.allclose(seq.psfs.sum(axis=(1, 2)), 1.0, atol=1e-5)
+    from astroflow.turbulence import convolve
+
+    for i in (0, 5):
+        expected = convolve(seq.truth, seq.psfs[i])
+        assert np.allclose(seq.frames[i], expected, atol=1e-3 * float(truth.max()))
+    # seeing is the PSF's RMS radius: a blurrier frame has less high-frequency power
+    sharp, blurry = int(np.argmin(seq.seeing)), int(np.argmax(seq.seeing))
+    assert seq.seeing[blurry] > seq.seeing[sharp]
+    power = [np.abs(np.diff(seq.frames[i], axis=1)).mean() for i in (sharp, blurry)]
+    assert power[0] > power[1]
+
+
+def test_kolmogorov_stronger_turbulence_blurs_more():
+    truth = planet_truth(96, seed=1, moon=False)
+    widths = [
+        simulate_sequence(truth, 8, seed=4, turbulence="kolmogorov", d_over_r0=r,
+                          psf_size=32, local_px=0.0).seeing.mean()
+        for r in (2.0, 8.0)
+    ]
+    assert widths[1] > 1.5 * widths[0]
+
+
+def test_kolmogorov_same_seed_same_frames_and_noise_leaves_psfs():
+    truth = planet_truth(64, seed=1, moon=False)
+    kw = dict(seed=9, turbulence="kolmogorov", d_over_r0=4.0, psf_size=16, local_px=0.3)
+    a = simulate_sequence(truth, 3, **kw)
+    b = simulate_sequence(truth, 3, **kw)
+    c = simulate_sequence(truth, 3, read_noise=0.0, photon_noise=False, **kw)
+    assert np.array_equal(a.frames, b.frames)
+    assert np.array_equal(a.psfs, c.psfs) and np.array_equal(a.shifts, c.shifts)
+    assert not np.array_equal(a.frames, c.frames)
+
+
+def test_kolmogorov_warns_when_truth_touches_the_border():
+    truth = np.zeros((64, 64), np.float32)
+    truth[:, :3] = 100.0
+    with pytest.warns(UserWarning, match="edges"):
+        simulate_sequence(truth, 1, turbulence="kolmogorov", psf_size=16)

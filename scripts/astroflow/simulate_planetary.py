@@ -35,9 +35,21 @@ screens, this stand-in draws those effects directly. Frame ``i`` is::
 * the spatially varying blur blends images blurred with a few sigmas, with per-pixel weights
   linear in sigma^2, so the blended PSF has the requested second moment at every pixel.
 
-The blur is Gaussian and the PSF has no diffraction rings or speckles; a Kolmogorov
-phase-screen model (PSFs from the pupil through von Karman phase screens) will replace it as
-another ``turbulence`` choice: the hook is :func:`_draw_atmosphere` / :func:`_render_frame`.
+The blur is Gaussian and the PSF has no diffraction rings or speckles.
+
+Turbulence model (``turbulence="kolmogorov"``)
+----------------------------------------------
+Each frame is the truth convolved with its own short-exposure PSF, the diffraction pattern of
+the telescope pupil (``pupil_px`` across, optional central ``obstruction`` and ``spiders``)
+through an independent Kolmogorov phase screen at ``D / r0 = d_over_r0``
+(:func:`astroflow.turbulence.turbulent_psfs`): speckles, diffraction rings, and tip-tilt from
+the screen's own low orders. The local displacement field (``local_px``, ``region_px``) is
+applied on top as in the Gaussian model, for anisoplanatism. ``tip_tilt_px``, ``blur_px``,
+``good_fraction`` and ``blur_variation`` do not apply: the screens decide how often a frame is
+sharp. ``shifts`` are the PSF centroids, ``seeing`` the RMS radius per axis of each PSF about
+its centroid (px; a Gaussian of that sigma has the same second moment), and the PSFs are kept
+in :attr:`PlanetarySequence.psfs`. The truth is sampled at the PSF scale: ``lambda / D`` spans
+2 px (Nyquist).
 
 Truth and coordinates
 ---------------------
@@ -69,6 +81,7 @@ import pandas as pd
 import tifffile
 from scipy import ndimage
 
+from astroflow import turbulence as _turbulence
 from astroflow.atomic import atomic_write
 from astroflow.fitsio import write_image
 
@@ -92,7 +105,7 @@ FLATTENING = 0.065
 LIMB_DARKENING = 0.6
 _OVERSAMPLE = 4
 _MOON_RADIUS_PX = 1.25
-TURBULENCE_MODELS = ("gaussian",)
+TURBULENCE_MODELS = ("gaussian", "kolmogorov")
 # Independent random streams, so that e.g. switching noise off leaves the atmosphere unchanged.
 _STREAM_TRUTH, _STREAM_SEEING, _STREAM_TIPTILT, _STREAM_FIELDS, _STREAM_NOISE = range(5)
 _FRAME_NAME = re.compile(r"^frame_\d{4,}\.(tif|fits)$")
@@ -121,6 +134,9 @@ class PlanetarySequence:
         RMS per axis of the local displacement fields over all frames and pixels, px.
     params : dict
         The arguments of :func:`simulate_sequence` that made it (for provenance).
+    psfs : numpy.ndarray or None
+        float32 ``(N, s, s)``: each frame's PSF (sum 1, centred at ``(s // 2, s // 2)``) for
+        ``turbulence="kolmogorov"``; None for the Gaussian model.
     """
 
     frames: np.ndarray
@@ -129,6 +145,7 @@ class PlanetarySequence:
     seeing: np.ndarray
     local_rms: float
     params: dict = field(default_factory=dict)
+    psfs: np.ndarray | None = None
 
 
 def planet_truth(size=256, *, seed=0, radius_frac=0.3, moon=True):
@@ -274,6 +291,11 @@ def simulate_sequence(
     blur_variation=0.3,
     photon_noise=True,
     turbulence="gaussian",
+    d_over_r0=6.0,
+    pupil_px=64,
+    obstruction=0.0,
+    spiders=0,
+    psf_size=64,
 ):
     """Frames of a planet seen through turbulence, with the truth they were made from.
 
@@ -316,9 +338,14 @@ def simulate_sequence(
     photon_noise : bool, optional
         Draw Poisson photon noise on the signal; False (with ``read_noise=0``) gives noise-free
         frames.
-    turbulence : str, optional
-        Turbulence model; only ``"gaussian"`` for now (the Kolmogorov phase-screen model will
-        be another choice).
+    turbulence : {"gaussian", "kolmogorov"}, optional
+        Turbulence model (see the module docstring): Gaussian blur with drawn seeing, or
+        short-exposure PSFs through Kolmogorov phase screens.
+    d_over_r0, pupil_px, obstruction, spiders, psf_size : optional
+        Kolmogorov model only: telescope diameter over Fried's parameter, pupil diameter
+        (px), central obstruction (fraction of the diameter), number of spider vanes and PSF
+        side (px); see :func:`astroflow.turbulence.turbulent_psfs`. The truth needs an empty
+        border of about ``psf_size / 2`` px.
 
     Returns
     -------
@@ -357,10 +384,15 @@ def simulate_sequence(
         raise ValueError(f"blur_px must satisfy 0 <= low <= high, got {blur_px!r}")
     if turbulence not in TURBULENCE_MODELS:
         raise ValueError(
-            f"turbulence must be one of {TURBULENCE_MODELS} (the Kolmogorov phase-screen model "
-            f"is not implemented yet), got {turbulence!r}"
+            f"turbulence must be one of {TURBULENCE_MODELS}, got {turbulence!r}"
         )
     seed = _seed_int(seed)
+    if turbulence == "kolmogorov":
+        return _kolmogorov_sequence(
+            truth, n_frames, seed=seed, local_px=local_px, region_px=region_px,
+            read_noise=read_noise, gain=gain, photon_noise=photon_noise, d_over_r0=d_over_r0,
+            pupil_px=pupil_px, obstruction=obstruction, spiders=spiders, psf_size=psf_size,
+        )
     margin = border_margin(tip_tilt_px, local_px, (low, high), blur_variation)
     _warn_if_crowded(truth, margin)
 
@@ -410,6 +442,73 @@ def simulate_sequence(
         seeing=seeing,
         local_rms=math.sqrt(local_sq / n_frames),
         params=params,
+    )
+
+
+def _kolmogorov_sequence(truth, n_frames, *, seed, local_px, region_px, read_noise, gain,
+                         photon_noise, d_over_r0, pupil_px, obstruction, spiders, psf_size):
+    """Frames through Kolmogorov phase screens (see the module docstring)."""
+    psfs = _turbulence.turbulent_psfs(
+        n_frames, d_over_r0, np.random.default_rng([_STREAM_SEEING, seed]), pupil_px=pupil_px,
+        obstruction=obstruction, spiders=spiders, size=psf_size,
+    )
+    border = min(psf_size // 2, min(truth.shape) // 2)
+    edge = np.ones(truth.shape, dtype=bool)
+    edge[border:truth.shape[0] - border, border:truth.shape[1] - border] = False
+    sky = float(np.median(truth[edge]))
+    if float(np.abs(truth[edge] - sky).max()) > 1e-3 * max(float(truth.max()) - sky, 1e-12):
+        warnings.warn(
+            f"truth has signal within {border} px (psf_size / 2) of its edges: the periodic "
+            "convolution wraps it around",
+            stacklevel=3,
+        )
+    grid = np.arange(psf_size) - psf_size // 2
+    frames = np.empty((n_frames,) + truth.shape, dtype=np.float32)
+    shifts = np.empty((n_frames, 2))
+    seeing = np.empty(n_frames)
+    local_sq = 0.0
+    for i in range(n_frames):
+        psf = psfs[i].astype(np.float64)
+        cy = float((psf.sum(axis=1) * grid).sum())
+        cx = float((psf.sum(axis=0) * grid).sum())
+        var_y = float((psf.sum(axis=1) * (grid - cy) ** 2).sum())
+        var_x = float((psf.sum(axis=0) * (grid - cx) ** 2).sum())
+        shifts[i] = (cy, cx)
+        seeing[i] = math.sqrt((var_y + var_x) / 2.0)
+        signal = _turbulence.convolve(truth, psf)
+        atmosphere = _draw_atmosphere(
+            np.random.default_rng([_STREAM_FIELDS, seed, i]), truth.shape, seeing=0.0,
+            local_px=local_px, region_px=region_px, blur_variation=0.0,
+        )
+        local_sq += float(np.mean(atmosphere["ly"] ** 2 + atmosphere["lx"] ** 2)) / 2.0
+        ly, lx = atmosphere["ly"], atmosphere["lx"]
+        if np.any(ly) or np.any(lx):
+            grid_y, grid_x = np.indices(truth.shape, dtype=np.float32)
+            signal = cv2.remap(
+                signal.astype(np.float32), (grid_x - lx).astype(np.float32),
+                (grid_y - ly).astype(np.float32), interpolation=cv2.INTER_CUBIC,
+                borderMode=cv2.BORDER_REFLECT_101,
+            ).astype(np.float64)
+        noise_rng = np.random.default_rng([_STREAM_NOISE, seed, i])
+        signal = np.clip(signal, 0.0, None)
+        electrons = noise_rng.poisson(signal).astype(np.float64) if photon_noise else signal
+        if read_noise > 0:
+            electrons = electrons + noise_rng.normal(0.0, read_noise, electrons.shape)
+        frames[i] = electrons / gain
+    params = dict(
+        n_frames=n_frames, seed=seed, local_px=local_px, region_px=region_px,
+        read_noise=read_noise, gain=gain, photon_noise=bool(photon_noise),
+        turbulence="kolmogorov", d_over_r0=float(d_over_r0), pupil_px=int(pupil_px),
+        obstruction=float(obstruction), spiders=int(spiders), psf_size=int(psf_size),
+    )
+    return PlanetarySequence(
+        frames=frames,
+        truth=(truth / gain).astype(np.float32),
+        shifts=shifts,
+        seeing=seeing,
+        local_rms=math.sqrt(local_sq / n_frames),
+        params=params,
+        psfs=psfs,
     )
 
 
