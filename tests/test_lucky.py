@@ -238,6 +238,22 @@ def test_plan_window_drops_frames_whose_planet_is_cut():
     assert "too close to the frame edge" in reasons[4]
 
 
+def test_plan_window_rejects_with_reasons_read_back_from_csv_as_nan(tmp_path):
+    """analysis.csv with no reason at all reads back as a float column; rejecting must work."""
+    rows = [
+        dict(index=i, frame=f"f{i}", status="ok", reason="", quality=1.0, object_y=100.0,
+             object_x=float(cx), object_height=80, object_width=80, area_fraction=0.1,
+             touches_edge=False)
+        for i, cx in enumerate([120, 236])
+    ]
+    pd.DataFrame(rows).to_csv(tmp_path / "analysis.csv", index=False)
+    table = pd.read_csv(tmp_path / "analysis.csv", keep_default_na=False, na_values=[""])
+    assert table["reason"].dtype == float
+    table, _, _ = planetary.plan_window(table, (200, 250))
+    assert table["status"].tolist() == ["ok", "rejected"]
+    assert table["reason"].tolist()[0] == "" and "too close" in table["reason"].tolist()[1]
+
+
 def test_frames_table_statuses():
     alignment = pd.DataFrame(
         dict(index=[0, 1, 2], frame=["a", "b", "c"], status=["ok", "ok", "rejected"],

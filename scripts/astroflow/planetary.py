@@ -14,8 +14,10 @@ Frames that cannot be used keep their row in the tables, with the reason.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import tempfile
 
 import numpy as np
@@ -26,6 +28,9 @@ from astroflow import lucky
 __all__ = [
     "align_sequence",
     "analyse_sequence",
+    "deconvolution_frames",
+    "write_aligned_frames",
+    "write_frames_index",
     "frames_table",
     "master_dark",
     "plan_window",
@@ -185,6 +190,9 @@ def plan_window(table, frame_shape, *, mode="auto", padding=0.5):
         If no frame shows an object.
     """
     table = table.copy()
+    # Read back from CSV, a column of empty reasons is float NaN: make it text again.
+    reason = table["reason"].astype(object)
+    table["reason"] = reason.where(reason.notna(), "").astype(str)
     ok = table["status"] == "ok"
     boxes = np.column_stack(
         [
@@ -543,3 +551,102 @@ def detail_measures(images, *, bands=((0.02, 0.08), (0.08, 0.2))):
         row["sharpness"] = lucky.sharpness(lum.astype(np.float32))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def deconvolution_frames(table, *, keep_percent=50.0, max_frames=0):
+    """The frames a multi-frame deconvolution uses: the sharpest of the globally aligned ones.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        From :func:`align_sequence`: ``index``, ``status``, ``quality``, ``position_y``,
+        ``position_x``.
+    keep_percent : float, optional
+        Percentage (0-100] of the aligned frames to keep, best first (at least one frame).
+    max_frames : int, optional
+        At most this many frames; 0 is no limit.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The chosen rows, sorted by frame index.
+
+    Raises
+    ------
+    ValueError
+        If ``keep_percent`` is outside (0, 100], ``max_frames`` < 0, or no frame is aligned.
+    """
+    if not 0 < keep_percent <= 100:
+        raise ValueError(f"keep_percent must be in (0, 100], got {keep_percent}")
+    if max_frames < 0:
+        raise ValueError(f"max_frames must be >= 0, got {max_frames}")
+    aligned = table[table["status"].isin(["ok", "used", "unused"])]
+    aligned = aligned[np.isfinite(aligned["position_y"]) & np.isfinite(aligned["position_x"])]
+    if aligned.empty:
+        raise ValueError("no aligned frame to deconvolve: every frame was rejected")
+    n = max(1, int(round(len(aligned) * keep_percent / 100.0)))
+    if max_frames:
+        n = min(n, max_frames)
+    best = aligned.sort_values("quality", ascending=False).head(n)
+    return best.sort_values("index")
+
+
+def write_aligned_frames(sequence, chosen, size, path, *, dark=None):
+    """Write the chosen frames' aligned windows to a raw float32 file, one after the other.
+
+    The file holds ``N`` C-ordered float32 windows of ``(h, w[, C])`` with no header (the
+    layout :class:`astroflow.mfbd.FrameFile` reads); it is written by explicit ``pwrite`` so the
+    process's memory does not grow with the number of frames.
+
+    Parameters
+    ----------
+    sequence : astroflow.sequence.FrameSequence
+    chosen : pandas.DataFrame
+        From :func:`deconvolution_frames`.
+    size : tuple of int
+        ``(h, w)`` of the window (the lucky stack's, without drizzle).
+    path : str or os.PathLike
+        Output file.
+    dark : numpy.ndarray or None, optional
+        Master dark (ADU) subtracted first.
+
+    Returns
+    -------
+    dict
+        ``shape`` (``[N, h, w]`` or ``[N, h, w, C]``), ``indices`` (frame indices, in file
+        order), ``frames`` (frame names) and ``dtype`` (``"float32"``): the file's description,
+        for a JSON sidecar.
+
+    Raises
+    ------
+    ValueError
+        If a chosen frame's window leaves the frame.
+    """
+    position = dict(zip(chosen["index"].astype(int), zip(chosen["position_y"], chosen["position_x"])))
+    order = sorted(position)
+    slot = {index: k for k, index in enumerate(order)}
+    names = dict(zip(chosen["index"].astype(int), chosen.get("frame", chosen["index"]).astype(str)))
+    shape = None
+    with open(path, "wb") as handle:
+        for frame in sequence.frames(order):
+            image = _dark_subtracted(frame.image, dark)
+            window = lucky.extract(image, *position[frame.index], size)
+            if window is None:
+                raise ValueError(f"{sequence.source}: frame {frame.index}: aligned window leaves the frame")
+            if shape is None:
+                shape = [len(order), *window.shape]
+            data = np.ascontiguousarray(window, dtype=np.float32)
+            os.pwrite(handle.fileno(), data.tobytes(), slot[frame.index] * data.nbytes)
+            _progress(slot[frame.index], len(order), "deconvolution frames")
+    return {
+        "shape": shape,
+        "indices": order,
+        "frames": [names[i] for i in order],
+        "dtype": "float32",
+    }
+
+
+def write_frames_index(path, description):
+    """Write the JSON sidecar of a frames file (see :func:`write_aligned_frames`)."""
+    with open(path, "w") as handle:
+        json.dump(description, handle, indent=1)
