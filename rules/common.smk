@@ -269,6 +269,7 @@ DEEP_SKY_TARGETS = _target_pattern(FRAMES)
 PLANETARY_TARGETS = _target_pattern(SEQUENCES)
 IMAGE_TARGETS = _target_pattern(IMAGES)
 STACKED_TARGETS = _target_pattern(list(FRAMES) + list(SEQUENCES))
+SINGLE_IMAGE_TARGETS = _target_pattern(list(FRAMES) + list(IMAGES))
 
 for _target, _types in FRAMES.items():
     _missing = [t for t in ("bias", "dark", "flat") if t not in _types]
@@ -412,6 +413,10 @@ def benchmark_files(wildcards):
         if "dark" in types:
             producers.append(rules.planetary_master_dark)
         files += [expand(rule.benchmark, target=target)[0] for rule in producers]
+    if DECONVOLUTION["enabled"]:
+        single = [t for t in config["targets"] if t not in SEQUENCES]
+        files += expand(rules.deconvolve.benchmark, target=single)
+        files += expand(rules.planetary_deconvolve.benchmark, target=list(SEQUENCES))
     if STARLESS["enabled"]:
         files += expand(rules.starless.benchmark, target=list(config["targets"]))
         if STARLESS["weights"] == "trained":
@@ -484,6 +489,26 @@ def image_source(wildcards):
     return IMAGES[wildcards.target]
 
 
+DECONVOLUTION = config["deconvolution"]
+
+
+def deconvolution_outputs(target):
+    if not DECONVOLUTION["enabled"]:
+        return []
+    return [
+        f"results/{target}/deconvolved.fits",
+        f"results/{target}/deconvolved.png",
+        f"results/{target}/deconvolution.png",
+    ]
+
+
+def deconvolution_history(wildcards):
+    """The per-iteration log of a target's deconvolution (single-image or multi-frame)."""
+    if wildcards.target in SEQUENCES:
+        return f"results/{wildcards.target}/planetary/mfbd_history.csv"
+    return f"results/{wildcards.target}/deconvolution/history.csv"
+
+
 def starless_outputs(target):
     if not STARLESS["enabled"]:
         return []
@@ -496,10 +521,18 @@ def starless_outputs(target):
 
 def target_outputs(target):
     if target in IMAGES:
-        return [f"results/{target}/image.png"] + starless_outputs(target)
+        return (
+            [f"results/{target}/image.png"]
+            + deconvolution_outputs(target)
+            + starless_outputs(target)
+        )
     if target in SEQUENCES:
-        return planetary_outputs(target) + starless_outputs(target)
-    outputs = starless_outputs(target) + [
+        return (
+            planetary_outputs(target)
+            + deconvolution_outputs(target)
+            + starless_outputs(target)
+        )
+    outputs = deconvolution_outputs(target) + starless_outputs(target) + [
         f"results/{target}/frames.csv",
         f"results/{target}/stack.fits",
         f"results/{target}/stack.tif",

@@ -254,3 +254,26 @@ def test_alignment_points_plot_draws_one_box_per_point():
     assert len(ax.patches) == 3
     assert [p.get_xy() for p in ax.patches] == [(-0.5, -0.5), (15.5, -0.5), (-0.5, 15.5)]
     assert "3 alignment points of 32 px" in ax.get_title()
+
+
+def test_deconvolution_plot_draws_both_kinds_of_history():
+    from astroflow.plots import deconvolution_plot
+
+    rl = pd.DataFrame({"method": "richardson-lucy", "cell": [0, 0, 0, 1, 1, 1],
+                       "iteration": [1, 2, 3, 1, 2, 3],
+                       "relative_change": [0.2, 0.1, 0.05, 0.3, 0.1, 0.02], "chi2": np.nan})
+    fig = deconvolution_plot(rl, title="t")
+    ax = fig.axes[0]
+    assert len(ax.lines) == 2 and ax.get_yscale() == "log"
+    assert list(ax.lines[1].get_ydata()) == [0.3, 0.1, 0.02]
+    mf = pd.DataFrame({"iteration": np.arange(1, 7), "epoch": [0, 0, 0, 1, 1, 1], "patch": 0,
+                       "loss": [4.0, 3.0, 3.5, 2.0, 2.5, 1.5], "data_loss": [3.9, 2.9, 3.4, 1.9, 2.4, 1.4],
+                       "tv": 0.5, "seconds": np.arange(6.0)})
+    ax = deconvolution_plot(mf).axes[0]
+    epoch_means = [line for line in ax.lines if line.get_label() == "total, mean over the epoch"]
+    assert len(epoch_means) == 1
+    np.testing.assert_allclose(epoch_means[0].get_ydata(), [3.5, 2.0])
+    with pytest.raises(ValueError, match="expected"):
+        deconvolution_plot(pd.DataFrame({"x": [1]}))
+    with pytest.raises(ValueError, match="empty"):
+        deconvolution_plot(pd.DataFrame())

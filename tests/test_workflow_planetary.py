@@ -1,5 +1,6 @@
 """Planetary targets through the workflow: real Jupiter and Moon data, a SER file, bad input."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,12 @@ def real_run(tmp_path_factory):
     targets = {name: spec for name, spec in targets.items() if name in REAL}
     work = tmp_path_factory.mktemp("planetary-real") / "work"
     # Star removal of a planet is tested elsewhere (test_ser_file_with_darks_is_stacked runs it).
-    config = write_config(work, targets, starless={"enabled": False})
+    # The multi-frame deconvolution runs short here (its default, 20 epochs over the best half,
+    # runs in benchmarks/deconvolution.py); the Moon is solved in its default 256 px patches.
+    config = write_config(
+        work, targets, starless={"enabled": False},
+        deconvolution={"multiframe": {"epochs": 2, "max_frames": 16}},
+    )
     proc = snakemake(work, "--cores", "2", "--configfile", str(config), timeout=1500)
     return work, proc
 
@@ -129,6 +135,7 @@ def test_frame_folder_with_bad_frames_and_more_best_frames_than_exist(synthetic_
         work,
         {"small": {"kind": "planetary", "lights": str(folder)}},
         planetary={"keep_count": 500, "ap_size": 32},
+        deconvolution={"multiframe": {"epochs": 1, "keep_percent": 100.0}},
     )
     snakemake(work, "--cores", "2", "--configfile", str(config))
     frames = pd.read_csv(
@@ -145,6 +152,11 @@ def test_frame_folder_with_bad_frames_and_more_best_frames_than_exist(synthetic_
     _, header = read_image(work / "results" / "small" / "stack.fits")
     assert header["NCOMBINE"] == 28
     assert "jup 08.tif" in (work / "logs" / "planetary_analyse" / "small.log").read_text()
+    # The multi-frame deconvolution takes every usable frame and neither excluded one.
+    chosen = json.loads((work / "results" / "small" / "planetary" / "mfbd_frames.json").read_text())
+    assert len(chosen["frames"]) == 28
+    assert "jup 08.tif" not in chosen["frames"] and "jup 12.tif" not in chosen["frames"]
+    assert not (work / "results" / "small" / "planetary" / "mfbd_frames.f32").exists()  # temp()
 
 
 def test_ser_file_with_darks_is_stacked(synthetic_frames, tmp_path):
@@ -160,6 +172,7 @@ def test_ser_file_with_darks_is_stacked(synthetic_frames, tmp_path):
         {"ser": {"kind": "planetary", "lights": str(tmp_path / "jupiter.ser"),
                  "darks": str(tmp_path / "dark.ser")}},
         planetary={"ap_size": 32},
+        deconvolution={"multiframe": {"epochs": 1, "max_frames": 8}},
     )
     snakemake(work, "--cores", "2", "--configfile", str(config))
     dark, _ = read_image(work / "results" / "ser" / "masters" / "dark.fits")
@@ -174,8 +187,52 @@ def test_ser_file_with_darks_is_stacked(synthetic_frames, tmp_path):
     # runtimes table.
     runtimes = pd.read_csv(work / "results" / "runtimes.tsv", sep="\t")
     assert set(runtimes["rule"]) == benchmarked_rules(
-        [ROOT / "rules" / "planetary.smk", ROOT / "rules" / "starless.smk"]
+        [ROOT / "rules" / name for name in ("planetary.smk", "deconvolve.smk", "starless.smk")],
+        planetary=True,
     )
+
+
+@needs_shared_data("jupiter-tensorez")
+@pytest.mark.parametrize("target", list(REAL))
+def test_real_sequence_multiframe_deconvolution_adds_detail_and_keeps_flux(real_run, target):
+    work, _ = real_run
+    results = work / "results" / target
+    stack, _ = read_image(results / "stack.fits")
+    deconvolved, header = read_image(results / "deconvolved.fits")
+    assert deconvolved.shape == stack.shape and np.isfinite(deconvolved).all()
+    assert header["NCOMBINE"] == 16 and header["MFBDDEV"] == "cpu"
+    # PSFs normalised, one per frame; the history has a loss for every step.
+    from astropy.io import fits
+
+    psfs = fits.getdata(results / "planetary" / "mfbd_psfs.fits")
+    assert psfs.shape[0] == 16 and np.allclose(psfs.sum(axis=(1, 2)), 1.0, atol=1e-4)
+    assert (psfs >= 0).all()
+    history = pd.read_csv(results / "planetary" / "mfbd_history.csv")
+    assert np.isfinite(history["loss"]).all() and history["epoch"].nunique() == 2
+    assert (results / "deconvolution.png").stat().st_size > 0
+    # Flux is kept (normalised PSFs), and detail at the planet's scales grows.
+    assert float(deconvolved.sum()) == pytest.approx(float(stack.sum()), rel=0.03)
+    measures = planetary.detail_measures({"stack": stack, "deconvolved": deconvolved}).set_index("image")
+    print(target, measures.to_dict("index"))
+    for band in ("power_0.02-0.08", "power_0.08-0.2"):
+        assert measures.loc["deconvolved", band] > measures.loc["stack", band]
+
+
+def test_sequence_of_one_frame_is_stacked_and_deconvolved_with_a_warning(tmp_path):
+    truth = sp.planet_truth(128, seed=3, radius_frac=0.25, moon=False)
+    frame = sp.simulate_sequence(truth, 1, seed=1).frames[0]
+    folder = tmp_path / "one"
+    folder.mkdir()
+    tifffile.imwrite(folder / "only.tif", np.clip(np.round(frame), 0, 65535).astype(np.uint16))
+    work = tmp_path / "work"
+    config = write_config(work, {"one": {"kind": "planetary", "lights": str(folder)}},
+                          planetary={"ap_size": 32}, starless={"enabled": False})
+    snakemake(work, "--cores", "2", "--configfile", str(config))
+    stack, _ = read_image(work / "results" / "one" / "stack.fits")
+    deconvolved, _ = read_image(work / "results" / "one" / "deconvolved.fits")
+    assert deconvolved.shape == stack.shape and np.isfinite(deconvolved).all()
+    log = (work / "logs" / "planetary_deconvolve" / "one.log").read_text()
+    assert "SingleFrameWarning" in log and "only one frame" in log
 
 
 def test_corrupt_video_is_a_clear_error_naming_the_file(tmp_path):

@@ -216,9 +216,12 @@ def test_nothing_to_do_after_a_run_and_stacking_change_reruns_only_stack_and_aft
     override = night / "kappa.yaml"
     override.write_text("stacking:\n  kappa_high: 2.5\n")
     changed = snakemake(night, "-n", "--configfile", str(ROOT / "config.yaml"), str(override))
-    # the stack, its star removal, and the report's record of the settings and of the runtimes
+    # the stack, its deconvolution and star removal, and the report's record of the settings and
+    # of the runtimes
     assert planned_jobs(changed.stdout) == {
         "stack": 1,
+        "deconvolve": 1,
+        "deconvolution_plot": 1,
         "starless": 1,
         "effective_config": 1,
         "runtimes": 1,

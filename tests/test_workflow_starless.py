@@ -138,3 +138,22 @@ def test_training_rules_make_weights_that_inference_uses(tmp_path):
     assert "results/models/starless.pt" in log
     runtimes = (work / "results" / "runtimes.tsv").read_text()
     assert "train_starless" in runtimes and "starless" in runtimes
+
+
+def test_deconvolution_of_an_image_without_stars_falls_back_with_a_warning(images_run):
+    """No usable star for the PSF (one hot pixel on noise): the fallback PSF, a warning naming
+    the image in the log, and the NaN pixels still NaN."""
+    work, _ = images_run
+    results = work / "results" / "linear"
+    log = (work / "logs" / "deconvolve" / "linear.log").read_text()
+    assert "no star to measure the PSF on" in log and "image.fits" in log
+    assert "gaussian-fallback" in log
+    image, _ = read_image(results / "image.fits")
+    deconvolved, header = read_image(results / "deconvolved.fits")
+    assert deconvolved.shape == image.shape
+    assert np.array_equal(np.isnan(deconvolved), np.isnan(image))
+    assert header["PSFFWHM"] == pytest.approx(3.0, rel=0.05)
+    # Pure noise stays noise around the same level: no drift, no blow-up.
+    finite = np.isfinite(image)
+    assert abs(float(np.median(deconvolved[finite])) - float(np.median(image[finite]))) < 1.0
+    assert (results / "deconvolution.png").stat().st_size > 0

@@ -262,3 +262,74 @@ def alignment_points_plot(reference, points, size, *, title=""):
     ax.set_title(f"{title}: {len(points)} alignment points of {size} px".strip(": "), fontsize=10)
     ax.set_axis_off()
     return fig
+
+
+def deconvolution_plot(history, *, title=""):
+    """Convergence of a deconvolution: the quantity it minimises, per iteration.
+
+    Parameters
+    ----------
+    history : pandas.DataFrame
+        Either the Richardson-Lucy log of rule ``deconvolve`` (columns ``cell``, ``iteration``,
+        ``relative_change`` and ``chi2``, one row per iteration and PSF cell), or the
+        multi-frame log of rule ``planetary_deconvolve`` (``iteration``, ``loss``,
+        ``data_loss``, ``tv`` and optionally ``patch`` and ``epoch``: one row per minibatch step).
+    title : str, optional
+        Figure title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Richardson-Lucy: the relative change of the image per iteration, one line per cell (log
+        scale). Multi-frame: the total loss and its data and TV terms per iteration (log scale),
+        one line per patch, with the mean loss of every epoch (minibatches hold different
+        frames, so their losses scatter) and epoch boundaries marked.
+
+    Raises
+    ------
+    ValueError
+        If the table has neither layout, or no rows.
+    """
+    if history.empty:
+        raise ValueError("deconvolution history is empty: no iteration was run")
+    fig = Figure(figsize=(8, 4), layout="constrained")
+    ax = fig.subplots()
+    if "relative_change" in history:
+        for cell, rows in history.groupby("cell"):
+            label = f"cell {cell}" if history["cell"].nunique() > 1 else "relative change"
+            ax.plot(rows["iteration"], rows["relative_change"], marker=".", label=label)
+        ax.set_ylabel("relative change of the image per iteration")
+        ax.set_xlabel("Richardson-Lucy iteration")
+        kind = "Richardson-Lucy"
+    elif "loss" in history:
+        patches = history["patch"] if "patch" in history else pd.Series(0, index=history.index)
+        for k, (patch, rows) in enumerate(history.groupby(patches)):
+            prefix = f"patch {patch}: " if patches.nunique() > 1 else ""
+            ax.plot(rows["iteration"], rows["loss"], color="tab:blue", alpha=0.5, lw=0.8,
+                    label=f"{prefix}total, per minibatch" if k < 3 else None)
+            ax.plot(rows["iteration"], rows["data_loss"], color="tab:orange", alpha=0.5, lw=0.8,
+                    label="data term" if k == 0 else None)
+            if (rows["tv"] > 0).any():
+                ax.plot(rows["iteration"], rows["tv"], color="tab:green", alpha=0.6,
+                        label="TV of the latent image (unweighted)" if k == 0 else None)
+            if "epoch" in rows:
+                # Minibatches hold different frames: the epoch mean is what should fall.
+                epochs = rows.groupby("epoch").agg(iteration=("iteration", "max"),
+                                                   loss=("loss", "mean"))
+                ax.plot(epochs["iteration"], epochs["loss"], color="tab:blue", marker="o", lw=2,
+                        label="total, mean over the epoch" if k == 0 else None)
+        ax.set_ylabel("loss (minibatch)")
+        ax.set_xlabel("iteration (minibatch step)")
+        kind = "multi-frame blind deconvolution"
+    else:
+        raise ValueError(
+            f"deconvolution history has columns {list(history.columns)}: expected "
+            "relative_change (Richardson-Lucy) or loss (multi-frame)"
+        )
+    positive = history.select_dtypes("number").gt(0).any().any()
+    if positive:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right")
+    fig.suptitle(f"{title}: {kind}" if title else kind)
+    return fig
