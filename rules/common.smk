@@ -532,14 +532,18 @@ def target_outputs(target):
             + deconvolution_outputs(target)
             + starless_outputs(target)
         )
-    outputs = deconvolution_outputs(target) + starless_outputs(target) + [
-        f"results/{target}/frames.csv",
-        f"results/{target}/stack.fits",
-        f"results/{target}/stack.tif",
-        f"results/{target}/stack.png",
-        f"results/{target}/rejection.fits",
-        f"results/{target}/quality.png",
-    ]
+    outputs = (
+        deconvolution_outputs(target)
+        + starless_outputs(target)
+        + [
+            f"results/{target}/frames.csv",
+            f"results/{target}/stack.fits",
+            f"results/{target}/stack.tif",
+            f"results/{target}/stack.png",
+            f"results/{target}/rejection.fits",
+            f"results/{target}/quality.png",
+        ]
+    )
     outputs += [
         f"results/{target}/masters/{ftype}.fits"
         for ftype in ("bias", "dark", "flat")
