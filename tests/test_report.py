@@ -28,8 +28,8 @@ TINY = {
     "simulate": {"width": 320, "height": 240, "n_lights": 5, "n_darks": 2, "n_flats": 2, "n_bias": 2}
 }
 # Jobs of the tiny night that write a benchmark file: simulate_night, 11 ingest_frame, 3 masters,
-# 5 calibrate_light, register, 5 warp, stack, starless.
-BENCHMARKED_JOBS = 1 + 11 + 3 + 5 + 1 + 5 + 1 + 1
+# 5 calibrate_light, register, 5 warp, stack, deconvolve, starless.
+BENCHMARKED_JOBS = 1 + 11 + 3 + 5 + 1 + 5 + 1 + 1 + 1
 # Rendering waits for virtual time (timers, React), not wall-clock time; then Chromium exits.
 CHROMIUM_FLAGS = [
     "--headless",
@@ -166,6 +166,8 @@ def test_report_embeds_the_images_the_config_and_the_runtimes(night):
         f"results/{TARGET}/stack.png": "image/png",
         f"results/{TARGET}/rejection.png": "image/png",
         f"results/{TARGET}/quality.png": "image/png",
+        f"results/{TARGET}/deconvolved.png": "image/png",
+        f"results/{TARGET}/deconvolution.png": "image/png",
         f"results/{TARGET}/starless.png": "image/png",
         f"results/{TARGET}/stars.png": "image/png",
         f"results/{TARGET}/frames.csv": "text/csv",
@@ -197,6 +199,7 @@ def test_report_renders_in_chromium(night, chromium, tmp_path):
         (TARGET, f"results/{TARGET}/rejection.png"),
         (TARGET, f"results/{TARGET}/quality.png"),
         (TARGET, f"results/{TARGET}/starless.png"),
+        (TARGET, f"results/{TARGET}/deconvolution.png"),
         ("run", "results/runtimes.png"),
         ("run", "results/config.html"),
     ],

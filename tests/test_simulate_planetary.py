@@ -324,7 +324,7 @@ def test_warns_when_truth_touches_the_border():
         (dict(read_noise=-5.0), "read_noise"),
         (dict(gain=0.0), "gain"),
         (dict(blur_variation=1.0), "blur_variation"),
-        (dict(turbulence="kolmogorov"), "turbulence"),
+        (dict(turbulence="von-karman"), "turbulence"),
         (dict(seed=-3), "seed"),
     ],
 )
