@@ -1,5 +1,12 @@
 """Entry script of rule starless: a stack or image -> starless.{fits,png} and stars.{fits,png}."""
 
+import os
+
+# OpenMP threads that spin while they wait slow torch down many times over when another job
+# shares the cores (measured: 0.41 against 14.5 iterations/s of the multi-frame deconvolution on
+# 2 busy cores); passive waiting costs nothing on an idle machine. Set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import numpy as np
 import torch
 

@@ -1,5 +1,6 @@
 """Shared fixtures: running the workflow in a scratch working directory."""
 
+import os
 import re
 import shutil
 import subprocess
@@ -10,6 +11,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# Torch's OpenMP threads spin while waiting unless told otherwise (see scripts/starless.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 try:
     import torch
 except ImportError:  # the library tests that need torch import it themselves

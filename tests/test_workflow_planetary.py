@@ -43,7 +43,7 @@ def real_run(tmp_path_factory):
     targets = {name: spec for name, spec in targets.items() if name in REAL}
     work = tmp_path_factory.mktemp("planetary-real") / "work"
     # Star removal of a planet is tested elsewhere (test_ser_file_with_darks_is_stacked runs it).
-    # The multi-frame deconvolution runs short here (its default is 20 epochs over the best half).
+    # The multi-frame deconvolution runs short here (its default is 10 epochs over the best half).
     # On the Moon that is 512 px patches (six, not the default's 24 of 256 px); one torch thread,
     # as the other test worker keeps the second core busy (two threads then run several times
     # slower than one).
