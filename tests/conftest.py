@@ -99,3 +99,23 @@ def benchmarked_rules(files=None, *, planetary=False):
                 if rule.startswith("planetary_") == planetary or (planetary and rule == "starless"):
                     names.add(rule)
     return names
+
+
+# The longest test files, longest first: with `-n 2 --dist loadfile` a worker takes whole files
+# in collection order, so starting the long ones first keeps both workers busy to the end
+# (the SLURM night, last in alphabetical order, used to run alone for its last minutes).
+LONG_FIRST = [
+    "test_slurm.py",
+    "test_workflow_simulated.py",
+    "test_workflow_sbig.py",
+    "test_reruns.py",
+    "test_workflow_planetary.py",
+    "test_report.py",
+    "test_workflow_bad_input.py",
+    "test_workflow_starless.py",
+]
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FIRST)))
