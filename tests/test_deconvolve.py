@@ -272,3 +272,19 @@ def test_star_metrics_known_star_and_ring():
     img[ring] -= 10.0  # a dark ring of 10 ADU (the star's wing there is < 1 ADU)
     m = star_metrics(img, [(32.3, 31.6)], radius=10)
     assert m["ringing"].iloc[0] == pytest.approx(10.0 * ring.sum() / 1e4, rel=0.15)
+
+
+def test_sky_model_below_the_data_does_not_blow_up():
+    """A background map extrapolated below every pixel (a mesh dominated by a bright object)
+    used to let the RL model approach zero and the result explode."""
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:96, :96]
+    truth = 1000.0 * np.exp(-((yy - 48) ** 2 + (xx - 48) ** 2) / (2 * 12.0**2))
+    psf = moffat_stamp(25, FWHM, BETA)
+    image = fftconvolve(truth, psf, mode="same") + rng.normal(0, 2.0, truth.shape)
+    background = np.full(truth.shape, float(image.min()) - 500.0)
+    result, info = richardson_lucy(image, psf, background=background, iterations=50,
+                                   protect_stars=False)
+    assert np.isfinite(result).all()
+    assert result.max() < 3 * image.max() and result.min() > image.min() - 500.0
+    assert abs(result.sum() / image.sum() - 1) < 0.05

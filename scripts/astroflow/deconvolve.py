@@ -484,7 +484,9 @@ def _rl_plane(d, psf, iterations, tv_weight, stop_tol, background, noise):
         b = 0.0
     else:
         b = np.broadcast_to(np.asarray(background, float), d.shape)
-        b = np.pad(np.array(b, dtype=float), pads, mode="symmetric")
+        # d > 0 here, so a sky model below 0 is an extrapolation error (a background mesh
+        # dominated by a bright object); it let the model approach 0 and the ratio blow up.
+        b = np.maximum(np.pad(np.array(b, dtype=float), pads, mode="symmetric"), 0.0)
     kernel = np.zeros(shape)
     kernel[:ph, :pw] = psf
     kernel = np.roll(kernel, (-(ph // 2), -(pw // 2)), axis=(0, 1))
@@ -495,6 +497,9 @@ def _rl_plane(d, psf, iterations, tv_weight, stop_tol, background, noise):
         return sfft.irfft2(sfft.rfft2(x, workers=-1) * h, s=shape, workers=-1)
 
     tiny = 1e-12 * max(float(dp.max()), 1e-30)
+    # The model never goes below a millionth of the data's peak: where u has gone to 0 on a
+    # zero sky, d / model would otherwise multiply noise by up to 1e12.
+    floor = 1e-6 * max(float(dp.max()), 1e-30)
     u = np.maximum(dp - b, tiny)
     sigma2 = None
     if noise is not None:
@@ -504,7 +509,7 @@ def _rl_plane(d, psf, iterations, tv_weight, stop_tol, background, noise):
     run = 0
     eps = 1e-3 * max(float(np.std(d)), 1e-12)
     for _ in range(int(iterations)):
-        model = np.maximum(conv(u, otf) + b, tiny)
+        model = np.maximum(conv(u, otf) + b, floor)
         if sigma2 is not None:
             chi2 = float(np.mean((model[region] - dp[region]) ** 2 / sigma2))
             chi2s.append(chi2)
