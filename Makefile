@@ -25,7 +25,7 @@ lint: $(STAMP)
 # Two workers, one test file each (module fixtures run once): the workflow tests spend much of
 # their time waiting on Snakemake, SLURM and apt, so the other worker's CPU work fills it.
 test: lint
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -n 2 --dist loadfile --durations=20
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=20
 
 clean:
 	rm -rf results resources logs .snakemake benchmarks/*/

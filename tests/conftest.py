@@ -101,9 +101,10 @@ def benchmarked_rules(files=None, *, planetary=False):
     return names
 
 
-# The longest test files, longest first: with `-n 2 --dist loadfile` a worker takes whole files
-# in collection order, so starting the long ones first keeps both workers busy to the end
-# (the SLURM night, last in alphabetical order, used to run alone for its last minutes).
+# The longest test files, longest first: with `-n 2 --dist loadfile --no-loadscope-reorder` (the
+# Makefile) a worker takes whole files in collection order, so starting the long ones first keeps
+# both workers busy to the end. (xdist's default order, most tests first, left the SLURM night,
+# three tests and four minutes, to run alone at the end.)
 LONG_FIRST = [
     "test_slurm.py",
     "test_workflow_simulated.py",
