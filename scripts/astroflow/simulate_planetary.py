@@ -415,12 +415,8 @@ def simulate_sequence(
         )
         local_sq += float(np.mean(atmosphere["ly"] ** 2 + atmosphere["lx"] ** 2)) / 2.0
         signal = _render_frame(spectrum, fy, fx, truth.shape, shifts[i], atmosphere)
-        noise_rng = np.random.default_rng([_STREAM_NOISE, seed, i])
-        signal = np.clip(signal, 0.0, None)
-        electrons = noise_rng.poisson(signal).astype(np.float64) if photon_noise else signal
-        if read_noise > 0:
-            electrons = electrons + noise_rng.normal(0.0, read_noise, electrons.shape)
-        frames[i] = electrons / gain
+        frames[i] = _expose(signal, np.random.default_rng([_STREAM_NOISE, seed, i]),
+                            photon_noise=photon_noise, read_noise=read_noise, gain=gain)
     params = dict(
         n_frames=n_frames,
         seed=seed,
@@ -481,20 +477,9 @@ def _kolmogorov_sequence(truth, n_frames, *, seed, local_px, region_px, read_noi
             local_px=local_px, region_px=region_px, blur_variation=0.0,
         )
         local_sq += float(np.mean(atmosphere["ly"] ** 2 + atmosphere["lx"] ** 2)) / 2.0
-        ly, lx = atmosphere["ly"], atmosphere["lx"]
-        if np.any(ly) or np.any(lx):
-            grid_y, grid_x = np.indices(truth.shape, dtype=np.float32)
-            signal = cv2.remap(
-                signal.astype(np.float32), (grid_x - lx).astype(np.float32),
-                (grid_y - ly).astype(np.float32), interpolation=cv2.INTER_CUBIC,
-                borderMode=cv2.BORDER_REFLECT_101,
-            ).astype(np.float64)
-        noise_rng = np.random.default_rng([_STREAM_NOISE, seed, i])
-        signal = np.clip(signal, 0.0, None)
-        electrons = noise_rng.poisson(signal).astype(np.float64) if photon_noise else signal
-        if read_noise > 0:
-            electrons = electrons + noise_rng.normal(0.0, read_noise, electrons.shape)
-        frames[i] = electrons / gain
+        signal = _local_warp(signal, atmosphere)
+        frames[i] = _expose(signal, np.random.default_rng([_STREAM_NOISE, seed, i]),
+                            photon_noise=photon_noise, read_noise=read_noise, gain=gain)
     params = dict(
         n_frames=n_frames, seed=seed, local_px=local_px, region_px=region_px,
         read_noise=read_noise, gain=gain, photon_noise=bool(photon_noise),
@@ -656,17 +641,31 @@ def _render_frame(spectrum, fy, fx, shape, shift, atmosphere, n_levels=4):
             continue
         blurred = np.fft.irfft2(shifted * np.exp(-2 * np.pi**2 * level * f2), s=shape)
         image += weight * blurred
+    return _local_warp(image, atmosphere)
+
+
+def _local_warp(image, atmosphere):
+    """Move the content of a noise-free frame by its local displacement field (cubic remap)."""
     ly, lx = atmosphere["ly"], atmosphere["lx"]
-    if np.any(ly) or np.any(lx):
-        grid_y, grid_x = np.indices(shape, dtype=np.float32)
-        image = cv2.remap(
-            image.astype(np.float32),
-            (grid_x - lx).astype(np.float32),
-            (grid_y - ly).astype(np.float32),
-            interpolation=cv2.INTER_CUBIC,
-            borderMode=cv2.BORDER_REFLECT_101,
-        ).astype(np.float64)
-    return image
+    if not (np.any(ly) or np.any(lx)):
+        return image
+    grid_y, grid_x = np.indices(image.shape, dtype=np.float32)
+    return cv2.remap(
+        image.astype(np.float32),
+        (grid_x - lx).astype(np.float32),
+        (grid_y - ly).astype(np.float32),
+        interpolation=cv2.INTER_CUBIC,
+        borderMode=cv2.BORDER_REFLECT_101,
+    ).astype(np.float64)
+
+
+def _expose(signal, rng, *, photon_noise, read_noise, gain):
+    """A noise-free frame (e-) through the camera: Poisson photon noise, read noise, ADU."""
+    signal = np.clip(signal, 0.0, None)
+    electrons = rng.poisson(signal).astype(np.float64) if photon_noise else signal
+    if read_noise > 0:
+        electrons = electrons + rng.normal(0.0, read_noise, electrons.shape)
+    return electrons / gain
 
 
 def _smooth_field(rng, shape, corr_px):
