@@ -53,3 +53,24 @@ def test_errors():
 def test_pattern_helpers():
     assert validate_pattern(" gbrg ") == "GBRG"
     assert cfa_colour_cells("GRBG") == {"R": [(0, 1)], "G": [(0, 0), (1, 1)], "B": [(1, 0)]}
+
+
+def test_debayer_leaves_numpy_print_options_and_csv_precision_alone():
+    # colour-demosaicing sets np.set_printoptions(legacy="1.13") on import, which would cut every
+    # float that pandas writes to a CSV afterwards to 12 digits. A fresh interpreter is needed:
+    # in this one the package may already have been imported by another test.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = (
+        "import numpy as np, pandas as pd\n"
+        "from astroflow.debayer import debayer\n"
+        "debayer(np.ones((8, 8), np.float32), 'RGGB')\n"
+        "assert np.get_printoptions()['legacy'] is False, np.get_printoptions()['legacy']\n"
+        "print(pd.DataFrame({'dy': [1.9170512461155438]}).to_csv(index=False).split()[1])\n"
+    )
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    done = subprocess.run([sys.executable, "-c", script], cwd=scripts, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert float(done.stdout.strip()) == 1.9170512461155438

@@ -68,6 +68,24 @@ def cfa_colour_cells(pattern):
     return cells
 
 
+def _colour_demosaicing():
+    """Import colour-demosaicing without its side effect on NumPy's print options.
+
+    colour-science and colour-demosaicing call ``np.set_printoptions(legacy="1.13")`` when
+    imported, which makes ``str(np.float64)`` and so pandas' ``to_csv`` keep only 12 significant
+    digits for the rest of the process: every CSV written after a debayer (``frames.csv``,
+    ``shifts.csv``) would silently lose precision. The options are put back as they were.
+    It is imported lazily because colour-science is a slow import that the pattern helpers do
+    not need.
+    """
+    options = np.get_printoptions()
+    try:
+        import colour_demosaicing
+    finally:
+        np.set_printoptions(**options)
+    return colour_demosaicing
+
+
 def debayer(cfa, pattern, *, method="malvar2004"):
     """Interpolate a Bayer mosaic into an RGB image.
 
@@ -95,10 +113,7 @@ def debayer(cfa, pattern, *, method="malvar2004"):
     ValueError
         If ``cfa`` is not 2-D, ``pattern`` is not a Bayer pattern or ``method`` is unknown.
     """
-    # Imported here: colour-demosaicing pulls in colour-science, a slow import that the
-    # pattern helpers above do not need.
-    import colour_demosaicing
-
+    colour_demosaicing = _colour_demosaicing()
     functions = {
         "bilinear": colour_demosaicing.demosaicing_CFA_Bayer_bilinear,
         "malvar2004": colour_demosaicing.demosaicing_CFA_Bayer_Malvar2004,
