@@ -122,6 +122,8 @@ import scipy.fft
 import torch
 from scipy import ndimage
 
+from astroflow.checks import check_float, check_int
+
 __all__ = ["FrameFile", "SingleFrameWarning", "multiframe_deconvolve"]
 
 _BETA1, _BETA2, _ADAM_EPS = 0.9, 0.999, 1e-8  # Adam (Kingma & Ba 2015)
@@ -476,22 +478,22 @@ def multiframe_deconvolve(
     if not np.isfinite(init).any():
         raise ValueError("init has no finite pixel")
     height, width = init.shape[:2]
-    psf_size = _int_arg("psf_size", psf_size, 3)
+    psf_size = check_int("psf_size", psf_size, 3)
     if psf_size % 2 == 0:
         raise ValueError(f"psf_size must be odd (a PSF centred on a pixel), got {psf_size}")
     if psf_size > min(height, width):
         raise ValueError(
             f"psf_size ({psf_size} px) is larger than the image ({height} x {width} px)"
         )
-    epochs = _int_arg("epochs", epochs, 1)
-    batch = _int_arg("batch", batch, 1)
-    psf_steps = _int_arg("psf_steps", psf_steps, 0)
-    seed = _int_arg("seed", seed, 0)
-    lr = _float_arg("lr", lr, positive=True)
-    psf_lr = _float_arg("psf_lr", psf_lr, positive=True)
-    tv_weight = _float_arg("tv_weight", tv_weight, positive=False)
-    patch = _int_arg("patch", patch, 0)
-    overlap = _int_arg("overlap", overlap, 0)
+    epochs = check_int("epochs", epochs, 1)
+    batch = check_int("batch", batch, 1)
+    psf_steps = check_int("psf_steps", psf_steps, 0)
+    seed = check_int("seed", seed, 0)
+    lr = check_float("lr", lr, 0.0, strict=True)
+    psf_lr = check_float("psf_lr", psf_lr, 0.0, strict=True)
+    tv_weight = check_float("tv_weight", tv_weight, 0.0)
+    patch = check_int("patch", patch, 0)
+    overlap = check_int("overlap", overlap, 0)
     if patch > 0:
         if 2 * overlap >= patch:
             raise ValueError(
@@ -1040,26 +1042,3 @@ def _resolve_device(device):
         return torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise ValueError(f"device must be 'auto' or a torch device, got {device!r}") from exc
-
-
-def _int_arg(name, value, low):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
-
-
-def _float_arg(name, value, *, positive):
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if (
-        isinstance(value, bool)
-        or not math.isfinite(number)
-        or number < 0
-        or (positive and number == 0)
-    ):
-        raise ValueError(
-            f"{name} must be a {'positive' if positive else 'non-negative'} number, got {value!r}"
-        )
-    return number

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from astroflow.atomic import atomic_write
+from astroflow.checks import check_int
 
 __all__ = [
     "ARCHITECTURES",
@@ -64,11 +65,6 @@ def _groups(channels):
     return max(g for g in range(1, MAX_GROUPS + 1) if channels % g == 0)
 
 
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
 
 class ResBlock(nn.Module):
     """Residual block: ``x + SiLU(GN(conv3x3(SiLU(GN(conv3x3(x))))))``.
@@ -90,7 +86,7 @@ class ResBlock(nn.Module):
 
     def __init__(self, channels):
         super().__init__()
-        _check_int("channels", channels, 1)
+        check_int("channels", channels, 1)
         self.body = nn.Sequential(
             nn.Conv2d(channels, channels, 3, padding=1),
             nn.GroupNorm(_groups(channels), channels),
@@ -192,11 +188,11 @@ class ResUNet(nn.Module):
         self, in_channels=3, out_channels=3, base=32, depth=4, blocks=1, residual_output=True
     ):
         super().__init__()
-        _check_int("in_channels", in_channels, 1)
-        _check_int("out_channels", out_channels, 1)
-        _check_int("base", base, 1)
-        _check_int("depth", depth, 1)
-        _check_int("blocks", blocks, 1)
+        check_int("in_channels", in_channels, 1)
+        check_int("out_channels", out_channels, 1)
+        check_int("base", base, 1)
+        check_int("depth", depth, 1)
+        check_int("blocks", blocks, 1)
         if not isinstance(residual_output, bool):
             raise ValueError(f"residual_output must be True or False, got {residual_output!r}")
         if residual_output and in_channels != out_channels:

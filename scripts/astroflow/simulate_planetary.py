@@ -83,6 +83,8 @@ from scipy import ndimage
 
 from astroflow import turbulence as _turbulence
 from astroflow.atomic import atomic_write
+from astroflow.checks import check_float as _check_float
+from astroflow.checks import check_int as _check_int
 from astroflow.fitsio import write_image
 
 __all__ = [
@@ -833,28 +835,6 @@ def _check_truth(truth):
     if array.min() < 0:
         raise ValueError(f"truth must be non-negative (e-), its minimum is {array.min():g}")
     return array
-
-
-def _check_int(name, value, low):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
-
-
-def _check_float(name, value, low, *, strict=False, high=None):
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    ok = math.isfinite(number) and (number > low if strict else number >= low)
-    if high is not None:
-        ok = ok and number <= high
-    if not ok:
-        bound = f"> {low}" if strict else f">= {low}"
-        if high is not None:
-            bound += f" and <= {high}"
-        raise ValueError(f"{name} must be {bound}, got {value!r}")
-    return number
 
 
 def _warn_if_crowded(truth, margin):

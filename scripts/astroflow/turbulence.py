@@ -69,6 +69,9 @@ import pandas as pd
 import scipy.fft
 from scipy.special import erf
 
+from astroflow.checks import check_float as _check_float
+from astroflow.checks import check_int as _check_int
+
 __all__ = [
     "TurbulentSequence",
     "convolve",
@@ -739,30 +742,3 @@ def _pixel_gauss(idx, centre, sigma):
     """Fraction of a 1-D Gaussian falling in each pixel [i - 0.5, i + 0.5]."""
     s = sigma * math.sqrt(2.0)
     return 0.5 * (erf((idx + 0.5 - centre) / s) - erf((idx - 0.5 - centre) / s))
-
-
-# --- checks -------------------------------------------------------------------------------
-
-
-def _check_int(name, value, low):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
-
-
-def _check_float(name, value, low, *, strict=False, high=None, high_open=False):
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    ok = math.isfinite(number) and (number > low if strict else number >= low)
-    if high is not None:
-        ok = ok and (number < high if high_open else number <= high)
-    if not ok:
-        bound = f"> {low}" if strict else f">= {low}"
-        if high is not None:
-            bound += f" and {'<' if high_open else '<='} {high}"
-        raise ValueError(f"{name} must be {bound}, got {value!r}")
-    return number
