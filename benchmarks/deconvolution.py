@@ -175,7 +175,9 @@ def score(result, truth_crop, margin, data_range):
     a cubic spline, then a least-squares fit ``a * result + b`` to the truth over the interior
     ``[margin:-margin, margin:-margin]``, where PSNR and SSIM (``data_range``) are measured;
     ``ssim_planet`` is the mean of the SSIM map where the truth exceeds 10 % of its maximum
-    (the planet and its moon, without the flat sky).
+    (the planet and its moon, without the flat sky); ``limb_bias_pct`` the mean of fitted minus
+    truth 2-12 px outside that mask, in % of the truth's maximum: negative for a dark moat around
+    the limb, positive for a halo left there.
     """
     result = np.asarray(result, np.float64)
     truth_crop = np.asarray(truth_crop, np.float64)
@@ -187,7 +189,12 @@ def score(result, truth_crop, margin, data_range):
     fitted = (a * moved[inner] + b).astype(np.float64)
     ssim, ssim_map = structural_similarity(truth_crop[inner], fitted, data_range=data_range, full=True)
     planet = truth_crop[inner] > 0.1 * data_range
+    # Sky just outside the limb (2-12 px): a dark moat (negative) or a halo left (positive),
+    # mean of fitted - truth there, in % of the truth's maximum.
+    distance = ndimage.distance_transform_edt(~planet)
+    limb = (distance >= 2) & (distance < 12)
     return {
+        "limb_bias_pct": float(100.0 * np.mean(fitted[limb] - truth_crop[inner][limb]) / data_range),
         "psnr_db": peak_signal_noise_ratio(truth_crop[inner], fitted, data_range=data_range),
         "ssim": ssim,
         "ssim_planet": float(ssim_map[planet].mean()),
@@ -408,6 +415,7 @@ def sequence_case(d_over_r0, truth, work, args, tune):
                     "psnr_db": s["psnr_db"],
                     "ssim": s["ssim"],
                     "ssim_planet": s["ssim_planet"],
+                    "limb_bias_pct": s["limb_bias_pct"],
                 }
             )
             if label == "defaults":
