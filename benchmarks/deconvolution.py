@@ -71,12 +71,13 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from skimage.registration import phase_cross_correlation
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
 
-from astroflow import lucky, planetary, turbulence  # noqa: E402
-from astroflow.deconvolve import deconvolve_image, richardson_lucy, star_metrics  # noqa: E402
-from astroflow.sequence import open_sequence  # noqa: E402
-from astroflow.simulate_planetary import PlanetarySequence, planet_truth, write_sequence  # noqa: E402
+from astroflow.planetary import lucky
+from astroflow.planetary import passes as planetary
+from astroflow.simulation import turbulence
+from astroflow.restoration.deconvolve import deconvolve_image, richardson_lucy, star_metrics
+from astroflow.io.sequence import open_sequence
+from astroflow.simulation.planetary import PlanetarySequence, planet_truth, write_sequence
 
 PUPIL_PX = 64
 OVERSAMPLE = 2
@@ -215,7 +216,7 @@ def _frame_windows(sequence, table, size, rows):
 
 
 def _write_frame_file(path, sequence, table, size, rows):
-    from astroflow.mfbd import FrameFile
+    from astroflow.restoration.mfbd import FrameFile
 
     frames = FrameFile(path, (len(rows), *size))
     for k, (_, window) in enumerate(_frame_windows(sequence, table, size, rows)):
@@ -238,7 +239,7 @@ def _steady(history):
 def _run_mfbd(frames, init, settings, threads):
     import torch
 
-    from astroflow.mfbd import multiframe_deconvolve
+    from astroflow.restoration.mfbd import multiframe_deconvolve
 
     torch.set_num_threads(threads)
     start = time.time()
@@ -473,7 +474,7 @@ def section_sequences(args):
     if mfbd_rows:
         import inspect
 
-        from astroflow.mfbd import multiframe_deconvolve
+        from astroflow.restoration.mfbd import multiframe_deconvolve
 
         defaults = {
             k: p.default
@@ -643,7 +644,7 @@ def write_speed_frames(folder, n_frames, size):
     PSFs at D/r0 = 4 in turn, Poisson and 2 e- read noise; the start is the truth through their
     mean. Written here, in the parent, so that the workers' peak memory is MFBD's alone.
     """
-    from astroflow.mfbd import FrameFile
+    from astroflow.restoration.mfbd import FrameFile
 
     rng = np.random.default_rng(0)
     truth = planet_truth(size, radius_frac=0.25) * 0.5
@@ -666,7 +667,7 @@ def speed_worker(n_frames, size, epochs, threads, batch, folder):
     """One MFBD run in this (fresh) process; prints a JSON line with its speed and peak memory."""
     import torch
 
-    from astroflow.mfbd import FrameFile, multiframe_deconvolve
+    from astroflow.restoration.mfbd import FrameFile, multiframe_deconvolve
 
     torch.set_num_threads(threads)
     init = np.load(Path(folder) / "init.npy")

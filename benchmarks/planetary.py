@@ -22,11 +22,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
-sys.path.insert(0, str(ROOT / "scripts"))
 
-from astroflow import planetary  # noqa: E402
-from astroflow.fitsio import read_image  # noqa: E402
-from astroflow.sequence import open_sequence  # noqa: E402
+from astroflow.planetary import passes as planetary
+from astroflow.io.fits import read_image
+from astroflow.io.sequence import open_sequence
 
 RULES = ["planetary_analyse", "planetary_align", "planetary_stack"]
 

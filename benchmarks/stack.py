@@ -38,9 +38,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
 
-from astroflow.fitsio import write_image  # noqa: E402
+from astroflow.io.fits import write_image
 
 CASES = ("ours_sigma_clip", "ccdproc_sigma_clip", "ours_winsorized")
 SKY = 1000.0
@@ -91,7 +90,7 @@ def make_frames(folder, n_frames, size, seed):
 def run_case(case, paths, memory_mb):
     """Stack ``paths`` the way ``case`` says; return the image (H, W) float."""
     if case.startswith("ours"):
-        from astroflow.stack import combine
+        from astroflow.deepsky.stack import combine
 
         method = "sigma_clip" if case == "ours_sigma_clip" else "winsorized"
         iters = 1 if method == "sigma_clip" else 5
@@ -119,9 +118,9 @@ def child(args):
     """Run one case in this process and print its measurements as one JSON line."""
     warnings.simplefilter("ignore")
     if args.case.startswith("ccdproc"):
-        import ccdproc  # noqa: F401  (imported before the baseline, like astroflow.stack)
+        import ccdproc  # noqa: F401  (imported before the baseline, like astroflow.deepsky.stack)
     else:
-        import astroflow.stack  # noqa: F401
+        import astroflow.deepsky.stack  # noqa: F401
     paths = json.loads(Path(args.workdir, "paths.json").read_text())
     baseline_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if args.trace:

@@ -21,17 +21,16 @@ import pandas as pd
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
 
-from astroflow.imagefile import display_scale, read_finished_image  # noqa: E402
-from astroflow.starless import (  # noqa: E402
+from astroflow.io.imagefile import display_scale, read_finished_image
+from astroflow.restoration.starless import (
     classical_star_removal,
     count_sources,
     remove_stars,
     starless_metrics,
 )
-from astroflow.starnet import load_starless, predictor  # noqa: E402
-from astroflow.synthstars import render_sample  # noqa: E402
+from astroflow.restoration.starnet import load_starless, predictor
+from astroflow.simulation.synthstars import render_sample
 
 TEST_SEED = 99_000_001
 

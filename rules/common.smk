@@ -28,8 +28,7 @@ CLI_TARGETS = _cli_targets()
 if CLI_TARGETS:
     config["targets"] = CLI_TARGETS
 
-sys.path.insert(0, os.path.join(workflow.basedir, "scripts"))
-from astroflow.provenance import code_digest
+from astroflow.workflow.provenance import code_digest
 
 
 def library_code(script):

@@ -1,6 +1,6 @@
 # PSF deconvolution: regularised Richardson-Lucy with an empirical PSF for stacks and images,
 # multi-frame blind deconvolution (torch) for planetary sequences. See
-# scripts/astroflow/deconvolve.py and scripts/astroflow/mfbd.py.
+# scripts/astroflow/restoration/deconvolve.py and scripts/astroflow/restoration/mfbd.py.
 
 
 rule deconvolve:

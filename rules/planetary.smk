@@ -1,5 +1,5 @@
 # Planetary lucky imaging (kind: planetary): three streaming passes over the video or frames
-# (analyse, align, stack), then wavelet sharpening. See scripts/astroflow/lucky.py.
+# (analyse, align, stack), then wavelet sharpening. See scripts/astroflow/planetary/lucky.py.
 
 
 rule planetary_master_dark:

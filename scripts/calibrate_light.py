@@ -1,9 +1,9 @@
 """Entry script of rule calibrate_light: bias, dark, flat, cosmetic correction, debayer."""
 
-from astroflow.calibrate import calibrate_light, cosmetic_correction
-from astroflow.debayer import debayer
-from astroflow.fitsio import REASON_KEY, is_rejected, read_header, read_image, write_image, write_rejected
-from astroflow.logs import setup_logging
+from astroflow.calibration.calibrate import calibrate_light, cosmetic_correction
+from astroflow.calibration.debayer import debayer
+from astroflow.io.fits import REASON_KEY, is_rejected, read_header, read_image, write_image, write_rejected
+from astroflow.workflow.logs import setup_logging
 
 log = setup_logging(snakemake.log[0])
 p = snakemake.params

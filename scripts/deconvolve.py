@@ -11,11 +11,11 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from astroflow.atomic import atomic_write
-from astroflow.deconvolve import NoStarsForPSF, deconvolve_image
-from astroflow.export import save_linear_png
-from astroflow.fitsio import read_image, write_image
-from astroflow.logs import setup_logging
+from astroflow.io.atomic import atomic_write
+from astroflow.restoration.deconvolve import NoStarsForPSF, deconvolve_image
+from astroflow.io.export import save_linear_png
+from astroflow.io.fits import read_image, write_image
+from astroflow.workflow.logs import setup_logging
 from astroflow.stretch import auto_stretch
 
 log = setup_logging(snakemake.log[0])

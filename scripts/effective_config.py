@@ -4,8 +4,8 @@ from pathlib import Path
 
 import yaml
 
-from astroflow.logs import setup_logging
-from astroflow.report import config_page, plain
+from astroflow.workflow.logs import setup_logging
+from astroflow.workflow.report import config_page, plain
 
 log = setup_logging(snakemake.log[0])
 config = plain(snakemake.params.config)

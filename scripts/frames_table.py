@@ -2,8 +2,8 @@
 
 import pandas as pd
 
-from astroflow.frames import frames_table
-from astroflow.logs import setup_logging
+from astroflow.deepsky.frames import frames_table
+from astroflow.workflow.logs import setup_logging
 
 log = setup_logging(snakemake.log[0])
 table = frames_table(snakemake.input.frames, pd.read_csv(snakemake.input.registration))

@@ -1,8 +1,8 @@
 """Entry script of rule hot_pixel_map: hot pixels of the master dark, for cosmetic correction."""
 
-from astroflow.calibrate import hot_pixel_mask
-from astroflow.fitsio import read_image, write_image
-from astroflow.logs import setup_logging
+from astroflow.calibration.calibrate import hot_pixel_mask
+from astroflow.io.fits import read_image, write_image
+from astroflow.workflow.logs import setup_logging
 
 log = setup_logging(snakemake.log[0])
 dark, header = read_image(snakemake.input[0])

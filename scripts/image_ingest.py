@@ -2,11 +2,11 @@
 
 import numpy as np
 
-from astroflow.export import save_linear_png, save_preview_png
-from astroflow.fitsio import write_image
-from astroflow.imagefile import choose_encoding, display_scale, read_finished_image
-from astroflow.logs import setup_logging
-from astroflow.provenance import sha256_file
+from astroflow.io.export import save_linear_png, save_preview_png
+from astroflow.io.fits import write_image
+from astroflow.io.imagefile import choose_encoding, display_scale, read_finished_image
+from astroflow.workflow.logs import setup_logging
+from astroflow.workflow.provenance import sha256_file
 
 log = setup_logging(snakemake.log[0])
 path = snakemake.input[0]

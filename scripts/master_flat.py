@@ -1,8 +1,8 @@
 """Entry script of rule master_flat."""
 
-from astroflow.calibrate import master_flat
-from astroflow.fitsio import read_image, write_image
-from astroflow.logs import setup_logging
+from astroflow.calibration.calibrate import master_flat
+from astroflow.io.fits import read_image, write_image
+from astroflow.workflow.logs import setup_logging
 
 log = setup_logging(snakemake.log[0])
 p = snakemake.params

@@ -3,10 +3,10 @@
 import numpy as np
 import pandas as pd
 
-from astroflow.fitsio import read_image, write_image
-from astroflow.logs import setup_logging
-from astroflow.planetary import align_sequence, plan_window
-from astroflow.sequence import open_sequence
+from astroflow.io.fits import read_image, write_image
+from astroflow.workflow.logs import setup_logging
+from astroflow.planetary.passes import align_sequence, plan_window
+from astroflow.io.sequence import open_sequence
 
 log = setup_logging(snakemake.log[0])
 p = snakemake.params

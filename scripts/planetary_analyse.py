@@ -1,10 +1,10 @@
 """Entry script of rule planetary_analyse: pass 1, object and quality of every frame."""
 
-from astroflow.fitsio import read_image
-from astroflow.provenance import sha256_file
-from astroflow.logs import setup_logging
-from astroflow.planetary import analyse_sequence
-from astroflow.sequence import open_sequence
+from astroflow.io.fits import read_image
+from astroflow.workflow.provenance import sha256_file
+from astroflow.workflow.logs import setup_logging
+from astroflow.planetary.passes import analyse_sequence
+from astroflow.io.sequence import open_sequence
 
 log = setup_logging(snakemake.log[0])
 p = snakemake.params

@@ -20,11 +20,11 @@ import pandas as pd
 import torch
 from astropy.io import fits
 
-from astroflow.atomic import atomic_write
-from astroflow.export import linear_png_levels, save_linear_png
-from astroflow.fitsio import read_image, write_image
-from astroflow.logs import setup_logging
-from astroflow.mfbd import FrameFile, multiframe_deconvolve
+from astroflow.io.atomic import atomic_write
+from astroflow.io.export import linear_png_levels, save_linear_png
+from astroflow.io.fits import read_image, write_image
+from astroflow.workflow.logs import setup_logging
+from astroflow.restoration.mfbd import FrameFile, multiframe_deconvolve
 
 log = setup_logging(snakemake.log[0])
 p = snakemake.params

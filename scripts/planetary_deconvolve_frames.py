@@ -2,10 +2,10 @@
 
 import pandas as pd
 
-from astroflow.fitsio import read_header, read_image
-from astroflow.logs import setup_logging
-from astroflow.planetary import deconvolution_frames, write_aligned_frames, write_frames_index
-from astroflow.sequence import open_sequence
+from astroflow.io.fits import read_header, read_image
+from astroflow.workflow.logs import setup_logging
+from astroflow.planetary.passes import deconvolution_frames, write_aligned_frames, write_frames_index
+from astroflow.io.sequence import open_sequence
 
 log = setup_logging(snakemake.log[0])
 p = snakemake.params

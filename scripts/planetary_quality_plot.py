@@ -2,8 +2,8 @@
 
 import pandas as pd
 
-from astroflow.logs import setup_logging
-from astroflow.plots import planetary_quality_plot
+from astroflow.workflow.logs import setup_logging
+from astroflow.workflow.plots import planetary_quality_plot
 
 log = setup_logging(snakemake.log[0])
 frames = pd.read_csv(snakemake.input[0], keep_default_na=False, na_values=[""])

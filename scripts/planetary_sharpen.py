@@ -1,9 +1,9 @@
 """Entry script of rule planetary_sharpen: stack.fits -> sharpened.{fits,png} (a trous wavelets)."""
 
-from astroflow.export import linear_png_levels, save_linear_png
-from astroflow.fitsio import read_image, write_image
-from astroflow.logs import setup_logging
-from astroflow.wavelets import wavelet_sharpen
+from astroflow.io.export import linear_png_levels, save_linear_png
+from astroflow.io.fits import read_image, write_image
+from astroflow.workflow.logs import setup_logging
+from astroflow.planetary.wavelets import wavelet_sharpen
 
 log = setup_logging(snakemake.log[0])
 p = snakemake.params

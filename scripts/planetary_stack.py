@@ -3,12 +3,12 @@
 import numpy as np
 import pandas as pd
 
-from astroflow.export import save_linear_png, save_tiff16
-from astroflow.fitsio import read_image, write_image
-from astroflow.logs import setup_logging
-from astroflow.planetary import stack_sequence
-from astroflow.plots import alignment_points_plot
-from astroflow.sequence import open_sequence
+from astroflow.io.export import save_linear_png, save_tiff16
+from astroflow.io.fits import read_image, write_image
+from astroflow.workflow.logs import setup_logging
+from astroflow.planetary.passes import stack_sequence
+from astroflow.workflow.plots import alignment_points_plot
+from astroflow.io.sequence import open_sequence
 
 log = setup_logging(snakemake.log[0])
 p = snakemake.params

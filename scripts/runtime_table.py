@@ -1,8 +1,8 @@
 """Entry script of rule runtimes: benchmark files -> results/runtimes.{tsv,png}."""
 
-from astroflow.logs import setup_logging
-from astroflow.plots import runtime_plot
-from astroflow.report import runtime_table
+from astroflow.workflow.logs import setup_logging
+from astroflow.workflow.plots import runtime_plot
+from astroflow.workflow.report import runtime_table
 
 log = setup_logging(snakemake.log[0])
 table = runtime_table(snakemake.input)

@@ -5,10 +5,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from astroflow.export import save_map_png, save_preview_png, save_tiff16
-from astroflow.fitsio import combined_header, read_header, write_image
-from astroflow.logs import setup_logging
-from astroflow.stack import combine
+from astroflow.io.export import save_map_png, save_preview_png, save_tiff16
+from astroflow.io.fits import combined_header, read_header, write_image
+from astroflow.workflow.logs import setup_logging
+from astroflow.deepsky.stack import combine
 
 log = setup_logging(snakemake.log[0])
 p = snakemake.params

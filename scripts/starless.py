@@ -10,12 +10,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np
 import torch
 
-from astroflow.export import save_linear_png, save_preview_png
-from astroflow.fitsio import read_image, write_image
-from astroflow.imagefile import display_scale
-from astroflow.logs import setup_logging
-from astroflow.starless import remove_stars
-from astroflow.starnet import load_starless, predictor
+from astroflow.io.export import save_linear_png, save_preview_png
+from astroflow.io.fits import read_image, write_image
+from astroflow.io.imagefile import display_scale
+from astroflow.workflow.logs import setup_logging
+from astroflow.restoration.starless import remove_stars
+from astroflow.restoration.starnet import load_starless, predictor
 from astroflow.stretch import auto_stretch
 
 log = setup_logging(snakemake.log[0])

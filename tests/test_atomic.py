@@ -1,8 +1,8 @@
-"""astroflow.atomic: a failed write leaves the old file, and no temporary file behind."""
+"""astroflow.io.atomic: a failed write leaves the old file, and no temporary file behind."""
 
 import pytest
 
-from astroflow.atomic import atomic_write
+from astroflow.io.atomic import atomic_write
 
 
 def test_atomic_write_replaces_keeps_suffix_and_cleans_up_on_failure(tmp_path):

@@ -1,4 +1,4 @@
-"""Tests of astroflow.calibrate: masters, light calibration, hot pixels, cosmetic correction."""
+"""Tests of astroflow.calibration.calibrate: masters, light calibration, hot pixels, cosmetic correction."""
 
 from pathlib import Path
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.special import erf
 
-from astroflow.calibrate import (
+from astroflow.calibration.calibrate import (
     CalibrationWarning,
     calibrate_light,
     cosmetic_correction,
@@ -15,9 +15,9 @@ from astroflow.calibrate import (
     master_dark,
     master_flat,
 )
-from astroflow.debayer import cfa_colour_cells
-from astroflow.fitsio import read_image, write_image, write_rejected
-from astroflow.ingest import ingest_frame
+from astroflow.calibration.debayer import cfa_colour_cells
+from astroflow.io.fits import read_image, write_image, write_rejected
+from astroflow.io.ingest import ingest_frame
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SBIG = DATA / "sbig-stl1001"

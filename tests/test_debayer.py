@@ -1,9 +1,9 @@
-"""Tests of astroflow.debayer: Bayer pattern conventions and demosaicing."""
+"""Tests of astroflow.calibration.debayer: Bayer pattern conventions and demosaicing."""
 
 import numpy as np
 import pytest
 
-from astroflow.debayer import BAYER_PATTERNS, cfa_colour_cells, debayer, validate_pattern
+from astroflow.calibration.debayer import BAYER_PATTERNS, cfa_colour_cells, debayer, validate_pattern
 
 METHODS = ["bilinear", "malvar2004", "menon2007"]
 
@@ -65,7 +65,7 @@ def test_debayer_leaves_numpy_print_options_and_csv_precision_alone():
 
     script = (
         "import numpy as np, pandas as pd\n"
-        "from astroflow.debayer import debayer\n"
+        "from astroflow.calibration.debayer import debayer\n"
         "debayer(np.ones((8, 8), np.float32), 'RGGB')\n"
         "assert np.get_printoptions()['legacy'] is False, np.get_printoptions()['legacy']\n"
         "print(pd.DataFrame({'dy': [1.9170512461155438]}).to_csv(index=False).split()[1])\n"

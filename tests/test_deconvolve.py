@@ -1,4 +1,4 @@
-"""Empirical PSF and regularised Richardson-Lucy deconvolution (astroflow.deconvolve)."""
+"""Empirical PSF and regularised Richardson-Lucy deconvolution (astroflow.restoration.deconvolve)."""
 
 import warnings
 from pathlib import Path
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy.signal import fftconvolve
 
-from astroflow.deconvolve import (
+from astroflow.restoration.deconvolve import (
     NoStarsForPSF,
     deconvolve_image,
     estimate_psf,

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from astroflow.drizzle import drizzle_add, drizzle_finish, upsample
+from astroflow.deepsky.drizzle import drizzle_add, drizzle_finish, upsample
 
 
 def grids(h, w, scale, channels=None, dtype=np.float64):

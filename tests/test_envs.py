@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from astroflow.provenance import third_party_imports
+from astroflow.workflow.provenance import third_party_imports
 
 ROOT = Path(__file__).resolve().parents[1]
 

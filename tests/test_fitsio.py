@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from astroflow.fitsio import (
+from astroflow.io.fits import (
     combined_header,
     image_shape,
     is_rejected,

@@ -1,4 +1,4 @@
-"""Tests of astroflow.ingest: RAW, FITS and TIFF reading, metadata, provenance, rejection."""
+"""Tests of astroflow.io.ingest: RAW, FITS and TIFF reading, metadata, provenance, rejection."""
 
 import hashlib
 import shutil
@@ -10,8 +10,8 @@ import rawpy
 import tifffile
 from astropy.io import fits
 
-from astroflow.fitsio import is_rejected, read_image
-from astroflow.ingest import UnreadableFrameError, ingest_frame, read_frame, sha256_file
+from astroflow.io.fits import is_rejected, read_image
+from astroflow.io.ingest import UnreadableFrameError, ingest_frame, read_frame, sha256_file
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SBIG = DATA / "sbig-stl1001"

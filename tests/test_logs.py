@@ -2,7 +2,7 @@ import logging
 import sys
 import warnings
 
-from astroflow.logs import setup_logging
+from astroflow.workflow.logs import setup_logging
 
 
 def test_log_records_host_job_and_warnings(tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""Tests of multi-frame blind deconvolution (astroflow.mfbd) on Kolmogorov sequences with truth."""
+"""Tests of multi-frame blind deconvolution (astroflow.restoration.mfbd) on Kolmogorov sequences with truth."""
 
 import math
 
@@ -7,9 +7,9 @@ import pytest
 from scipy import ndimage
 from skimage.registration import phase_cross_correlation
 
-from astroflow.mfbd import FrameFile, SingleFrameWarning, multiframe_deconvolve
-from astroflow.simulate_planetary import planet_truth
-from astroflow.turbulence import convolve, simulate_turbulent_sequence, turbulent_psfs
+from astroflow.restoration.mfbd import FrameFile, SingleFrameWarning, multiframe_deconvolve
+from astroflow.simulation.planetary import planet_truth
+from astroflow.simulation.turbulence import convolve, simulate_turbulent_sequence, turbulent_psfs
 
 SIZE = 96
 N_FRAMES = 24

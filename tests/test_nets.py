@@ -1,4 +1,4 @@
-"""Tests of astroflow.nets (ResUNet, weight files) and astroflow.training (data, losses, loop).
+"""Tests of astroflow.nets.unet (ResUNet, weight files) and astroflow.nets.training (data, losses, loop).
 
 Everything is tiny (base 4, depth 2, 32-px crops of 48-px images) so that the whole file runs in
 seconds on one CPU thread.
@@ -14,7 +14,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from astroflow.nets import (
+from astroflow.nets.unet import (
     ResUNet,
     WeightsError,
     build_model,
@@ -22,7 +22,7 @@ from astroflow.nets import (
     load_weights,
     save_weights,
 )
-from astroflow.training import (
+from astroflow.nets.training import (
     HISTORY_COLUMNS,
     CompositeLoss,
     ShardDataset,

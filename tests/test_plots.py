@@ -1,4 +1,4 @@
-"""Tests of the report's figures and tables (astroflow.plots, astroflow.report) on synthetic data."""
+"""Tests of the report's figures and tables (astroflow.workflow.plots, astroflow.workflow.report) on synthetic data."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from astroflow.plots import MAX_LISTED, QUALITY_PANELS, frame_times, quality_plot, runtime_plot
-from astroflow.report import BENCHMARK_COLUMNS, config_page, rule_and_job, runtime_table
+from astroflow.workflow.plots import MAX_LISTED, QUALITY_PANELS, frame_times, quality_plot, runtime_plot
+from astroflow.workflow.report import BENCHMARK_COLUMNS, config_page, rule_and_job, runtime_table
 
 START = pd.Timestamp("2024-03-09T21:30:00")
 CADENCE = pd.Timedelta(seconds=135)
@@ -221,7 +221,7 @@ def test_config_page_shows_the_configuration_as_escaped_yaml():
 
 
 def test_planetary_quality_plot_marks_used_unused_and_rejected_with_reasons():
-    from astroflow.plots import planetary_quality_plot
+    from astroflow.workflow.plots import planetary_quality_plot
 
     frames = pd.DataFrame(
         {
@@ -246,7 +246,7 @@ def test_planetary_quality_plot_marks_used_unused_and_rejected_with_reasons():
 
 
 def test_alignment_points_plot_draws_one_box_per_point():
-    from astroflow.plots import alignment_points_plot
+    from astroflow.workflow.plots import alignment_points_plot
 
     points = np.array([[0, 0], [0, 16], [16, 0]])
     fig = alignment_points_plot(np.random.default_rng(0).random((64, 64)), points, 32, title="t")
@@ -257,7 +257,7 @@ def test_alignment_points_plot_draws_one_box_per_point():
 
 
 def test_deconvolution_plot_draws_both_kinds_of_history():
-    from astroflow.plots import deconvolution_plot
+    from astroflow.workflow.plots import deconvolution_plot
 
     rl = pd.DataFrame({"method": "richardson-lucy", "cell": [0, 0, 0, 1, 1, 1],
                        "iteration": [1, 2, 3, 1, 2, 3],

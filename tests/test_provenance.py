@@ -1,4 +1,4 @@
-from astroflow.provenance import code_digest, local_modules, third_party_imports
+from astroflow.workflow.provenance import code_digest, local_modules, third_party_imports
 
 
 def make_package(tmp_path):

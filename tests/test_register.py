@@ -1,4 +1,4 @@
-"""Tests of astroflow.quality (star detection, frame quality) and astroflow.register."""
+"""Tests of astroflow.deepsky.quality (star detection, frame quality) and astroflow.register."""
 
 from pathlib import Path
 
@@ -7,8 +7,8 @@ import pytest
 from astropy.io import fits
 from scipy.special import erf
 
-from astroflow import fitsio
-from astroflow.quality import (
+from astroflow.io import fits as fitsio
+from astroflow.deepsky.quality import (
     FLAG_EDGE,
     FLAG_SATURATED,
     FLAG_SHARP,
@@ -16,7 +16,7 @@ from astroflow.quality import (
     detect_stars,
     frame_quality,
 )
-from astroflow.register import (
+from astroflow.deepsky.register import (
     RegistrationError,
     find_transform,
     register_frames,

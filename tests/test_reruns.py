@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from astroflow.fitsio import read_header
-from astroflow.simulate import simulate_night
+from astroflow.io.fits import read_header
+from astroflow.simulation.night import simulate_night
 from conftest import copy_workflow, snakemake
 from test_workflow_simulated import planned_jobs
 
@@ -143,8 +143,8 @@ def test_summary_marks_exactly_the_outputs_whose_params_changed(run):
     [
         ("scripts/stack.py", {"stack": 1}),
         ("scripts/astroflow/stretch.py", {"stack": 1}),
-        ("scripts/astroflow/quality.py", {"warp": N_LIGHTS, **DOWNSTREAM_OF_REGISTER}),
-        ("scripts/astroflow/debayer.py", None),
+        ("scripts/astroflow/deepsky/quality.py", {"warp": N_LIGHTS, **DOWNSTREAM_OF_REGISTER}),
+        ("scripts/astroflow/calibration/debayer.py", None),
     ],
 )
 def test_changed_code_reruns_the_rules_that_use_it(run, path, expected):

@@ -1,4 +1,4 @@
-"""Tests of astroflow.sequence: streaming readers of SER files, videos and image-file sequences."""
+"""Tests of astroflow.io.sequence: streaming readers of SER files, videos and image-file sequences."""
 
 import datetime as dt
 import gc
@@ -14,7 +14,7 @@ import tifffile
 from astropy.io import fits
 from PIL import Image
 
-from astroflow.sequence import Frame, UnreadableSequenceError, open_sequence, write_ser
+from astroflow.io.sequence import Frame, UnreadableSequenceError, open_sequence, write_ser
 from conftest import SHARED_DATA, needs_shared_data
 
 MOON = SHARED_DATA / "moon-pss"
@@ -193,7 +193,7 @@ def test_ser_truncated_keeps_the_complete_frames(tmp_path, caplog):
     path = tmp_path / "cut.ser"
     write_ser(path, frames)
     path.write_bytes(path.read_bytes()[: 178 + 2 * 24 + 10])  # 2 frames and a bit of the third
-    with caplog.at_level(logging.WARNING, logger="astroflow.sequence"):
+    with caplog.at_level(logging.WARNING, logger="astroflow.io.sequence"):
         seq = open_sequence([str(path)])
     assert "truncated" in caplog.text
     assert len(seq) == 5
@@ -366,7 +366,7 @@ def test_real_video_truncated_to_60_percent(tmp_path, caplog):
     data = MOON_AVI.read_bytes()
     path = tmp_path / "cut.avi"
     path.write_bytes(data[: len(data) * 6 // 10])
-    with caplog.at_level(logging.WARNING, logger="astroflow.sequence"):
+    with caplog.at_level(logging.WARNING, logger="astroflow.io.sequence"):
         seq = open_sequence([str(path)])
     assert "truncated" in caplog.text
     assert len(seq) == 101  # as declared: the missing frames are listed, not dropped
@@ -428,7 +428,7 @@ class _FailingContainer:
 def test_decode_error_keeps_earlier_frames_and_reports_the_rest(tmp_path, monkeypatch, caplog):
     import types
 
-    import astroflow.sequence as sequence
+    import astroflow.io.sequence as sequence
 
     path = tmp_path / "v.mkv"
     encode_video(path, [np.full((16, 16), 10 * k, np.uint8) for k in range(8)],
@@ -437,7 +437,7 @@ def test_decode_error_keeps_earlier_frames_and_reports_the_rest(tmp_path, monkey
     assert len(seq) == 8
     fake = types.SimpleNamespace(error=av.error, open=lambda p: _FailingContainer(p, fail_at=3))
     monkeypatch.setattr(sequence, "_import_av", lambda: fake)
-    with caplog.at_level(logging.WARNING, logger="astroflow.sequence"):
+    with caplog.at_level(logging.WARNING, logger="astroflow.io.sequence"):
         got = read_all(seq)
     assert "decoding stopped after 3 frames" in caplog.text
     assert [f.index for f in got] == list(range(8))

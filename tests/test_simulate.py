@@ -7,8 +7,8 @@ import pytest
 import rawpy
 import tifffile
 
-from astroflow.fitsio import read_image
-from astroflow.simulate import cfa_index, colour_ratios, render_stars, simulate_night, write_dng
+from astroflow.io.fits import read_image
+from astroflow.simulation.night import cfa_index, colour_ratios, render_stars, simulate_night, write_dng
 
 SMALL = dict(
     seed=7,

@@ -8,7 +8,7 @@ from astropy.io import fits
 from scipy import ndimage, signal, stats
 from skimage.registration import phase_cross_correlation
 
-from astroflow.simulate_planetary import (
+from astroflow.simulation.planetary import (
     LUCKY_BAND,
     PEAK_E,
     SKY_E,
@@ -394,7 +394,7 @@ def test_kolmogorov_frames_are_truth_convolved_with_their_psfs():
                             local_px=0.0, photon_noise=False, read_noise=0.0, psf_size=32)
     assert seq.psfs.shape == (6, 32, 32)
     assert np.allclose(seq.psfs.sum(axis=(1, 2)), 1.0, atol=1e-5)
-    from astroflow.turbulence import convolve
+    from astroflow.simulation.turbulence import convolve
 
     for i in (0, 5):
         expected = convolve(seq.truth, seq.psfs[i])

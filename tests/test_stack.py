@@ -1,4 +1,4 @@
-"""Tests of astroflow.stack: rejection against astropy, chunking, memory, normalisation."""
+"""Tests of astroflow.deepsky.stack: rejection against astropy, chunking, memory, normalisation."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from astropy.io import fits
 from astropy.nddata import CCDData
 from astropy.stats import sigma_clip
 
-import astroflow.stack as stack
-from astroflow.fitsio import write_image, write_rejected
-from astroflow.stack import StackResult, combine, combine_chunk
+import astroflow.deepsky.stack as stack
+from astroflow.io.fits import write_image, write_rejected
+from astroflow.deepsky.stack import StackResult, combine, combine_chunk
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

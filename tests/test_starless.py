@@ -6,16 +6,16 @@ import tifffile
 import torch
 from PIL import Image
 
-from astroflow.imagefile import UnreadableImageError, choose_encoding, read_finished_image
-from astroflow.nets import ResUNet, WeightsError, save_weights
-from astroflow.starless import (
+from astroflow.io.imagefile import UnreadableImageError, choose_encoding, read_finished_image
+from astroflow.nets.unet import ResUNet, WeightsError, save_weights
+from astroflow.restoration.starless import (
     classical_star_removal,
     network_stretch,
     remove_stars,
     screen,
     starless_metrics,
 )
-from astroflow.starnet import load_starless, predictor
+from astroflow.restoration.starnet import load_starless, predictor
 
 
 def star_field(shape=(96, 128), n=25, seed=0, sky=100.0, channels=3):

@@ -3,7 +3,7 @@ import pytest
 import tifffile
 import imageio.v3 as iio
 
-from astroflow.export import save_map_png, save_preview_png, save_tiff16
+from astroflow.io.export import save_map_png, save_preview_png, save_tiff16
 from astroflow.stretch import auto_stretch, mtf
 
 

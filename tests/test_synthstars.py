@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import sep
 
-from astroflow.synthstars import (
+from astroflow.simulation.synthstars import (
     BACKGROUND_KINDS,
     PHOTOS,
     invert_display,

@@ -1,4 +1,4 @@
-"""Tests of astroflow.tiling: blended overlapping tiles reproduce whole-image results."""
+"""Tests of astroflow.nets.tiling: blended overlapping tiles reproduce whole-image results."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from astroflow.nets import ResUNet
-from astroflow.tiling import blend_weights, predict_tiled, tile_grid
+from astroflow.nets.unet import ResUNet
+from astroflow.nets.tiling import blend_weights, predict_tiled, tile_grid
 
 
 @pytest.fixture(autouse=True)

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from scipy import ndimage, signal
 
-from astroflow.simulate_planetary import planet_truth
-from astroflow.turbulence import (
+from astroflow.simulation.planetary import planet_truth
+from astroflow.simulation.turbulence import (
     TurbulentSequence,
     convolve,
     phase_screen,

@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
-from astroflow.wavelets import (
+from astroflow.planetary.wavelets import (
     DEFAULT_GAINS,
     atrous_decompose,
     estimate_noise,

@@ -10,8 +10,8 @@ import rawpy
 import yaml
 from astropy.io import fits
 
-from astroflow.fitsio import read_header
-from astroflow.simulate import simulate_night
+from astroflow.io.fits import read_header
+from astroflow.simulation.night import simulate_night
 from conftest import snakemake
 
 pytestmark = pytest.mark.integration

@@ -9,10 +9,10 @@ import pytest
 import tifffile
 import yaml
 
-from astroflow import planetary
-from astroflow import simulate_planetary as sp
-from astroflow.fitsio import read_image
-from astroflow.sequence import open_sequence, write_ser
+from astroflow.planetary import passes as planetary
+from astroflow.simulation import planetary as sp
+from astroflow.io.fits import read_image
+from astroflow.io.sequence import open_sequence, write_ser
 from conftest import ROOT, SHARED_DATA, benchmarked_rules, needs_shared_data, snakemake
 
 pytestmark = pytest.mark.integration

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from astroflow.fitsio import read_header, read_image
-from astroflow.quality import frame_quality
+from astroflow.io.fits import read_header, read_image
+from astroflow.deepsky.quality import frame_quality
 from conftest import ROOT, needs_shared_data, snakemake
 
 pytestmark = [pytest.mark.integration, needs_shared_data("sbig-stl1001")]
@@ -73,7 +73,7 @@ def test_masters_are_sane(night):
 
 def test_starless_stack_has_far_fewer_stars_and_recombines_exactly(night):
     """Star removal on the real linear stack: starless + stars = stack, and SEP finds few stars."""
-    from astroflow.quality import detect_stars
+    from astroflow.deepsky.quality import detect_stars
 
     stack, _ = read_image(results(night, "stack.fits"))
     starless, _ = read_image(results(night, "starless.fits"))
@@ -92,8 +92,8 @@ def test_starless_stack_has_far_fewer_stars_and_recombines_exactly(night):
 
 def test_deconvolved_stack_has_sharper_stars_and_keeps_their_flux(night):
     """Richardson-Lucy with the stack's own empirical PSF, on the real stack."""
-    from astroflow.deconvolve import star_metrics
-    from astroflow.quality import detect_stars
+    from astroflow.restoration.deconvolve import star_metrics
+    from astroflow.deepsky.quality import detect_stars
 
     stack, _ = read_image(results(night, "stack.fits"))
     deconvolved, header = read_image(results(night, "deconvolved.fits"))

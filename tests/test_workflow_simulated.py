@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy.ndimage import zoom
 
-from astroflow.fitsio import read_header, read_image
+from astroflow.io.fits import read_header, read_image
 from conftest import ROOT, snakemake
 
 pytestmark = pytest.mark.integration

@@ -8,8 +8,8 @@ import yaml
 from astropy.io import fits
 from PIL import Image
 
-from astroflow.fitsio import read_image
-from astroflow.starless import count_sources, screen
+from astroflow.io.fits import read_image
+from astroflow.restoration.starless import count_sources, screen
 from conftest import SHARED_DATA, needs_shared_data, snakemake
 
 pytestmark = pytest.mark.integration

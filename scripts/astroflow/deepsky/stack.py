@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 from astropy.io import fits
 
-from astroflow.fitsio import REASON_KEY, image_shape, is_rejected
+from astroflow.io.fits import REASON_KEY, image_shape, is_rejected
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Registration of lights: frame quality, reference choice, star matching and warping.
 
-Stars come from :mod:`astroflow.quality`. Matching uses astroalign (Beroiz, Cabral & Sanchez
+Stars come from :mod:`astroflow.deepsky.quality`. Matching uses astroalign (Beroiz, Cabral & Sanchez
 2020: invariant triangles of the brightest stars and RANSAC), and the transform it finds is then
 refined by least squares (scikit-image) on every star that it pairs within a small radius, which
 averages the centroid errors of many more stars than astroalign's control points. Frames are
@@ -8,7 +8,7 @@ resampled with OpenCV's ``warpAffine`` (Lanczos-4 by default).
 
 A transform is a 3x3 matrix ``M`` in homogeneous pixel coordinates that maps a pixel ``(x, y)``
 of the frame onto the reference: ``(x_ref, y_ref, 1) = M @ (x, y, 1)``, with 0-based pixel
-coordinates and pixel centres at integers (as in :mod:`astroflow.quality`).
+coordinates and pixel centres at integers (as in :mod:`astroflow.deepsky.quality`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import pandas as pd
 from scipy.spatial import cKDTree
 from skimage.transform import AffineTransform, SimilarityTransform
 
-from astroflow import fitsio
-from astroflow.quality import detect_stars, quality_from_stars
+from astroflow.io import fits as fitsio
+from astroflow.deepsky.quality import detect_stars, quality_from_stars
 
 __all__ = ["RegistrationError", "find_transform", "register_frames", "transform_matrix", "warp"]
 
@@ -245,7 +245,7 @@ def register_frames(
     ----------
     images_or_paths : sequence of numpy.ndarray or path-like
         ``(H, W)`` or ``(H, W, 3)`` frames (linear ADU), or paths of FITS files written by
-        :mod:`astroflow.fitsio`; a rejected placeholder passes through as rejected with its
+        :mod:`astroflow.io.fits`; a rejected placeholder passes through as rejected with its
         ``AFREASON``.
     names : sequence of str, optional
         Frame names for the table and for ``reference``; by default the file stems of the

@@ -50,8 +50,8 @@ import numpy as np
 from scipy import fft as sfft
 from scipy import special
 
-from astroflow.atomic import atomic_write
-from astroflow.simulate import colour_ratios, moffat_alpha
+from astroflow.io.atomic import atomic_write
+from astroflow.simulation.night import colour_ratios, moffat_alpha
 from astroflow.stretch import MTFStretch, auto_stretch
 
 __all__ = [

@@ -24,22 +24,31 @@ def _imports(path):
             yield node.module, tuple(alias.name for alias in node.names)
 
 
+def _library_root(script):
+    # The folder that holds the astroflow package the script belongs to: the script's own
+    # folder for an entry script, an ancestor for a module of a subpackage. A copy of the
+    # workflow is digested from its own files, not from wherever astroflow is installed.
+    start = Path(script).resolve().parent
+    for folder in (start, *start.parents):
+        if (folder / PACKAGE / "__init__.py").exists():
+            return folder
+    return start
+
+
 def local_modules(script):
     """The astroflow modules a script imports, directly or through each other.
 
     Parameters
     ----------
     script : str or os.PathLike
-        An entry script in ``scripts/`` (or a module in ``scripts/astroflow/``).
+        An entry script in ``scripts/`` (or a module anywhere in ``scripts/astroflow/``).
 
     Returns
     -------
     list of pathlib.Path
         Module files, sorted; imports inside functions count too.
     """
-    root = Path(script).resolve().parent
-    if root.name == PACKAGE:
-        root = root.parent
+    root = _library_root(script)
     found, todo = set(), [Path(script).resolve()]
     while todo:
         for module, names in _imports(todo.pop()):

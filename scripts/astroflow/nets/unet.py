@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from astroflow.atomic import atomic_write
+from astroflow.io.atomic import atomic_write
 from astroflow.checks import check_int
 
 __all__ = [
@@ -354,7 +354,7 @@ def save_weights(path, model, *, meta=None):
     if not isinstance(arch, Mapping) or "name" not in arch:
         raise ValueError(
             f"{type(model).__name__} has no arch dictionary; only networks built by "
-            "astroflow.nets (e.g. ResUNet) can be saved"
+            "astroflow.nets.unet (e.g. ResUNet) can be saved"
         )
     if meta is not None:
         if not isinstance(meta, Mapping):

@@ -14,7 +14,7 @@ with the number of frames:
    alignment point (:func:`alignment_points`, :func:`ap_qualities`).
 3. :class:`PatchStacker`: each alignment point (AP) is stacked from its own best frames, each
    frame shifted on its own at that point (local alignment), with a sigma-clipped mean
-   (astropy.stats.sigma_clip), optionally drizzled (:mod:`astroflow.drizzle`); the AP patches
+   (astropy.stats.sigma_clip), optionally drizzled (:mod:`astroflow.deepsky.drizzle`); the AP patches
    are blended with Hann windows that overlap by half and sum to one, so there are no seams,
    and a globally aligned stack of the best frames fills what no AP covers.
 
@@ -36,7 +36,7 @@ from astropy.stats import sigma_clip
 from scipy import ndimage
 from skimage.registration import phase_cross_correlation
 
-from astroflow.drizzle import drizzle_add, drizzle_finish, upsample
+from astroflow.deepsky.drizzle import drizzle_add, drizzle_finish, upsample
 
 __all__ = [
     "Detection",

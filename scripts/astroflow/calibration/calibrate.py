@@ -31,8 +31,8 @@ from astropy.nddata import CCDData
 from ccdproc import combine, flat_correct, subtract_bias, subtract_dark
 from scipy import ndimage
 
-from astroflow.debayer import cfa_colour_cells, validate_pattern
-from astroflow.fitsio import is_rejected, read_header, read_image
+from astroflow.calibration.debayer import cfa_colour_cells, validate_pattern
+from astroflow.io.fits import is_rejected, read_header, read_image
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ from pidng.dng import DNGTags, Tag, dngIFD, dngTag
 from scipy.special import ndtr
 
 from astroflow import __version__
-from astroflow.fitsio import write_image
+from astroflow.io.fits import write_image
 
 PATTERN = "RGGB"
 RAW_BITS = 14
@@ -696,7 +696,7 @@ def simulate_night(
                 "SEED": seed,
             },
             history=[
-                "astroflow.simulate: noise-free sky + stars (+ trail), flat = 1, no bias/dark"
+                "astroflow.simulation.night: noise-free sky + stars (+ trail), flat = 1, no bias/dark"
             ],
         )
         rows.append(
@@ -747,19 +747,19 @@ def simulate_night(
         truth_dir / "flat.fits",
         flat,
         header={**common, "BUNIT": ""},
-        history=["astroflow.simulate: true flat, median 1 per CFA colour"],
+        history=["astroflow.simulation.night: true flat, median 1 per CFA colour"],
     )
     write_image(
         truth_dir / "bias.fits",
         bias,
         header=common,
-        history=["astroflow.simulate: true bias = black level + fixed column/row pattern"],
+        history=["astroflow.simulation.night: true bias = black level + fixed column/row pattern"],
     )
     write_image(
         truth_dir / "dark_rate.fits",
         dark_rate,
         header={**common, "BUNIT": "ADU/s"},
-        history=["astroflow.simulate: true dark current including hot and warm pixels"],
+        history=["astroflow.simulation.night: true dark current including hot and warm pixels"],
     )
     _atomic_text(truth_dir / "stars.csv", stars.to_csv(index=False))
     _atomic_text(truth_dir / "transforms.csv", pd.DataFrame(rows).to_csv(index=False))

@@ -81,11 +81,11 @@ import pandas as pd
 import tifffile
 from scipy import ndimage
 
-from astroflow import turbulence as _turbulence
-from astroflow.atomic import atomic_write
+from astroflow.simulation import turbulence as _turbulence
+from astroflow.io.atomic import atomic_write
 from astroflow.checks import check_float as _check_float
 from astroflow.checks import check_int as _check_int
-from astroflow.fitsio import write_image
+from astroflow.io.fits import write_image
 
 __all__ = [
     "LUCKY_BAND",
@@ -564,7 +564,7 @@ def write_sequence(seq, outdir, *, fmt="tiff"):
     params = dict(seq.params)
     header = {
         "BUNIT": "adu",
-        "ORIGIN": "astroflow.simulate_planetary",
+        "ORIGIN": "astroflow.simulation.planetary",
         "NFRAMES": len(frames),
         "LOCALRMS": float(seq.local_rms),
     }

@@ -2,7 +2,7 @@
 
 A deconvolution or lucky-imaging method is best measured on frames whose truth is known. This
 module makes such frames from first principles instead of the Gaussian-blur stand-in of
-:mod:`astroflow.simulate_planetary`:
+:mod:`astroflow.simulation.planetary`:
 
 1. a telescope pupil of ``n`` px diameter with an optional central obstruction and spider
    vanes (:func:`pupil`);
@@ -38,7 +38,7 @@ and ``lambda / D = M / n ~ oversample`` PSF px: ``oversample=2`` samples the dif
 limit at Nyquist. The truth images are assumed to be sampled at that PSF pixel scale. Phases
 are in radians, fluxes in e- (frames and returned truth in ADU = e- / gain).
 
-Coordinates follow :mod:`astroflow.simulate_planetary`: pixel centres at integer ``(y, x)``,
+Coordinates follow :mod:`astroflow.simulation.planetary`: pixel centres at integer ``(y, x)``,
 0-based; a PSF (size ``s``) is centred at ``(s // 2, s // 2)``, and a PSF whose centroid is at
 ``(s // 2 + dy, s // 2 + dx)`` moves a feature at ``(y0, x0)`` of the truth to
 ``(y0 + dy, x0 + dx)`` in the frame (those offsets are :attr:`TurbulentSequence.shifts`).
@@ -456,7 +456,7 @@ def convolve(image, psf, *, boundary="periodic"):
     boundary : {"periodic", "zero"}, optional
         ``"periodic"`` (default): circular convolution, light leaving one side re-enters on
         the other and the total flux is conserved exactly (as the shifts of
-        :mod:`astroflow.simulate_planetary`); give the truth an empty border of about half
+        :mod:`astroflow.simulation.planetary`); give the truth an empty border of about half
         the PSF. ``"zero"``: linear convolution of the image padded with zeros (light
         spreading past the edges is lost).
 

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import nn
 
-from astroflow.atomic import atomic_write
+from astroflow.io.atomic import atomic_write
 
 __all__ = [
     "HISTORY_COLUMNS",

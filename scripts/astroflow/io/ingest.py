@@ -1,7 +1,7 @@
 """Ingest: read camera RAW, FITS and TIFF frames into float32 ADU with their metadata.
 
 Every input frame, whatever its format, becomes one float32 FITS file (see
-:mod:`astroflow.fitsio`) whose header carries the exposure, camera, CFA layout and provenance
+:mod:`astroflow.io.fits`) whose header carries the exposure, camera, CFA layout and provenance
 that later rules need. RAW mosaics are kept exactly as recorded: no demosaic, no black-level
 subtraction, no white balance. A frame that cannot be read becomes a rejected placeholder, so
 that one bad file among hundreds does not stop the night.
@@ -27,9 +27,9 @@ from astropy.io import fits
 from PIL import ExifTags, Image
 
 from astroflow import __version__
-from astroflow.debayer import BAYER_PATTERNS
-from astroflow.fitsio import read_header, write_image, write_rejected
-from astroflow.provenance import sha256_file  # noqa: F401 (re-exported)
+from astroflow.calibration.debayer import BAYER_PATTERNS
+from astroflow.io.fits import read_header, write_image, write_rejected
+from astroflow.workflow.provenance import sha256_file  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 A finished image is either *linear* (a stack saved by Siril or PixInsight: float, or integer
 data that is mostly dark) or *display* data (already stretched, 8 or 16-bit). Star removal
-treats them differently (:mod:`astroflow.starless`), so the encoding is decided here and kept
+treats them differently (:mod:`astroflow.restoration.starless`), so the encoding is decided here and kept
 in the FITS header (``AFENCODE``) with the bit depth (``AFBITS``).
 """
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from astroflow.fitsio import REASON_KEY, is_rejected, read_header
+from astroflow.io.fits import REASON_KEY, is_rejected, read_header
 
 # FITS keyword -> frames.csv column, for what ingest records of every frame.
 HEADER_COLUMNS = {

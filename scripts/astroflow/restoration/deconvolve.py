@@ -25,7 +25,7 @@ PSF describes and which make RL ring, are protected by blending the original dat
 feathered disc around them.
 
 Coordinates are 0-based pixel coordinates with the centre of pixel ``[j, i]`` at ``x = i``,
-``y = j`` (as in :mod:`astroflow.quality`).
+``y = j`` (as in :mod:`astroflow.deepsky.quality`).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import sep
 from scipy import ndimage
 from scipy.optimize import least_squares
 
-from astroflow.quality import (
+from astroflow.deepsky.quality import (
     FLAG_SATURATED,
     _PIXEL_FWHM2,
     _fit_moffat,
@@ -743,7 +743,7 @@ def star_metrics(image, stars_xy, *, radius=8.0, sky_annulus=(1.5, 2.5)):
     -------
     pandas.DataFrame
         One row per star: ``x``, ``y`` (as given, px); ``flux`` (sky-subtracted flux in the
-        aperture, ADU); ``fwhm`` (circular Moffat fit via :mod:`astroflow.quality`, corrected
+        aperture, ADU); ``fwhm`` (circular Moffat fit via :mod:`astroflow.deepsky.quality`, corrected
         for pixel integration, px; NaN if the fit fails); ``background`` (local sky, ADU);
         ``ringing``: the dark-ring energy, i.e. the sum over 1-px radial bins inside the sky
         annulus of ``max(0, sky - mean of the bin) x pixels in the bin``, divided by

@@ -73,7 +73,7 @@ scale, from only its region of the frames, and the results blended with separabl
 ramps over the overlaps (zero on the outer quarter of each overlap, where a patch's latent is
 least constrained; no ramp at the image's edges), normalised so that the weights of every
 pixel sum to 1 (the ramps of two neighbours already add up to 1, as in
-:mod:`astroflow.tiling`).
+:mod:`astroflow.nets.tiling`).
 
 Choices measured (96 px Jupiter, 24 frames, D/r0 4-6, 20 epochs)
 ---------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The planetary path over a whole sequence: the three streaming passes of :mod:`astroflow.lucky`.
+"""The planetary path over a whole sequence: the three streaming passes of :mod:`astroflow.planetary.lucky`.
 
 Each pass reads the frames once, in order, from a :class:`astroflow.sequence.FrameSequence`
 (video, SER or a folder of frames) and keeps only per-frame numbers, the reference and the
@@ -23,7 +23,7 @@ import tempfile
 import numpy as np
 import pandas as pd
 
-from astroflow import lucky
+from astroflow.planetary import lucky
 
 __all__ = [
     "align_sequence",

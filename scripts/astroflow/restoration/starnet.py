@@ -1,7 +1,7 @@
 """astroflow's star-removal network at inference: weights in, a tiled predictor out.
 
 The network (:class:`astroflow.nets.ResUNet`) was trained on RGB display data in ``[0, 1]``
-(:mod:`astroflow.synthstars`); mono images are given to it as three equal channels and the
+(:mod:`astroflow.simulation.synthstars`); mono images are given to it as three equal channels and the
 channels of its answer are averaged.
 """
 
@@ -12,8 +12,8 @@ import logging
 import numpy as np
 import torch
 
-from astroflow.nets import WeightsError, load_weights
-from astroflow.tiling import predict_tiled
+from astroflow.nets.unet import WeightsError, load_weights
+from astroflow.nets.tiling import predict_tiled
 
 __all__ = ["default_device", "load_starless", "predictor"]
 

@@ -7,7 +7,7 @@ import imageio.v3 as iio
 import numpy as np
 import tifffile
 
-from astroflow.atomic import atomic_write
+from astroflow.io.atomic import atomic_write
 from astroflow.stretch import auto_stretch
 
 

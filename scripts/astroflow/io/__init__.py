@@ -1,0 +1,7 @@
+"""Files in and out: the format registry, FITS/TIFF/PNG/XISF readers and writers, camera RAW
+and video ingest, atomic writes and the on-disk frame store.
+
+Modules: ``formats``, ``fits``, ``ingest``, ``imagefile``, ``sequence``, ``export``, ``atomic``.
+Import from the modules (``from astroflow.io.fits import read_image``): this package imports
+nothing itself, so a rule reruns only when a module its script uses changes.
+"""

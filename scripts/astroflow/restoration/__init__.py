@@ -1,0 +1,5 @@
+"""Restoration of finished images: single-image and multi-frame blind deconvolution, and star
+removal.
+
+Modules: ``deconvolve``, ``mfbd``, ``starless``, ``starnet``.
+"""
