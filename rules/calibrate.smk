@@ -103,7 +103,7 @@ rule calibrate_light:
         unpack(light_masters),
         light="results/{target}/ingest/light/{frame}.fits",
     output:
-        "results/{target}/calibrated/{frame}.fits",
+        intermediate("results/{target}/calibrated/{frame}.fits"),
     log:
         "logs/calibrate_light/{target}/{frame}.log",
     benchmark:

@@ -1,14 +1,26 @@
-import glob
 import os
-import re
+from functools import partial
 from pathlib import Path
-
-import sys
 
 import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 from snakemake.utils import validate
+
+from astroflow.workflow.config import kind_errors
+from astroflow.workflow.discovery import (
+    FRAME_TYPES,
+    DiscoveryError,
+    find_frames,
+    find_image,
+    find_sequence,
+    target_pattern,
+)
+from astroflow.workflow.provenance import code_digest
+
+# The folder of this workflow's own files (scripts, schema, models), also when a host workflow
+# uses it as a module: workflow.basedir is then the host's folder.
+WORKFLOW_DIR = Path(workflow.current_basedir.get_path_or_uri(secret_free=True)).parent
 
 
 # Targets named in a --configfile replace the default (simulated) target rather than being
@@ -28,247 +40,70 @@ CLI_TARGETS = _cli_targets()
 if CLI_TARGETS:
     config["targets"] = CLI_TARGETS
 
-from astroflow.workflow.provenance import code_digest
-
 
 def library_code(script):
     """Digest of the astroflow modules an entry script imports: a params entry, so that a
     change in the library reruns exactly the rules whose scripts use the changed module.
     """
-    return code_digest(os.path.join(workflow.basedir, "scripts", script))
+    return code_digest(WORKFLOW_DIR / "scripts" / script)
 
 
+SCHEMA = WORKFLOW_DIR / "schemas" / "config.schema.yaml"
 try:
-    validate(config, "../schemas/config.schema.yaml")
+    validate(config, str(SCHEMA))
 except WorkflowError as err:
-    raise WorkflowError(f"invalid configuration: {err}") from None
+    with open(SCHEMA) as handle:
+        _messages = kind_errors(config, yaml.safe_load(handle))
+    raise WorkflowError(
+        f"invalid configuration: {'; '.join(_messages) if _messages else err}"
+    ) from None
 
 
-# Frame types, keyed by the config entry that names their folder. The type of a frame is the
-# folder it was found in, never its header (real flats often say IMAGETYP = 'Light Frame').
-FRAME_TYPES = {
-    "lights": "light",
-    "darks": "dark",
-    "flats": "flat",
-    "bias": "bias",
-    "darkflats": "darkflat",
-}
-FRAME_EXTENSIONS = {
-    # camera RAW (LibRaw)
-    ".cr2",
-    ".cr3",
-    ".crw",
-    ".nef",
-    ".nrw",
-    ".arw",
-    ".srf",
-    ".sr2",
-    ".raf",
-    ".orf",
-    ".rw2",
-    ".dng",
-    ".pef",
-    ".srw",
-    ".3fr",
-    ".erf",
-    ".kdc",
-    ".mos",
-    ".mrw",
-    ".x3f",
-    ".iiq",
-    # FITS and TIFF
-    ".fits",
-    ".fit",
-    ".fts",
-    ".fits.fz",
-    ".fit.fz",
-    ".tif",
-    ".tiff",
-}
 SIM = config["simulate"]
 SIM_DIR = os.path.normpath(SIM["outdir"])
 SIM_FOLDERS = {"lights": "light", "darks": "dark", "flats": "flat", "bias": "bias"}
-SIM_COUNTS = {
-    "lights": SIM["n_lights"],
-    "darks": SIM["n_darks"],
-    "flats": SIM["n_flats"],
-    "bias": SIM["n_bias"],
-}
-
-
-def _simulated_files(folder):
-    return [
-        f"{SIM_DIR}/{folder}/{SIM_FOLDERS[folder]}_{i:03d}.dng"
-        for i in range(1, SIM_COUNTS[folder] + 1)
+SIM_OUTPUTS = {
+    folder: [
+        f"{SIM_DIR}/{folder}/{ftype}_{i:03d}.dng"
+        for i in range(1, SIM[f"n_{folder}"] + 1)
     ]
-
-
-SIM_OUTPUTS = {folder: _simulated_files(folder) for folder in SIM_FOLDERS}
-
-
-def _has_frame_extension(path):
-    name = path.lower()
-    return any(name.endswith(ext) for ext in FRAME_EXTENSIONS)
-
-
-def _frame_name(path):
-    name = Path(path).name
-    for ext in sorted(FRAME_EXTENSIONS, key=len, reverse=True):
-        if name.lower().endswith(ext):
-            name = name[: -len(ext)]
-            break
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "frame"
-
-
-def _list_frames(target, key):
-    spec = os.path.normpath(config["targets"][target][key])
-    where = f"target '{target}', {key}: {config['targets'][target][key]}"
-    if os.path.dirname(spec) == SIM_DIR and os.path.basename(spec) in SIM_FOLDERS:
-        paths = SIM_OUTPUTS[os.path.basename(spec)]
-    elif glob.has_magic(spec):
-        paths = sorted(p for p in glob.glob(spec) if os.path.isfile(p))
-    elif os.path.isdir(spec):
-        paths = sorted(
-            str(p)
-            for p in Path(spec).iterdir()
-            if p.is_file() and _has_frame_extension(p.name)
-        )
-    elif os.path.isfile(spec):
-        paths = [spec]
-    else:
-        raise WorkflowError(f"{where}: no such folder or file")
-    if not paths:
-        raise WorkflowError(
-            f"{where}: no frames found (looked for {', '.join(sorted(FRAME_EXTENSIONS))})"
-        )
-    frames = {}
-    for path in paths:
-        name = _frame_name(path)
-        unique, n = name, 1
-        while unique in frames:
-            n += 1
-            unique = f"{name}-{n}"
-        frames[unique] = path
-    return frames
-
-
-FRAMES = {
-    target: {
-        FRAME_TYPES[key]: _list_frames(target, key)
-        for key in FRAME_TYPES
-        if key in settings
-    }
-    for target, settings in config["targets"].items()
-    if settings["kind"] == "deep-sky"
+    for folder, ftype in SIM_FOLDERS.items()
 }
-
-# Planetary targets: a video or SER file, or a folder or glob of frames (names may hold spaces).
-VIDEO_EXTENSIONS = {".avi", ".mov", ".mp4", ".mkv", ".m4v", ".webm", ".ser"}
-SEQUENCE_FRAME_EXTENSIONS = {
-    ".png",
-    ".jpg",
-    ".jpeg",
-    ".tif",
-    ".tiff",
-    ".fits",
-    ".fit",
-    ".fts",
+# the folders of the simulated night, named in the default target before they exist
+SIM_PLANNED = {
+    os.path.join(SIM_DIR, folder): paths for folder, paths in SIM_OUTPUTS.items()
 }
 
 
-def _natural_key(path):
-    return [int(p) if p.isdigit() else p.lower() for p in re.split(r"(\d+)", str(path))]
+def _discover(kind, find, keys):
+    """{target: {frame type: found}} of the targets of one kind, as WorkflowErrors."""
+    found = {}
+    for target, settings in config["targets"].items():
+        if settings["kind"] != kind:
+            continue
+        found[target] = {}
+        for key in keys:
+            if key in settings:
+                where = f"target '{target}', {key}: {settings[key]}"
+                try:
+                    found[target][FRAME_TYPES[key]] = find(settings[key], where)
+                except DiscoveryError as err:
+                    raise WorkflowError(str(err)) from None
+    return found
 
 
-def _list_sequence(target, key):
-    spec = config["targets"][target][key]
-    where = f"target '{target}', {key}: {spec}"
-    known = VIDEO_EXTENSIONS | SEQUENCE_FRAME_EXTENSIONS
-    if glob.has_magic(spec):
-        paths = [p for p in glob.glob(spec) if os.path.isfile(p)]
-    elif os.path.isdir(spec):
-        paths = [
-            str(p)
-            for p in Path(spec).iterdir()
-            if p.is_file() and p.suffix.lower() in SEQUENCE_FRAME_EXTENSIONS
-        ]
-    elif os.path.isfile(spec):
-        paths = [spec]
-    else:
-        raise WorkflowError(f"{where}: no such folder or file")
-    paths = [p for p in paths if Path(p).suffix.lower() in known]
-    if not paths:
-        raise WorkflowError(
-            f"{where}: no video or frames found (looked for {', '.join(sorted(known))})"
-        )
-    videos = [p for p in paths if Path(p).suffix.lower() in VIDEO_EXTENSIONS]
-    if videos and len(paths) > 1:
-        raise WorkflowError(
-            f"{where}: give one video or SER file, or a folder of frames, not {len(paths)} files"
-        )
-    return sorted(paths, key=_natural_key)
-
-
-_ALLOWED_KEYS = {
-    "planetary": ({"kind", "lights", "darks"}, "lights and optional darks"),
-    "image": (
-        {"kind", "lights", "encoding"},
-        "lights (one image) and an optional encoding",
-    ),
-    "deep-sky": (set(FRAME_TYPES) | {"kind"}, "lights and calibration folders"),
-}
-for _target, _settings in config["targets"].items():
-    _allowed, _what = _ALLOWED_KEYS[_settings["kind"]]
-    _extra = sorted(set(_settings) - _allowed)
-    if _extra:
-        raise WorkflowError(
-            f"target '{_target}': a {_settings['kind']} target takes {_what}, "
-            f"not {', '.join(_extra)}"
-        )
-
-
-SEQUENCES = {
-    target: {
-        FRAME_TYPES[key]: _list_sequence(target, key)
-        for key in ("lights", "darks")
-        if key in settings
-    }
-    for target, settings in config["targets"].items()
-    if settings["kind"] == "planetary"
-}
-
-
-IMAGE_EXTENSIONS = {".png", ".tif", ".tiff", ".fits", ".fit", ".fts"}
-
-
-def _image_file(target):
-    spec = config["targets"][target]["lights"]
-    where = f"target '{target}', lights: {spec}"
-    if not os.path.isfile(spec):
-        raise WorkflowError(f"{where}: an image target needs one image file")
-    if Path(spec).suffix.lower() not in IMAGE_EXTENSIONS:
-        raise WorkflowError(
-            f"{where}: not an image file (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"
-        )
-    return spec
-
-
+FRAMES = _discover("deep-sky", partial(find_frames, planned=SIM_PLANNED), FRAME_TYPES)
+SEQUENCES = _discover("planetary", find_sequence, ("lights", "darks"))
 IMAGES = {
-    target: _image_file(target)
-    for target, settings in config["targets"].items()
-    if settings["kind"] == "image"
+    target: types["light"]
+    for target, types in _discover("image", find_image, ("lights",)).items()
 }
 
-
-def _target_pattern(names):
-    return "|".join(re.escape(t) for t in names) if names else "(?!)"
-
-
-DEEP_SKY_TARGETS = _target_pattern(FRAMES)
-PLANETARY_TARGETS = _target_pattern(SEQUENCES)
-IMAGE_TARGETS = _target_pattern(IMAGES)
-STACKED_TARGETS = _target_pattern(list(FRAMES) + list(SEQUENCES))
-SINGLE_IMAGE_TARGETS = _target_pattern(list(FRAMES) + list(IMAGES))
+DEEP_SKY_TARGETS = target_pattern(FRAMES)
+PLANETARY_TARGETS = target_pattern(SEQUENCES)
+IMAGE_TARGETS = target_pattern(IMAGES)
+STACKED_TARGETS = target_pattern(list(FRAMES) + list(SEQUENCES))
+SINGLE_IMAGE_TARGETS = target_pattern(list(FRAMES) + list(IMAGES))
 
 for _target, _types in FRAMES.items():
     _missing = [t for t in ("bias", "dark", "flat") if t not in _types]
@@ -280,7 +115,7 @@ for _target, _types in FRAMES.items():
 
 
 wildcard_constraints:
-    target=_target_pattern(config["targets"]),
+    target=target_pattern(config["targets"]),
     ftype="|".join(FRAME_TYPES.values()),
     frame=r"[A-Za-z0-9_.-]+",
 
@@ -439,29 +274,10 @@ def planetary_darks(wildcards):
     return SEQUENCES[wildcards.target]["dark"]
 
 
-def planetary_outputs(target):
-    outputs = [
-        f"results/{target}/{name}"
-        for name in (
-            "frames.csv",
-            "stack.fits",
-            "stack.tif",
-            "stack.png",
-            "sharpened.fits",
-            "sharpened.png",
-            "quality.png",
-            "alignment_points.png",
-        )
-    ]
-    if "dark" in SEQUENCES[target]:
-        outputs.append(f"results/{target}/masters/dark.fits")
-    return outputs
-
-
 STARLESS = config["starless"]
 STARLESS_TRAINING = config["training"]["starless"]
 STARLESS_PROFILE = STARLESS_TRAINING[STARLESS_TRAINING["profile"]]
-SHIPPED_STARLESS = os.path.join(workflow.basedir, "models", "starless.pt")
+SHIPPED_STARLESS = str(WORKFLOW_DIR / "models" / "starless.pt")
 
 
 def starless_shards(split):
@@ -491,16 +307,6 @@ def image_source(wildcards):
 DECONVOLUTION = config["deconvolution"]
 
 
-def deconvolution_outputs(target):
-    if not DECONVOLUTION["enabled"]:
-        return []
-    return [
-        f"results/{target}/deconvolved.fits",
-        f"results/{target}/deconvolved.png",
-        f"results/{target}/deconvolution.png",
-    ]
-
-
 def deconvolution_history(wildcards):
     """The per-iteration log of a target's deconvolution (single-image or multi-frame)."""
     if wildcards.target in SEQUENCES:
@@ -508,59 +314,66 @@ def deconvolution_history(wildcards):
     return f"results/{wildcards.target}/deconvolution/history.csv"
 
 
-def starless_outputs(target):
-    if not STARLESS["enabled"]:
-        return []
-    return [
-        f"results/{target}/{name}.{ext}"
-        for name in ("starless", "stars")
-        for ext in ("fits", "png")
-    ]
+# Result paths are the outputs of the rules that make them, named here only by rule.
+def _outputs(rule, **wildcards):
+    return expand(list(rule.output), **wildcards)
 
 
 def target_outputs(target):
+    """Every finished product of one target: the inputs of rule all."""
     if target in IMAGES:
-        return (
-            [f"results/{target}/image.png"]
-            + deconvolution_outputs(target)
-            + starless_outputs(target)
-        )
-    if target in SEQUENCES:
-        return (
-            planetary_outputs(target)
-            + deconvolution_outputs(target)
-            + starless_outputs(target)
-        )
-    outputs = (
-        deconvolution_outputs(target)
-        + starless_outputs(target)
-        + [
-            f"results/{target}/frames.csv",
-            f"results/{target}/stack.fits",
-            f"results/{target}/stack.tif",
-            f"results/{target}/stack.png",
-            f"results/{target}/rejection.fits",
-            f"results/{target}/quality.png",
+        outputs = _outputs(rules.image_ingest, target=target)
+    elif target in SEQUENCES:
+        outputs = [
+            path
+            for rule in (
+                rules.planetary_frames_table,
+                rules.planetary_stack,
+                rules.planetary_sharpen,
+                rules.planetary_quality_plot,
+            )
+            for path in _outputs(rule, target=target)
         ]
-    )
-    outputs += [
-        f"results/{target}/masters/{ftype}.fits"
-        for ftype in ("bias", "dark", "flat")
-        if has_type(target, ftype)
-    ]
+        if "dark" in SEQUENCES[target]:
+            outputs += _outputs(rules.planetary_master_dark, target=target)
+    else:
+        outputs = [
+            path
+            for rule in (rules.frames_table, rules.stack, rules.quality_plot)
+            for path in _outputs(rule, target=target)
+        ]
+        if has_type(target, "bias"):
+            outputs += _outputs(rules.master_bias, target=target)
+        if has_type(target, "dark"):
+            outputs += _outputs(rules.master_dark, target=target, kind="dark")
+        if has_type(target, "flat"):
+            outputs += _outputs(rules.master_flat, target=target)
+    if DECONVOLUTION["enabled"]:
+        producer = (
+            rules.planetary_deconvolve if target in SEQUENCES else rules.deconvolve
+        )
+        outputs += _outputs(producer, target=target)
+        outputs += _outputs(rules.deconvolution_plot, target=target)
+    if STARLESS["enabled"]:
+        outputs += _outputs(rules.starless, target=target)
     return outputs
 
 
 def all_outputs():
     outputs = [path for target in config["targets"] for path in target_outputs(target)]
     if STARLESS["enabled"] and STARLESS["weights"] == "trained":
-        outputs += ["results/models/starless.pt", "results/models/starless_curves.png"]
-    return outputs + [
-        "results/runtimes.tsv",
-        "results/runtimes.png",
-        "results/config.yaml",
-        "results/config.html",
-    ]
+        outputs += _outputs(rules.train_starless)
+    return outputs + _outputs(rules.runtimes) + _outputs(rules.effective_config)
+
+
+def intermediate(path):
+    """A per-frame intermediate output: temp() unless keep_intermediates is set."""
+    return path if config["keep_intermediates"] else temp(path)
+
+
+def image_encoding(wildcards):
+    """The encoding setting of an image target (auto when not given)."""
+    return config["targets"][wildcards.target].get("encoding", "auto")
 
 
 # Resources: memory and run time grow with the size of a job's input files, and with the attempt

@@ -2,7 +2,7 @@ rule ingest_frame:
     input:
         ingest_source,
     output:
-        "results/{target}/ingest/{ftype}/{frame}.fits",
+        intermediate("results/{target}/ingest/{ftype}/{frame}.fits"),
     log:
         "logs/ingest_frame/{target}/{ftype}/{frame}.log",
     benchmark:

@@ -31,7 +31,7 @@ rule warp:
         light="results/{target}/calibrated/{frame}.fits",
         registration="results/{target}/registration.csv",
     output:
-        "results/{target}/registered/{frame}.fits",
+        intermediate("results/{target}/registered/{frame}.fits"),
     log:
         "logs/warp/{target}/{frame}.log",
     benchmark:

@@ -56,7 +56,13 @@ def run(tmp_path_factory):
     work.mkdir()
     folders = {key: str(night / key) for key in ("lights", "darks", "flats", "bias")}
     config = work / "night.yaml"
-    config.write_text(yaml.safe_dump({"targets": {"tiny": {"kind": "deep-sky", **folders}}}))
+    # Kept intermediates: with temp() ones a changed stacking setting recomputes the frames from
+    # ingest on (tests/test_workflow_simulated.py checks that the default deletes them).
+    config.write_text(
+        yaml.safe_dump(
+            {"targets": {"tiny": {"kind": "deep-sky", **folders}}, "keep_intermediates": True}
+        )
+    )
 
     def smk(*args, **kwargs):
         return snakemake(work, "--configfile", str(config), *args, snakefile=snakefile, **kwargs)
