@@ -41,9 +41,9 @@ Sections
     protection on and off, and with the sky not held fixed.
 ``--speed``
     Iterations per second and peak resident memory of ``multiframe_deconvolve`` on 256x256
-    frames in a :class:`astroflow.mfbd.FrameFile` on disk, batch 8, one fresh subprocess per
-    case: 100 frames on ``--threads`` threads (also on 1 thread, and with ``OMP_WAIT_POLICY``
-    unset), and 100, 300 and 1000 frames (one epoch) for memory. The peak is the worker's VmHWM,
+    frames in an :class:`astroflow.io.framestore.FrameStore` on disk, batch 8, one fresh
+    subprocess per case: 100 frames on ``--threads`` threads (also on 1 thread, and with
+    ``OMP_WAIT_POLICY`` unset), and 100, 300 and 1000 frames (one epoch) for memory. The peak is the worker's VmHWM,
     not its ``ru_maxrss``, which inherits the parent's resident size across fork and exec.
 """
 
@@ -67,17 +67,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy import ndimage
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+from skimage.metrics import peak_signal_noise_ratio
 from skimage.registration import phase_cross_correlation
 
-ROOT = Path(__file__).resolve().parents[1]
-
+from astroflow.io.sequence import open_sequence
+from astroflow.nets.metrics import image_ssim
 from astroflow.planetary import lucky
 from astroflow.planetary import passes as planetary
-from astroflow.simulation import turbulence
 from astroflow.restoration.deconvolve import deconvolve_image, richardson_lucy, star_metrics
-from astroflow.io.sequence import open_sequence
+from astroflow.simulation import turbulence
 from astroflow.simulation.planetary import PlanetarySequence, planet_truth, write_sequence
+
+ROOT = Path(__file__).resolve().parents[1]
 
 PUPIL_PX = 64
 OVERSAMPLE = 2
@@ -174,9 +175,11 @@ def score(result, truth_crop, margin, data_range):
 
     Sub-pixel shift by phase correlation (plain cross-correlation, upsampling 100) applied with
     a cubic spline, then a least-squares fit ``a * result + b`` to the truth over the interior
-    ``[margin:-margin, margin:-margin]``, where PSNR and SSIM (``data_range``) are measured;
-    ``ssim_planet`` is the mean of the SSIM map where the truth exceeds 10 % of its maximum
-    (the planet and its moon, without the flat sky); ``limb_bias_pct`` the mean of fitted minus
+    ``[margin:-margin, margin:-margin]``, where PSNR and SSIM (``data_range``;
+    :func:`astroflow.nets.metrics.image_ssim`, Wang et al.'s 11-px Gaussian window) are
+    measured; ``ssim_planet`` is the mean of the SSIM map where the truth exceeds 10 % of its
+    maximum (the planet and its moon, without the flat sky; the map's border, where the window
+    leaves the interior, is left out); ``limb_bias_pct`` the mean of fitted minus
     truth 2-12 px outside that mask, in % of the truth's maximum: negative for a dark moat around
     the limb, positive for a halo left there.
     """
@@ -188,7 +191,7 @@ def score(result, truth_crop, margin, data_range):
     x, t = moved[inner].ravel(), truth_crop[inner].ravel()
     (a, b), *_ = np.linalg.lstsq(np.column_stack([x, np.ones_like(x)]), t, rcond=None)
     fitted = (a * moved[inner] + b).astype(np.float64)
-    ssim, ssim_map = structural_similarity(truth_crop[inner], fitted, data_range=data_range, full=True)
+    ssim, ssim_map = image_ssim(truth_crop[inner], fitted, data_range=data_range, full=True)
     planet = truth_crop[inner] > 0.1 * data_range
     # Sky just outside the limb (2-12 px): a dark moat (negative) or a halo left (positive),
     # mean of fitted - truth there, in % of the truth's maximum.
@@ -198,7 +201,7 @@ def score(result, truth_crop, margin, data_range):
         "limb_bias_pct": float(100.0 * np.mean(fitted[limb] - truth_crop[inner][limb]) / data_range),
         "psnr_db": peak_signal_noise_ratio(truth_crop[inner], fitted, data_range=data_range),
         "ssim": ssim,
-        "ssim_planet": float(ssim_map[planet].mean()),
+        "ssim_planet": float(np.nanmean(ssim_map[planet])),
         "shift_px": float(np.hypot(*shift)),
         "scale": float(a),
     }
@@ -216,9 +219,9 @@ def _frame_windows(sequence, table, size, rows):
 
 
 def _write_frame_file(path, sequence, table, size, rows):
-    from astroflow.restoration.mfbd import FrameFile
+    from astroflow.io.framestore import FrameStore
 
-    frames = FrameFile(path, (len(rows), *size))
+    frames = FrameStore(path, (len(rows), *size))
     for k, (_, window) in enumerate(_frame_windows(sequence, table, size, rows)):
         frames.write(k, window)
     return frames
@@ -638,13 +641,13 @@ def section_star_field(args):
 
 
 def write_speed_frames(folder, n_frames, size):
-    """``n_frames`` synthetic aligned frames in a FrameFile (one in memory at a time) and the start.
+    """``n_frames`` synthetic aligned frames in a FrameStore (one in memory at a time) and the start.
 
     A planet (:func:`planet_truth`, 0.5 x its brightness) through 16 recentred short-exposure
     PSFs at D/r0 = 4 in turn, Poisson and 2 e- read noise; the start is the truth through their
     mean. Written here, in the parent, so that the workers' peak memory is MFBD's alone.
     """
-    from astroflow.restoration.mfbd import FrameFile
+    from astroflow.io.framestore import FrameStore
 
     rng = np.random.default_rng(0)
     truth = planet_truth(size, radius_frac=0.25) * 0.5
@@ -655,7 +658,7 @@ def write_speed_frames(folder, n_frames, size):
         )
     ]
     path = Path(folder) / "frames.f32"
-    with FrameFile(path, (n_frames, size, size)) as frames:
+    with FrameStore(path, (n_frames, size, size)) as frames:
         for i in range(n_frames):
             signal = np.clip(turbulence.convolve(truth, psfs[i % 16]), 0, None)
             frames.write(i, rng.poisson(signal) + rng.normal(0, 2.0, truth.shape))
@@ -667,11 +670,12 @@ def speed_worker(n_frames, size, epochs, threads, batch, folder):
     """One MFBD run in this (fresh) process; prints a JSON line with its speed and peak memory."""
     import torch
 
-    from astroflow.restoration.mfbd import FrameFile, multiframe_deconvolve
+    from astroflow.io.framestore import FrameStore
+    from astroflow.restoration.mfbd import multiframe_deconvolve
 
     torch.set_num_threads(threads)
     init = np.load(Path(folder) / "init.npy")
-    frames = FrameFile.open(Path(folder) / "frames.f32", (n_frames, size, size))
+    frames = FrameStore.open(Path(folder) / "frames.f32", (n_frames, size, size))
     before = peak_rss_mb()
     start = time.time()
     _, info = multiframe_deconvolve(frames, init, epochs=epochs, batch=batch, device="cpu")
@@ -746,7 +750,7 @@ def section_speed(args):
         "load_avg_1min",
     ]
     print(
-        f"## MFBD speed and memory ({size}x{size} frames, FrameFile on disk, batch {args.batch}, "
+        f"## MFBD speed and memory ({size}x{size} frames, FrameStore on disk, batch {args.batch}, "
         "library defaults otherwise)\n"
     )
     print(
@@ -767,7 +771,7 @@ def section_speed(args):
         f"\nPeak resident memory (VmHWM), one fresh process per case, 1 epoch, {args.threads} threads, "
         "OMP_WAIT_POLICY=PASSIVE; the frames (the first N of one file) and the start image are written "
         "beforehand by the parent process; rss_before_mb: peak before multiframe_deconvolve (torch and "
-        "astroflow imported, the start image loaded, the FrameFile opened):\n"
+        "astroflow imported, the start image loaded, the FrameStore opened):\n"
     )
     columns = [
         "frames",

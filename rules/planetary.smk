@@ -97,6 +97,7 @@ rule planetary_stack:
     output:
         fits="results/{target}/stack.fits",
         tif="results/{target}/stack.tif",
+        tif32="results/{target}/stack_f32.tif",
         png=report(
             "results/{target}/stack.png",
             caption="../report/planetary_stack.rst",
@@ -127,8 +128,8 @@ rule planetary_stack:
         ap_search=config["planetary"]["ap_search"],
         keep_percent=config["planetary"]["keep_percent"],
         keep_count=config["planetary"]["keep_count"],
-        kappa_low=config["planetary"]["kappa_low"],
-        kappa_high=config["planetary"]["kappa_high"],
+        sigma_low=config["planetary"]["sigma_low"],
+        sigma_high=config["planetary"]["sigma_high"],
         max_iters=config["planetary"]["max_iters"],
         drizzle=config["planetary"]["drizzle"],
         pixfrac=config["planetary"]["pixfrac"],
@@ -142,6 +143,8 @@ rule planetary_sharpen:
         "results/{target}/stack.fits",
     output:
         fits="results/{target}/sharpened.fits",
+        tif="results/{target}/sharpened.tif",
+        tif32="results/{target}/sharpened_f32.tif",
         png=report(
             "results/{target}/sharpened.png",
             caption="../report/sharpened.rst",

@@ -6,6 +6,7 @@ rule stack:
         fits="results/{target}/stack.fits",
         rejection="results/{target}/rejection.fits",
         tif="results/{target}/stack.tif",
+        tif32="results/{target}/stack_f32.tif",
         png=report(
             "results/{target}/stack.png",
             caption="../report/stack.rst",
@@ -31,8 +32,8 @@ rule stack:
     params:
         code=library_code("stack.py"),
         method=config["stacking"]["method"],
-        kappa_low=config["stacking"]["kappa_low"],
-        kappa_high=config["stacking"]["kappa_high"],
+        sigma_low=config["stacking"]["sigma_low"],
+        sigma_high=config["stacking"]["sigma_high"],
         max_iters=config["stacking"]["max_iters"],
         normalize=config["stacking"]["normalize"],
         memory_mb=config["stacking"]["memory_mb"],

@@ -1,4 +1,4 @@
-"""Entry script of rule planetary_deconvolve: aligned frames + lucky stack -> deconvolved.{fits,png}.
+"""Entry script of rule planetary_deconvolve: frames + lucky stack -> deconvolved.{fits,tif,png}, _f32.tif.
 
 Multi-frame blind deconvolution (:func:`astroflow.mfbd.multiframe_deconvolve`) on a GPU when
 torch sees one, else on the CPU; loss per iteration to the log and to mfbd_history.csv.
@@ -15,16 +15,15 @@ import json
 import logging
 
 import cv2
-import numpy as np
 import pandas as pd
 import torch
-from astropy.io import fits
 
 from astroflow.io.atomic import atomic_write
-from astroflow.io.export import linear_png_levels, save_linear_png
-from astroflow.io.fits import read_image, write_image
+from astroflow.io.export import linear_png_levels, save_linear_png, save_tiff16, save_tiff32
+from astroflow.io.fits import derived_header, read_image, write_image, write_planes
+from astroflow.io.framestore import FrameStore
+from astroflow.restoration.mfbd import multiframe_deconvolve
 from astroflow.workflow.logs import setup_logging
-from astroflow.restoration.mfbd import FrameFile, multiframe_deconvolve
 
 log = setup_logging(snakemake.log[0])
 p = snakemake.params
@@ -77,7 +76,7 @@ log.info(
     patch or "none",
     "cuda" if torch.cuda.is_available() else "cpu",
 )
-with FrameFile.open(snakemake.input.frames, shape) as frames:
+with FrameStore.open(snakemake.input.frames, shape) as frames:
     latent, info = multiframe_deconvolve(
         frames,
         init,
@@ -105,10 +104,17 @@ history = [
     f"{p.epochs} epochs, batch {p.batch}, PSF {p.psf_size} px, TV {p.tv_weight}, patch {patch}",
     "astroflow planetary_deconvolve: initialised from the lucky stack",
 ]
-write_image(snakemake.output.fits, latent, {"NCOMBINE": shape[0], "MFBDDEV": info["device"]}, history)
-psf_cube = fits.PrimaryHDU(np.asarray(info["psfs"], dtype=np.float32))
-psf_cube.header["COMMENT"] = "one PSF per frame (sum 1), frames in the order of mfbd_frames.json"
-atomic_write(snakemake.output.psfs, lambda tmp: psf_cube.writeto(tmp))
+out_header = derived_header(header, history)
+# The latent image is fitted to the chosen frames, at their sampling, not to those of the lucky
+# stack at its drizzle.
+out_header["NCOMBINE"] = shape[0]
+out_header.remove("DRIZZLE", ignore_missing=True)
+out_header["MFBDDEV"] = info["device"]
+write_image(snakemake.output.fits, latent, out_header)
+save_tiff16(snakemake.output.tif, latent, description="astroflow multi-frame deconvolved")
+save_tiff32(snakemake.output.tif32, latent, description="astroflow multi-frame deconvolved")
+psf_note = "one PSF per frame (sum 1), frames in the order of mfbd_frames.json"
+write_planes(snakemake.output.psfs, info["psfs"], history=[f"astroflow planetary_deconvolve: {psf_note}"])
 atomic_write(snakemake.output.history, lambda tmp: pd.DataFrame(info["history"]).to_csv(tmp, index=False))
 # The stack's display levels, so that stack.png and deconvolved.png compare.
 save_linear_png(snakemake.output.png, latent, levels=linear_png_levels(init))

@@ -3,9 +3,9 @@
 import pandas as pd
 
 from astroflow.io.fits import read_header, read_image
-from astroflow.workflow.logs import setup_logging
-from astroflow.planetary.passes import deconvolution_frames, write_aligned_frames, write_frames_index
 from astroflow.io.sequence import open_sequence
+from astroflow.planetary.passes import deconvolution_frames, write_aligned_frames, write_frames_index
+from astroflow.workflow.logs import setup_logging
 
 log = setup_logging(snakemake.log[0])
 p = snakemake.params

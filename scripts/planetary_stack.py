@@ -3,12 +3,12 @@
 import numpy as np
 import pandas as pd
 
-from astroflow.io.export import save_linear_png, save_tiff16
-from astroflow.io.fits import read_image, write_image
-from astroflow.workflow.logs import setup_logging
-from astroflow.planetary.passes import stack_sequence
-from astroflow.workflow.plots import alignment_points_plot
+from astroflow.io.export import save_linear_png, save_tiff16, save_tiff32
+from astroflow.io.fits import fits_text, iso_date, read_image, write_image
 from astroflow.io.sequence import open_sequence
+from astroflow.planetary.passes import stack_sequence
+from astroflow.workflow.logs import setup_logging
+from astroflow.workflow.plots import alignment_points_plot
 
 log = setup_logging(snakemake.log[0])
 p = snakemake.params
@@ -30,8 +30,8 @@ image, coverage, usage, stats = stack_sequence(
     keep_percent=p.keep_percent,
     keep_count=p.keep_count,
     search=p.ap_search,
-    kappa_low=p.kappa_low,
-    kappa_high=p.kappa_high,
+    sigma_low=p.sigma_low,
+    sigma_high=p.sigma_high,
     max_iters=p.max_iters,
     drizzle=p.drizzle,
     pixfrac=p.pixfrac,
@@ -46,12 +46,25 @@ log.info(
 )
 history = [
     f"astroflow planetary_stack: best {stats['n_keep']} frames at each of {len(points)} "
-    f"alignment points of {p.ap_size} px, sigma clip {p.kappa_low}/{p.kappa_high}, "
+    f"alignment points of {p.ap_size} px, sigma clip {p.sigma_low}/{p.sigma_high}, "
     f"drizzle {p.drizzle}",
     f"astroflow planetary_stack: source {sequence.source}",
 ]
-write_image(snakemake.output.fits, image, {"NCOMBINE": stats["n_keep"], "DRIZZLE": p.drizzle}, history)
+header = {"NCOMBINE": stats["n_keep"], "DRIZZLE": p.drizzle, "BUNIT": "ADU"}
+# The frames stacked at one alignment point or more, or in the fill, span the observation.
+used = usage.loc[(usage["ap_count"] > 0) | usage["in_fill"], "index"]
+times = table.loc[table["index"].isin(used), "timestamp"].dropna()
+stamps = sorted(filter(None, map(iso_date, times)))
+if stamps:
+    # Video and SER frames record no exposure time: the span ends with the last frame's start.
+    header["DATE-OBS"], header["DATE-END"] = stamps[0], stamps[-1]
+# Only SER files name the camera and telescope (in Latin-1 text; FITS strings are ASCII).
+for key, field in (("INSTRUME", "instrument"), ("TELESCOP", "telescope")):
+    if getattr(sequence, "metadata", {}).get(field):
+        header[key] = fits_text(sequence.metadata[field])
+write_image(snakemake.output.fits, image, header, history)
 save_tiff16(snakemake.output.tif, image, description="astroflow lucky-imaging stack")
+save_tiff32(snakemake.output.tif32, image, description="astroflow lucky-imaging stack")
 save_linear_png(snakemake.output.png, image)
 usage.to_csv(snakemake.output.usage, index=False)
 alignment_points_plot(reference, points, p.ap_size, title=snakemake.wildcards.target).savefig(

@@ -1,14 +1,13 @@
-"""Entry script of rule stack: registered lights -> stack.{fits,tif,png} and the rejection map."""
+"""Entry script of rule stack: registered lights -> stack.{fits,tif,png}, stack_f32.tif, rejection map."""
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from astroflow.io.export import save_map_png, save_preview_png, save_tiff16
+from astroflow.deepsky.stack import combine
+from astroflow.io.export import save_map_png, save_preview_png, save_tiff16, save_tiff32
 from astroflow.io.fits import combined_header, read_header, write_image
 from astroflow.workflow.logs import setup_logging
-from astroflow.deepsky.stack import combine
 
 log = setup_logging(snakemake.log[0])
 p = snakemake.params
@@ -21,21 +20,22 @@ log.info("stacking %d of %d lights with %s", len(used), len(registration), p.met
 result = combine(
     list(used["path"]),
     method=p.method,
-    kappa_low=p.kappa_low,
-    kappa_high=p.kappa_high,
+    sigma_low=p.sigma_low,
+    sigma_high=p.sigma_high,
     max_iters=p.max_iters,
     weights=used["weight"].to_numpy(dtype=float),
     normalize=p.normalize,
     memory_mb=p.memory_mb,
 )
 history = [
-    f"astroflow stack: {p.method}, kappa {p.kappa_low}/{p.kappa_high}, normalize {p.normalize}",
+    f"astroflow stack: {p.method}, sigma clip {p.sigma_low}/{p.sigma_high}, normalize {p.normalize}",
     f"astroflow stack: frames {', '.join(used['frame'])}",
 ]
 header = combined_header([read_header(path) for path in used["path"]], history)
 write_image(snakemake.output.fits, result.image, header)
 write_image(snakemake.output.rejection, result.rejected, {"BUNIT": "frames"})
 save_tiff16(snakemake.output.tif, result.image, description="astroflow stack")
+save_tiff32(snakemake.output.tif32, result.image, description="astroflow stack")
 save_preview_png(snakemake.output.png, result.image, **p.preview)
 rejected = result.rejected.sum(axis=2) if result.rejected.ndim == 3 else result.rejected
 save_map_png(snakemake.output.rejection_png, rejected)

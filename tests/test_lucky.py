@@ -5,10 +5,10 @@ import pandas as pd
 import pytest
 from skimage.metrics import peak_signal_noise_ratio
 
+from astroflow.io.sequence import open_sequence
 from astroflow.planetary import lucky
 from astroflow.planetary import passes as planetary
 from astroflow.simulation import planetary as sp
-from astroflow.io.sequence import open_sequence
 
 
 def disc(shape=(200, 240), centre=(100, 120), radius=40, level=200.0, sky=10.0):

@@ -7,7 +7,8 @@ import pytest
 from scipy import ndimage
 from skimage.registration import phase_cross_correlation
 
-from astroflow.restoration.mfbd import FrameFile, SingleFrameWarning, multiframe_deconvolve
+from astroflow.io.framestore import FrameStore
+from astroflow.restoration.mfbd import SingleFrameWarning, multiframe_deconvolve
 from astroflow.simulation.planetary import planet_truth
 from astroflow.simulation.turbulence import convolve, simulate_turbulent_sequence, turbulent_psfs
 
@@ -39,8 +40,8 @@ def support_circle(size):
     return yy**2 + xx**2 <= r**2
 
 
-class SpyFrames(FrameFile):
-    """A FrameFile that records every read."""
+class SpyFrames(FrameStore):
+    """A FrameStore that records every read."""
 
     reads = None
 
@@ -71,49 +72,6 @@ def test_defaults_on_a_short_sequence_gain_detail_and_keep_flux(planet):
     assert info["iterations"] == 10 * math.ceil(N_FRAMES / 8)
     assert registered_psnr(latent, seq.truth) > registered_psnr(mean, seq.truth) + 3
     assert abs(latent.sum() / mean.sum() - 1.0) < 0.02
-
-
-# --- FrameFile -------------------------------------------------------------------------------
-
-
-def test_frame_file_round_trip_and_region_reads(tmp_path):
-    rng = np.random.default_rng(0)
-    frames = rng.normal(size=(5, 20, 30)).astype(np.float32)
-    frames[2, 3:5, 4:9] = np.nan
-    path = tmp_path / "frames.f32"
-    with FrameFile(path, frames.shape) as ff:
-        assert len(ff) == 5 and ff.shape == (5, 20, 30)
-        for i, frame in enumerate(frames):
-            ff.write(i, frame)
-        np.testing.assert_array_equal(ff.read([0, 1, 2, 3, 4]), frames)
-    assert path.stat().st_size == frames.nbytes
-    with FrameFile.open(path, frames.shape) as ff:
-        got = ff.read([4, 2, 2])
-        assert got.dtype == np.float32 and got.shape == (3, 20, 30)
-        np.testing.assert_array_equal(got, frames[[4, 2, 2]])
-        region = ff.read([2, 0], region=(2, 11, 3, 17))
-        np.testing.assert_array_equal(region, frames[[2, 0], 2:11, 3:17])
-        with pytest.raises(OSError):  # opened read-only
-            ff.write(0, frames[0])
-        with pytest.raises(ValueError, match="region"):
-            ff.read([0], region=(5, 5, 0, 10))
-        with pytest.raises(ValueError, match="out of range"):
-            ff.read([5])
-    with pytest.raises(ValueError, match="bytes"):
-        FrameFile.open(path, (6, 20, 30))  # larger than the file
-    with pytest.raises(ValueError, match="shape"):
-        FrameFile(tmp_path / "bad.f32", (5, 20))
-
-
-def test_frame_file_rgb_and_shape_checks(tmp_path):
-    rgb = np.arange(3 * 8 * 10 * 3, dtype=np.float32).reshape(3, 8, 10, 3)
-    with FrameFile(tmp_path / "rgb.f32", rgb.shape) as ff:
-        for i in range(3):
-            ff.write(i, rgb[i])
-        np.testing.assert_array_equal(ff.read([1, 2]), rgb[1:3])
-        np.testing.assert_array_equal(ff.read([0], region=(1, 7, 2, 9)), rgb[:1, 1:7, 2:9])
-        with pytest.raises(ValueError, match="shape"):
-            ff.write(0, rgb[0, :, :, :2])
 
 
 # --- the deconvolution -----------------------------------------------------------------------

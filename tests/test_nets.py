@@ -14,6 +14,14 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
+from astroflow.nets.metrics import image_ssim, psnr, ssim
+from astroflow.nets.training import (
+    HISTORY_COLUMNS,
+    CompositeLoss,
+    ShardDataset,
+    plot_history,
+    train,
+)
 from astroflow.nets.unet import (
     ResUNet,
     WeightsError,
@@ -21,15 +29,6 @@ from astroflow.nets.unet import (
     count_parameters,
     load_weights,
     save_weights,
-)
-from astroflow.nets.training import (
-    HISTORY_COLUMNS,
-    CompositeLoss,
-    ShardDataset,
-    plot_history,
-    psnr,
-    ssim,
-    train,
 )
 
 TINY = {"base": 4, "depth": 2}
@@ -237,6 +236,27 @@ def test_ssim_is_one_for_identical_images_and_falls_with_noise():
     assert ssim(x, x, reduction="none").shape == (2,)
     with pytest.raises(ValueError, match="smaller than the 11-px window"):
         ssim(x[..., :8, :8], x[..., :8, :8])
+
+
+def test_ssim_is_wang_et_al_and_equals_scikit_image_with_their_settings():
+    """One SSIM (11-px Gaussian window, sigma 1.5, population statistics, K = 0.01, 0.03):
+    torch, numpy (channels last) and scikit-image with those settings agree."""
+    from skimage.metrics import structural_similarity
+
+    rng = np.random.default_rng(0)
+    truth = rng.random((40, 48, 3)) * 500.0
+    image = truth + rng.normal(0.0, 40.0, truth.shape)
+    expected = structural_similarity(
+        truth, image, data_range=500.0, channel_axis=-1, gaussian_weights=True, sigma=1.5,
+        use_sample_covariance=False,
+    )
+    value, smap = image_ssim(truth, image, data_range=500.0, full=True)
+    assert value == pytest.approx(expected, abs=1e-10)
+    assert smap.shape == (40, 48) and np.isnan(smap[:5]).all() and np.isnan(smap[:, -5:]).all()
+    assert np.nanmean(smap) == pytest.approx(value, abs=1e-12)
+    tensors = [torch.from_numpy(a.transpose(2, 0, 1) / 500.0).float() for a in (truth, image)]
+    assert ssim(*tensors).item() == pytest.approx(expected, abs=1e-5)
+    assert image_ssim(truth[..., 0], truth[..., 0], data_range=500.0) == pytest.approx(1.0)
 
 
 def test_psnr_in_db():

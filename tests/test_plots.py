@@ -211,7 +211,7 @@ class ConfigDict(dict):
 def test_config_page_shows_the_configuration_as_escaped_yaml():
     config = ConfigDict(
         targets={"m42": {"kind": "deep-sky", "lights": "data/<m42>&lights"}},
-        stacking={"method": "winsorized", "kappa_low": 3.0},
+        stacking={"method": "winsorized", "sigma_low": 3.0},
     )
     page = config_page(config)
     assert page.startswith("<!doctype html>") and "<m42>" not in page

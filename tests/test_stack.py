@@ -13,8 +13,8 @@ from astropy.nddata import CCDData
 from astropy.stats import sigma_clip
 
 import astroflow.deepsky.stack as stack
-from astroflow.io.fits import write_image, write_rejected
 from astroflow.deepsky.stack import StackResult, combine, combine_chunk
+from astroflow.io.fits import write_image, write_rejected
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -54,8 +54,8 @@ def with_outliers(rng, frames, fraction=0.04, amplitude=300.0):
 @pytest.mark.filterwarnings("ignore:Input data contains invalid values")
 @pytest.mark.parametrize("n_frames", [13, 70])  # sorting network; numpy.sort beyond 64 frames
 @pytest.mark.parametrize("max_iters", [1, 2, 10])
-@pytest.mark.parametrize(("kappa_low", "kappa_high"), [(3.0, 3.0), (2.5, 2.0)])
-def test_sigma_clip_matches_astropy(n_frames, max_iters, kappa_low, kappa_high):
+@pytest.mark.parametrize(("sigma_low", "sigma_high"), [(3.0, 3.0), (2.5, 2.0)])
+def test_sigma_clip_matches_astropy(n_frames, max_iters, sigma_low, sigma_high):
     rng = np.random.default_rng(1)
     cube = rng.normal(SKY, NOISE, (n_frames, 30, 40)).astype(np.float32)
     for amplitude in (15, 25, 60, -40, 400):
@@ -63,8 +63,8 @@ def test_sigma_clip_matches_astropy(n_frames, max_iters, kappa_low, kappa_high):
     cube[rng.random(cube.shape) < 0.05] = np.nan
     ref = sigma_clip(
         cube,
-        sigma_lower=kappa_low,
-        sigma_upper=kappa_high,
+        sigma_lower=sigma_low,
+        sigma_upper=sigma_high,
         maxiters=max_iters,
         cenfunc="median",
         stdfunc="std",
@@ -72,7 +72,7 @@ def test_sigma_clip_matches_astropy(n_frames, max_iters, kappa_low, kappa_high):
         masked=True,
     )
     image, rejected, used = combine_chunk(
-        cube, method="sigma_clip", kappa_low=kappa_low, kappa_high=kappa_high, max_iters=max_iters
+        cube, method="sigma_clip", sigma_low=sigma_low, sigma_high=sigma_high, max_iters=max_iters
     )
     kept = (~ref.mask).sum(axis=0)
     np.testing.assert_array_equal(used, kept)
@@ -81,7 +81,7 @@ def test_sigma_clip_matches_astropy(n_frames, max_iters, kappa_low, kappa_high):
     assert image.dtype == np.float32 and used.dtype == np.int16 and rejected.dtype == np.int16
 
 
-def siril_winsorized(samples, kappa_low, kappa_high, max_iters):
+def siril_winsorized(samples, sigma_low, sigma_high, max_iters):
     """Kept samples of one pixel by winsorized sigma clipping, written as Siril's loop is."""
     kept = np.sort(samples[np.isfinite(samples)]).astype(np.float64)
     for _ in range(max_iters):
@@ -96,7 +96,7 @@ def siril_winsorized(samples, kappa_low, kappa_high, max_iters):
             sigma = 1.134 * winsorized.std(ddof=1) if kept.size > 1 else 0.0
             if not abs(sigma - previous) > previous * 5e-4:
                 break
-        keep = (median - kept <= kappa_low * sigma) & (kept - median <= kappa_high * sigma)
+        keep = (median - kept <= sigma_low * sigma) & (kept - median <= sigma_high * sigma)
         if keep.all():
             break
         kept = kept[keep]
@@ -109,7 +109,7 @@ def test_winsorized_matches_a_per_pixel_reference():
     for amplitude in (12, 20, 40, -30, 500):
         cube[rng.random(cube.shape) < 0.04] += amplitude
     cube[rng.random(cube.shape) < 0.05] = np.nan
-    image, _, used = combine_chunk(cube, method="winsorized", kappa_low=2.5, kappa_high=3.0)
+    image, _, used = combine_chunk(cube, method="winsorized", sigma_low=2.5, sigma_high=3.0)
     reference = [siril_winsorized(cube[:, i, j], 2.5, 3.0, 5) for i, j in np.ndindex(12, 15)]
     ref_used = np.array([r.size for r in reference]).reshape(12, 15)
     ref_mean = np.array([r.mean() for r in reference]).reshape(12, 15)
@@ -141,7 +141,7 @@ def test_chunked_read_equals_single_chunk(tmp_path, monkeypatch):
     frames = with_outliers(rng, make_frames(rng, n=12, shape=(64, 50)))
     frames[2, :10, :7] = np.nan
     paths = write_frames(tmp_path, frames)
-    whole = combine(paths, method="winsorized", memory_mb=64)
+    whole = combine(paths, method="winsorized", normalize="additive_scaling", memory_mb=64)
     calls = []
     real_read = stack._read_rows
 
@@ -150,7 +150,7 @@ def test_chunked_read_equals_single_chunk(tmp_path, monkeypatch):
         real_read(path, r0, r1, out)
 
     monkeypatch.setattr(stack, "_read_rows", counting_read)
-    chunked = combine(paths, method="winsorized", memory_mb=1.08)
+    chunked = combine(paths, method="winsorized", normalize="additive_scaling", memory_mb=1.08)
     assert len(set(calls)) >= 3, "the tight budget should force several row chunks"
     np.testing.assert_array_equal(chunked.offset, whole.offset)
     np.testing.assert_allclose(chunked.image, whole.image, rtol=1e-6)
@@ -159,6 +159,39 @@ def test_chunked_read_equals_single_chunk(tmp_path, monkeypatch):
     normalised = frames * whole.scale[:, None, None] + whole.offset[:, None, None]
     image, _, _ = combine_chunk(normalised.astype(np.float32), method="winsorized")
     np.testing.assert_allclose(whole.image, image, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("channels", [None, 3], ids=["mono", "rgb"])
+def test_row_chunks_follow_the_row_order_of_each_file(tmp_path, monkeypatch, channels):
+    rng = np.random.default_rng(16)
+    frames = make_frames(rng, n=5, shape=(60, 40), channels=channels)
+    frames[:, :9, :6] = np.nan  # no data in the top-left corner of every frame
+    ours = write_frames(tmp_path, frames)  # stored bottom-up, ROWORDER = 'BOTTOM-UP'
+    # The same frames, one of them from a camera driver that stores the rows top-down and
+    # says so.
+    mixed = write_frames(tmp_path, frames, prefix="mixed")
+    hdu = fits.PrimaryHDU(np.moveaxis(frames[4], -1, 0) if channels else frames[4])
+    hdu.header["ROWORDER"] = "TOP-DOWN"
+    hdu.writeto(mixed[4], overwrite=True)
+    chunks = []
+    real_read = stack._read_rows
+
+    def counting_read(path, r0, r1, out):
+        chunks.append((r0, r1))
+        real_read(path, r0, r1, out)
+
+    monkeypatch.setattr(stack, "_read_rows", counting_read)
+    budget = 1.07 if channels else 1.03  # a few rows a chunk
+    result = combine(mixed, method="mean", normalize="additive", memory_mb=budget)
+    assert len(set(chunks)) >= 3, "the tight budget should force several row chunks"
+    reference = combine(ours, method="mean", normalize="additive", memory_mb=budget)
+    # The background of each frame is sampled from the same pixels, whatever its row order.
+    np.testing.assert_array_equal(result.offset, reference.offset)
+    np.testing.assert_array_equal(result.image, reference.image)
+    normalised = frames + reference.offset[:, None, None]
+    expected, _, _ = combine_chunk(normalised.astype(np.float32), method="mean")
+    np.testing.assert_allclose(result.image, expected, rtol=1e-6)
+    assert np.isnan(result.image[:9, :6]).all() and np.isfinite(result.image[9:]).all()
 
 
 @pytest.mark.parametrize("method", ["mean", "median", "sigma_clip", "winsorized"])
@@ -170,7 +203,10 @@ def test_peak_memory_stays_under_budget(tmp_path, method):
     assert n * shape[0] * shape[1] * 4 > 2 * budget_mb * 2**20, "frames must not fit the budget"
     tracemalloc.start()
     try:
-        result = combine(paths, method=method, memory_mb=budget_mb, weights=np.linspace(1, 2, n))
+        result = combine(
+            paths, method=method, normalize="additive_scaling", memory_mb=budget_mb,
+            weights=np.linspace(1, 2, n),
+        )
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -182,7 +218,7 @@ def test_budget_too_small_raises(tmp_path):
     rng = np.random.default_rng(5)
     paths = write_frames(tmp_path, make_frames(rng, n=4))
     with pytest.raises(ValueError, match="memory_mb=0.5 is too small"):
-        combine(paths, memory_mb=0.5)
+        combine(paths, normalize="additive_scaling", memory_mb=0.5)
 
 
 def test_files_are_closed_after_combine(tmp_path):
@@ -191,7 +227,7 @@ def test_files_are_closed_after_combine(tmp_path):
     rng = np.random.default_rng(6)
     paths = write_frames(tmp_path, make_frames(rng, n=6))
     before = len(os.listdir("/proc/self/fd"))
-    combine(paths, memory_mb=1.1)
+    combine(paths, normalize="additive_scaling", memory_mb=1.1)
     assert len(os.listdir("/proc/self/fd")) == before
     maps = Path("/proc/self/maps").read_text()
     assert str(tmp_path) not in maps
@@ -253,8 +289,8 @@ def test_normalisation_handles_offset_and_scale(tmp_path):
     frames[3] += 200.0  # brighter sky
     frames[5] = frames[5] * 1.5 + 40.0  # more transparent and brighter
     paths = write_frames(tmp_path, frames)
-    raw = combine(paths, normalize="none")
-    norm = combine(paths, normalize="additive_scaling")
+    raw = combine(paths, normalize="none", memory_mb=1024)
+    norm = combine(paths, normalize="additive_scaling", memory_mb=1024)
     # Without normalisation frames 3 and 5 are rejected wholesale; with it almost nothing is.
     assert raw.rejected.mean() > 1.8
     assert norm.rejected.mean() < 0.3
@@ -265,11 +301,11 @@ def test_normalisation_handles_offset_and_scale(tmp_path):
     np.testing.assert_allclose(np.median(normalised, axis=(1, 2)), np.median(frames[0]), atol=1.0)
     np.testing.assert_allclose(np.median(norm.image), np.median(frames[0]), atol=1.0)
 
-    additive = combine(paths, method="sigma_clip", normalize="additive")
+    additive = combine(paths, method="sigma_clip", normalize="additive", memory_mb=1024)
     assert additive.offset[3] == pytest.approx(-200, abs=3)
     assert np.all(additive.scale == 1)
     doubled = write_frames(tmp_path, [frames[0], frames[0] * 2.0], prefix="doubled")
-    multiplicative = combine(doubled, method="mean", normalize="multiplicative")
+    multiplicative = combine(doubled, method="mean", normalize="multiplicative", memory_mb=1024)
     np.testing.assert_allclose(multiplicative.scale, [1.0, 0.5], rtol=1e-6)
     np.testing.assert_allclose(multiplicative.image, frames[0], rtol=1e-6)
 
@@ -302,7 +338,7 @@ def test_one_or_two_frames_are_averaged(method, n_frames):
 
 def test_all_rejected_falls_back_to_median():
     cube = np.array([1.0, 3.0], dtype=np.float32).reshape(2, 1, 1)
-    image, rejected, used = combine_chunk(cube, method="sigma_clip", kappa_low=0.5, kappa_high=0.5)
+    image, rejected, used = combine_chunk(cube, method="sigma_clip", sigma_low=0.5, sigma_high=0.5)
     assert image[0, 0] == 2.0 and used[0, 0] == 2 and rejected[0, 0] == 0
 
 
@@ -349,7 +385,7 @@ def test_rgb_files(tmp_path):
     shifted = frames.copy()
     shifted[1, ..., 2] += 30.0
     shifted_paths = write_frames(tmp_path, shifted, prefix="shifted")
-    normalised = combine(shifted_paths, method="sigma_clip", normalize="additive")
+    normalised = combine(shifted_paths, method="sigma_clip", normalize="additive", memory_mb=1024)
     assert normalised.offset.shape == (6, 3)
     assert normalised.offset[1, 2] == pytest.approx(-30, abs=2)
     assert np.all(np.abs(normalised.offset[1, :2]) < 2)
@@ -361,7 +397,7 @@ def test_shape_mismatch_names_the_files(tmp_path):
     odd = tmp_path / "odd.fits"
     write_image(odd, make_frames(rng, n=1, shape=(40, 40))[0])
     with pytest.raises(ValueError, match="differ in shape") as info:
-        combine(paths + [odd])
+        combine(paths + [odd], normalize="additive_scaling", memory_mb=1024)
     assert str(odd) in str(info.value) and str(paths[0]) in str(info.value)
 
 
@@ -371,14 +407,14 @@ def test_rejected_placeholder_raises(tmp_path):
     bad = tmp_path / "cloudy.fits"
     write_rejected(bad, "no stars found")
     with pytest.raises(ValueError, match="cloudy.fits: frame was rejected: no stars found"):
-        combine(paths + [bad])
+        combine(paths + [bad], normalize="additive_scaling", memory_mb=1024)
 
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
         ({"method": "sum"}, "method must be"),
-        ({"kappa_low": -1.0}, "kappa"),
+        ({"sigma_low": -1.0}, "sigma_low"),
         ({"max_iters": 0}, "max_iters"),
         ({"weights": [1.0, 2.0]}, "weights must have shape"),
         ({"weights": [1.0, 0.0, 1.0]}, "weights must be finite and > 0"),
@@ -400,7 +436,7 @@ def test_real_bias_frames_match_ccdproc(tmp_path):
     assert len(sources) >= 10
     frames = [fits.getdata(p).astype(np.float32)[:128] for p in sources]
     paths = write_frames(tmp_path, frames, prefix="bias")
-    ours = combine(paths, method="sigma_clip", max_iters=1, normalize="none")
+    ours = combine(paths, method="sigma_clip", max_iters=1, normalize="none", memory_mb=1024)
     theirs = ccdproc.combine(
         [CCDData(f, unit="adu") for f in frames],
         method="average",

@@ -31,7 +31,7 @@ SPARSE = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sample(seed, kind=None, size=256, channels=3, **overrides):
     return render_sample(
         np.random.default_rng([11, seed]),

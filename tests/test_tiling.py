@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from astroflow.nets.unet import ResUNet
 from astroflow.nets.tiling import blend_weights, predict_tiled, tile_grid
+from astroflow.nets.unet import ResUNet
 
 
 @pytest.fixture(autouse=True)

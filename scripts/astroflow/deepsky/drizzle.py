@@ -35,31 +35,13 @@ import cv2
 import numpy as np
 from scipy import sparse
 
+from astroflow.checks import check_float
+
 _INTERPOLATIONS = {
     "lanczos": cv2.INTER_LANCZOS4,
     "cubic": cv2.INTER_CUBIC,
     "linear": cv2.INTER_LINEAR,
 }
-
-
-def _real(name, value):
-    """``value`` as a finite float (Python or numpy real scalar, or 0-d array), else ValueError."""
-    if isinstance(value, (bool, np.bool_)) or np.ndim(value) != 0:
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a finite number, got {value!r}") from None
-    if not np.isfinite(number) or np.iscomplexobj(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return number
-
-
-def _check_scale(scale):
-    scale = _real("scale", scale)
-    if scale <= 0:
-        raise ValueError(f"scale must be > 0, got {scale!r}")
-    return scale
 
 
 def _overlap_matrix(n_out, n_in, offset, scale, pixfrac):
@@ -155,12 +137,10 @@ def drizzle_add(data_sum, weight_sum, patch, dy, dx, *, scale, pixfrac=1.0, weig
     (:func:`drizzle_finish`).  It keeps the surface brightness of the input (ADU per *input*
     pixel area); divide by ``scale**2`` for ADU per output pixel, i.e. to conserve total flux.
     """
-    scale = _check_scale(scale)
-    pixfrac = _real("pixfrac", pixfrac)
-    if not 0.0 < pixfrac <= 1.0:
-        raise ValueError(f"pixfrac must be in (0, 1], got {pixfrac!r}")
-    dy = _real("dy", dy)
-    dx = _real("dx", dx)
+    scale = check_float("scale", scale, 0.0, strict=True)
+    pixfrac = check_float("pixfrac", pixfrac, 0.0, strict=True, high=1.0)
+    dy = check_float("dy", dy, None)
+    dx = check_float("dx", dx, None)
     for name, array in (("data_sum", data_sum), ("weight_sum", weight_sum)):
         if not isinstance(array, np.ndarray) or array.dtype not in (np.float32, np.float64):
             raise TypeError(
@@ -307,7 +287,7 @@ def upsample(image, scale, *, method="lanczos"):
     one and two dimensions", J. Appl. Meteor. 18, 1016 (1979); R. Keys, "Cubic convolution
     interpolation for digital image processing", IEEE Trans. ASSP 29, 1153 (1981).
     """
-    scale = _check_scale(scale)
+    scale = check_float("scale", scale, 0.0, strict=True)
     if method not in _INTERPOLATIONS:
         raise ValueError(f"method must be one of {sorted(_INTERPOLATIONS)}, got {method!r}")
     image = np.asarray(image)

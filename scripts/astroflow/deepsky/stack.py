@@ -21,8 +21,9 @@ Rejection methods:
   Huber's robust sigma, the sample standard deviation (``ddof=1``, as Siril) of the kept
   samples winsorised at ``median +- 1.5 sigma`` times ``1.134`` (which makes it unbiased for
   Gaussian data), iterated with cumulative winsorisation until it changes by less than
-  0.05 %; samples more than ``kappa`` such sigmas from the median are rejected, and the whole
-  is iterated like ``"sigma_clip"``. P. J. Huber, *Robust Statistics* (Wiley, 1981), ch. 5.
+  0.05 %; samples more than ``sigma_low`` (below) or ``sigma_high`` (above) such sigmas from
+  the median are rejected, and the whole is iterated like ``"sigma_clip"``. P. J. Huber,
+  *Robust Statistics* (Wiley, 1981), ch. 5.
 
 The combined value is the weighted mean of the kept samples; where every valid sample of a
 pixel is rejected it is the median of its valid samples, and it is NaN only where no frame
@@ -38,7 +39,8 @@ from dataclasses import dataclass
 import numpy as np
 from astropy.io import fits
 
-from astroflow.io.fits import REASON_KEY, image_shape, is_rejected
+from astroflow.checks import check_float, check_int
+from astroflow.io.fits import REASON_KEY, image_shape, is_rejected, top_down_rows
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +101,7 @@ class StackResult:
     scale: np.ndarray
 
 
-def combine_chunk(cube, *, method, kappa_low=3.0, kappa_high=3.0, max_iters=5, weights=None):
+def combine_chunk(cube, *, method, sigma_low=3.0, sigma_high=3.0, max_iters=5, weights=None):
     """Combine an in-memory stack of frames pixel by pixel, with outlier rejection.
 
     Parameters
@@ -111,7 +113,7 @@ def combine_chunk(cube, *, method, kappa_low=3.0, kappa_high=3.0, max_iters=5, w
         ``"mean"``: weighted mean of the valid samples; ``"median"``: their median (weights
         are not used); ``"sigma_clip"`` and ``"winsorized"``: the rejections described in the
         module docstring, then the weighted mean of the kept samples.
-    kappa_low, kappa_high : float, optional
+    sigma_low, sigma_high : float, optional
         Rejection thresholds below and above the median, in sigmas (>= 0). Default 3.0.
     max_iters : int, optional
         Most rejection iterations (>= 1); iteration stops earlier when nothing changes.
@@ -132,13 +134,15 @@ def combine_chunk(cube, *, method, kappa_low=3.0, kappa_high=3.0, max_iters=5, w
     Raises
     ------
     ValueError
-        For a cube that is not 3-D or 4-D, an unknown method, negative kappas, ``max_iters``
+        For a cube that is not 3-D or 4-D, an unknown method, negative thresholds, ``max_iters``
         below 1, more than 32767 frames, or weights of the wrong length or not positive.
     """
     cube = np.asarray(cube, dtype=np.float32)
     if cube.ndim not in (3, 4):
         raise ValueError(f"cube must be (N, rows, W) or (N, rows, W, C), got shape {cube.shape}")
-    _check_settings(method, kappa_low, kappa_high, max_iters, cube.shape[0])
+    sigma_low, sigma_high, max_iters = _check_settings(
+        method, sigma_low, sigma_high, max_iters, cube.shape[0]
+    )
     w = _normalised_weights(weights, cube.shape[0])
     out_shape = cube.shape[1:]
     image = np.empty(out_shape, dtype=np.float32)
@@ -150,9 +154,9 @@ def combine_chunk(cube, *, method, kappa_low=3.0, kappa_high=3.0, max_iters=5, w
         rejected.reshape(-1),
         used.reshape(-1),
         method=method,
-        kappa_low=float(kappa_low),
-        kappa_high=float(kappa_high),
-        max_iters=int(max_iters),
+        sigma_low=sigma_low,
+        sigma_high=sigma_high,
+        max_iters=max_iters,
         weights=w,
         work=_workspace(cube.shape[0], max(1, min(_default_block(cube.shape[0]), image.size))),
     )
@@ -163,12 +167,12 @@ def combine(
     paths,
     *,
     method="winsorized",
-    kappa_low=3.0,
-    kappa_high=3.0,
+    sigma_low=3.0,
+    sigma_high=3.0,
     max_iters=5,
     weights=None,
-    normalize="additive_scaling",
-    memory_mb=1024,
+    normalize,
+    memory_mb,
 ):
     """Stack registered FITS frames in row chunks that fit a memory budget.
 
@@ -180,25 +184,27 @@ def combine(
     Parameters
     ----------
     paths : sequence of str or os.PathLike
-        FITS files written by :func:`astroflow.fitsio.write_image`: unscaled data (float32),
-        ``(H, W)`` or ``(C, H, W)`` on disk, all the same shape. NaN marks no data.
+        FITS files written by :func:`astroflow.io.fits.write_image`: unscaled data (float32),
+        ``(H, W)`` or ``(C, H, W)`` on disk, all the same shape, rows in the order that
+        ``ROWORDER`` says (:func:`astroflow.io.fits.top_down_rows`). NaN marks no data.
     method : {"mean", "median", "sigma_clip", "winsorized"}, optional
         See :func:`combine_chunk`. Default "winsorized".
-    kappa_low, kappa_high : float, optional
+    sigma_low, sigma_high : float, optional
         Rejection thresholds in sigmas. Default 3.0.
     max_iters : int, optional
         Most rejection iterations. Default 5.
     weights : array_like or None, optional
         ``(N,)`` positive per-frame weights (e.g. inverse noise variance); default equal.
-    normalize : {"none", "additive", "multiplicative", "additive_scaling"}, optional
+    normalize : {"none", "additive", "multiplicative", "additive_scaling"}
         Per-frame (and per-channel) normalisation to the first frame before rejection, so that
         a frame with a brighter sky is not rejected wholesale: ``"additive"`` matches the median
         background, ``"multiplicative"`` scales by the ratio of medians, ``"additive_scaling"``
         (Siril's default) matches the median and the scale (1.4826 MAD). The location and
-        scale are estimated on a strided subsample of about 65k pixels per channel.
-        Default "additive_scaling".
-    memory_mb : float, optional
-        Memory budget in MiB for everything this function allocates. Default 1024.
+        scale are estimated on a strided subsample of about 65k pixels per channel. No default:
+        the pipeline's is ``stacking.normalize`` in ``schemas/config.schema.yaml``.
+    memory_mb : float
+        Memory budget in MiB for everything this function allocates (the pipeline's:
+        ``stacking.memory_mb``).
 
     Returns
     -------
@@ -217,7 +223,9 @@ def combine(
     if not paths:
         raise ValueError("combine: no frames to stack")
     n_frames = len(paths)
-    _check_settings(method, kappa_low, kappa_high, max_iters, n_frames)
+    sigma_low, sigma_high, max_iters = _check_settings(
+        method, sigma_low, sigma_high, max_iters, n_frames
+    )
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
     w = _normalised_weights(weights, n_frames)
@@ -274,9 +282,9 @@ def combine(
             rejected[r0:r1].reshape(-1),
             used[r0:r1].reshape(-1),
             method=method,
-            kappa_low=float(kappa_low),
-            kappa_high=float(kappa_high),
-            max_iters=int(max_iters),
+            sigma_low=sigma_low,
+            sigma_high=sigma_high,
+            max_iters=max_iters,
             weights=w,
             work=work,
         )
@@ -287,15 +295,17 @@ def combine(
     )
 
 
-def _check_settings(method, kappa_low, kappa_high, max_iters, n_frames):
+def _check_settings(method, sigma_low, sigma_high, max_iters, n_frames):
+    """The checked ``(sigma_low, sigma_high, max_iters)`` as float, float, int."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if not (kappa_low >= 0 and kappa_high >= 0):
-        raise ValueError(f"kappa_low and kappa_high must be >= 0, got {kappa_low}, {kappa_high}")
-    if int(max_iters) != max_iters or max_iters < 1:
-        raise ValueError(f"max_iters must be an integer >= 1, got {max_iters}")
     if n_frames < 1 or n_frames > np.iinfo(np.int16).max:
         raise ValueError(f"can stack 1 to 32767 frames, got {n_frames}")
+    return (
+        check_float("sigma_low", sigma_low, 0.0),
+        check_float("sigma_high", sigma_high, 0.0),
+        check_int("max_iters", max_iters, 1),
+    )
 
 
 def _normalised_weights(weights, n_frames):
@@ -328,7 +338,7 @@ def _common_shape(paths):
             if header.get("BSCALE", 1) != 1 or header.get("BZERO", 0) != 0:
                 raise ValueError(
                     f"{path}: scaled data (BZERO/BSCALE) cannot be read in row chunks; "
-                    "write frames with astroflow.fitsio.write_image"
+                    "write frames with astroflow.io.fits.write_image"
                 )
             shapes[path] = image_shape(header)
     distinct = sorted(set(shapes.values()))
@@ -345,7 +355,8 @@ def _read_rows(path, r0, r1, out):
     # One file open at a time: the memory map is closed before the next file, so neither
     # file handles nor mapped pages pile up with the number of frames.
     with fits.open(path, memmap=True, do_not_scale_image_data=True) as hdul:
-        data = hdul[0].data
+        # A reversed view of the map: rows r0:r1 from the top are read, and only they.
+        data = top_down_rows(hdul[0].data, hdul[0].header)
         if data.ndim == 2:
             out[...] = data[r0:r1]
         else:
@@ -365,7 +376,8 @@ def _normalisation(paths, normalize, shape, sample_pixels):
     spread = np.empty((n_frames, channels))
     for i, path in enumerate(paths):
         with fits.open(path, memmap=True, do_not_scale_image_data=True) as hdul:
-            data = hdul[0].data
+            # Sampled from the top row down, as the frame is in memory.
+            data = top_down_rows(hdul[0].data, hdul[0].header)
             sample = np.array(data[..., ::stride, ::stride], dtype=np.float32).reshape(channels, -1)
             del data
         for c in range(channels):
@@ -394,7 +406,7 @@ def _normalisation(paths, normalize, shape, sample_pixels):
     return offset, scale
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sorting_network(n):
     """Comparator pairs of Batcher's odd-even merge sort for ``n`` inputs (any ``n``).
 
@@ -561,7 +573,7 @@ def _winsorized_sigma(stk, e, e_lo, e_hi, lo, hi, sigma):
     return sigma
 
 
-def _reject_once(stk, lo, hi, method, kappa_low, kappa_high, centre):
+def _reject_once(stk, lo, hi, method, sigma_low, sigma_high, centre):
     """One rejection pass around ``centre``, the median of each run: the new runs ``[lo, hi)``."""
     count = (hi - lo).astype(np.float32)
     e, e_lo, e_hi = stk.clamped(lo, hi, centre)
@@ -571,8 +583,8 @@ def _reject_once(stk, lo, hi, method, kappa_low, kappa_high, centre):
     else:
         sigma = _std(total, squares, count)
     del e
-    new_lo = np.maximum(lo, stk.count_below(centre - np.float32(kappa_low) * sigma))
-    new_hi = np.minimum(hi, stk.count_at_or_below(centre + np.float32(kappa_high) * sigma))
+    new_lo = np.maximum(lo, stk.count_below(centre - np.float32(sigma_low) * sigma))
+    new_hi = np.minimum(hi, stk.count_at_or_below(centre + np.float32(sigma_high) * sigma))
     # An emptied run (NaN centre) stays empty; the caller falls back to the median there.
     empty = hi <= lo
     new_lo[empty], new_hi[empty] = lo[empty], hi[empty]
@@ -591,7 +603,7 @@ def _workspace(n_frames, block):
 
 
 def _combine_pixels(
-    cube, image, rejected, used, *, method, kappa_low, kappa_high, max_iters, weights, work
+    cube, image, rejected, used, *, method, sigma_low, sigma_high, max_iters, weights, work
 ):
     """Combine ``cube`` (N, P) float32 into the (P,) outputs, block of pixels by block.
 
@@ -602,11 +614,11 @@ def _combine_pixels(
     for b0 in range(0, p, b):
         b1 = min(p, b0 + b)
         image[b0:b1], rejected[b0:b1], used[b0:b1] = _combine_block(
-            cube[:, b0:b1], work, method, kappa_low, kappa_high, max_iters, weights
+            cube[:, b0:b1], work, method, sigma_low, sigma_high, max_iters, weights
         )
 
 
-def _combine_block(x, work, method, kappa_low, kappa_high, max_iters, weights):
+def _combine_block(x, work, method, sigma_low, sigma_high, max_iters, weights):
     if method == "mean":
         return _mean_all(x, weights)
     stk = _SortedStack.from_frames(x, work)
@@ -620,7 +632,7 @@ def _combine_block(x, work, method, kappa_low, kappa_high, max_iters, weights):
     # passes only visit the pixels that changed (a few percent after the first).
     columns, act, lo_act, hi_act, centre = np.arange(nvalid.size), stk, lo, hi, median_all
     for _ in range(max_iters):
-        new_lo, new_hi = _reject_once(act, lo_act, hi_act, method, kappa_low, kappa_high, centre)
+        new_lo, new_hi = _reject_once(act, lo_act, hi_act, method, sigma_low, sigma_high, centre)
         changed = (new_lo != lo_act) | (new_hi != hi_act)
         lo[columns], hi[columns] = new_lo, new_hi
         if not changed.any():

@@ -1,4 +1,5 @@
-"""astroflow's neural networks: the U-Net, its training loop and data shards, tiled inference.
+"""astroflow's neural networks: the U-Net, its training loop and data shards, tiled inference,
+image metrics (PSNR, SSIM).
 
-Modules: ``unet``, ``training``, ``tiling``.
+Modules: ``unet``, ``training``, ``tiling``, ``metrics``.
 """

@@ -16,32 +16,20 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from astroflow.blend import blend_ramp
+from astroflow.checks import check_image, check_int
+
 __all__ = ["blend_weights", "predict_tiled", "tile_grid"]
 
 
 def _check_tiling(tile, overlap):
-    for name, value in (("tile", tile), ("overlap", overlap)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise ValueError(f"{name} must be an integer, got {value!r}")
-    if overlap < 0:
-        raise ValueError(f"overlap must be >= 0, got {overlap}")
+    tile, overlap = check_int("tile", tile, 1), check_int("overlap", overlap, 0)
     if tile <= 2 * overlap:
         raise ValueError(
             f"tile ({tile} px) must be larger than twice the overlap ({overlap} px), so that "
             "each tile has a part that no neighbouring tile's overlap covers"
         )
-    return int(tile), int(overlap)
-
-
-def _ramp(overlap):
-    """Rising edge of the blending weight over ``overlap`` pixels (float64).
-
-    ``r[i] + r[overlap - 1 - i] == 1``: zero on the first ``overlap // 4`` pixels, one on the
-    last ``overlap // 4``, ``sin**2`` in between (sampled at pixel centres).
-    """
-    rim = overlap // 4
-    t = (np.arange(overlap) + 0.5 - rim) / (overlap - 2 * rim)
-    return np.sin(0.5 * np.pi * np.clip(t, 0.0, 1.0)) ** 2
+    return tile, overlap
 
 
 def blend_weights(tile, overlap):
@@ -71,7 +59,7 @@ def blend_weights(tile, overlap):
     tile, overlap = _check_tiling(tile, overlap)
     profile = np.ones(tile)
     if overlap:
-        ramp = _ramp(overlap)
+        ramp = blend_ramp(overlap)
         profile[:overlap] = ramp
         profile[tile - overlap :] = ramp[::-1]
     return np.outer(profile, profile).astype(np.float32)
@@ -141,21 +129,10 @@ def predict_tiled(fn, image, *, tile=256, overlap=32, batch=4, device="cpu"):
     padded image and one float32 plane of weights, plus ``batch`` tiles.
     """
     tile, overlap = _check_tiling(tile, overlap)
-    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
-        raise ValueError(f"batch must be an integer >= 1, got {batch!r}")
-    image = np.asarray(image)
-    if image.ndim not in (2, 3):
-        raise ValueError(f"image must be (H, W) or (H, W, C), got an array of shape {image.shape}")
-    if image.size == 0:
-        raise ValueError(f"image is empty (shape {image.shape})")
-    if not np.issubdtype(image.dtype, np.number) or np.issubdtype(image.dtype, np.complexfloating):
-        raise ValueError(f"image must hold real numbers, got dtype {image.dtype}")
-    if not np.all(np.isfinite(image)):
-        n_bad = int(np.count_nonzero(~np.isfinite(image)))
-        raise ValueError(
-            f"image contains {n_bad} NaN or infinite value(s); replace them before applying "
-            "the network"
-        )
+    batch = check_int("batch", batch, 1)
+    image = check_image(
+        "image", image, channels=True, remedy="replace them before applying the network"
+    )
     mono = image.ndim == 2
     x = image.astype(np.float32, copy=False)
     if mono:

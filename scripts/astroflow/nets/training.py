@@ -1,12 +1,13 @@
-"""Training of astroflow's image-to-image networks: data shards, losses, metrics, the loop.
+"""Training of astroflow's image-to-image networks: data shards, the loss, the loop.
 
 Training pairs are stored in ``.npz`` shards, each with an input and a target array of shape
 ``(N, C, H, W)`` (``uint16`` meaning ``value / 65535``, or float).  :class:`ShardDataset` cuts
 random, augmented crops from them; :func:`train` optimises a network with AdamW (Loshchilov &
 Hutter 2019) under a linear warm-up and cosine learning-rate schedule (Loshchilov & Hutter 2017,
 SGDR, without restarts) on :class:`CompositeLoss` (L1 + SSIM + Fourier amplitude), validates on
-held-out shards after every epoch (loss, :func:`psnr`, :func:`ssim`), and checkpoints so an
-interrupted run continues exactly where it stopped.
+held-out shards after every epoch (loss, :func:`astroflow.nets.metrics.psnr` and
+:func:`astroflow.nets.metrics.ssim`), and checkpoints so an interrupted run continues exactly
+where it stopped.
 
 On the CPU a run is deterministic: the same seed, data and initial weights give bit-identical
 weights, and a resumed run ends with the same weights as an uninterrupted one (with the same
@@ -41,19 +42,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import nn
 
+from astroflow.checks import check_float, check_int
 from astroflow.io.atomic import atomic_write
+from astroflow.nets.metrics import SSIM_SIGMA, SSIM_WINDOW, as_batch, psnr, ssim
 
 __all__ = [
     "HISTORY_COLUMNS",
     "CompositeLoss",
     "ShardDataset",
     "plot_history",
-    "psnr",
-    "ssim",
     "train",
 ]
 
@@ -68,9 +68,6 @@ HISTORY_COLUMNS = (
     "lr",
     "seconds",
 )
-
-#: Upper bound of :func:`psnr` (identical images), in dB: an MSE floor of 1e-10.
-MAX_PSNR_DB = 100.0
 
 _SCALES = {np.dtype(np.uint16): 65535.0, np.dtype(np.uint8): 255.0}
 _CHECKPOINT_FORMAT = "astroflow-training-checkpoint"
@@ -173,8 +170,8 @@ class ShardDataset(torch.utils.data.Dataset):
         self.shards = [Path(s) for s in shards]
         if not self.shards:
             raise ValueError("no shards given")
-        if crop is not None and (isinstance(crop, bool) or not isinstance(crop, int) or crop < 1):
-            raise ValueError(f"crop must be a positive integer or None, got {crop!r}")
+        if crop is not None:
+            crop = check_int("crop", crop, 1)
         self.crop, self.augment, self.seed = crop, bool(augment), int(seed)
         self.input_key, self.target_key = input_key, target_key
         self.epoch = 0
@@ -301,109 +298,7 @@ def _worker_init(worker_id):
 
 
 # --------------------------------------------------------------------------------------------
-# metrics and losses
-
-
-def _as_batch(x, y, name):
-    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-        raise TypeError(f"{name} takes torch tensors")
-    if x.shape != y.shape:
-        raise ValueError(f"{name}: shapes differ, {tuple(x.shape)} and {tuple(y.shape)}")
-    if x.ndim not in (2, 3, 4):
-        raise ValueError(f"{name} takes (H, W), (C, H, W) or (N, C, H, W), got {tuple(x.shape)}")
-    while x.ndim < 4:
-        x, y = x.unsqueeze(0), y.unsqueeze(0)
-    return x.float(), y.float()
-
-
-def _reduce(values, reduction):
-    if reduction == "mean":
-        return values.mean()
-    if reduction == "none":
-        return values
-    raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
-
-
-def _gaussian(window, sigma, device):
-    t = torch.arange(window, dtype=torch.float32, device=device) - (window - 1) / 2
-    g = torch.exp(-0.5 * (t / sigma) ** 2)
-    return g / g.sum()
-
-
-def ssim(x, y, window=11, sigma=1.5, *, reduction="mean"):
-    """Structural similarity (SSIM) of images with data range 1 (Wang et al. 2004).
-
-    Local means, variances and covariance are taken in a Gaussian window (``window`` taps of
-    standard deviation ``sigma``), per channel, over the positions where the window lies inside
-    the image ("valid"), with ``C1 = 0.01**2`` and ``C2 = 0.03**2``; the SSIM map is averaged
-    over channels and positions.  Differentiable, for use in losses.
-
-    Parameters
-    ----------
-    x, y : torch.Tensor
-        ``(N, C, H, W)``, ``(C, H, W)`` or ``(H, W)``, same shape, values on a scale of 0-1;
-        computed in float32.
-    window : int, optional
-        Window size (odd), at most ``H`` and ``W``.
-    sigma : float, optional
-        Standard deviation of the Gaussian window (pixels).
-    reduction : {"mean", "none"}, optional
-        Mean over the images, or one value per image, ``(N,)``.
-
-    Returns
-    -------
-    torch.Tensor
-        SSIM in [-1, 1]; exactly 1 for identical images.
-
-    Raises
-    ------
-    ValueError
-        Different shapes, an even or too large window, a non-positive sigma.
-    """
-    x, y = _as_batch(x, y, "ssim")
-    if window < 1 or window % 2 == 0:
-        raise ValueError(f"window must be a positive odd integer, got {window}")
-    if sigma <= 0:
-        raise ValueError(f"sigma must be positive, got {sigma}")
-    if min(x.shape[-2:]) < window:
-        raise ValueError(
-            f"ssim: images of {x.shape[-2]}x{x.shape[-1]} px are smaller than the {window}-px "
-            "window"
-        )
-    c = x.shape[1]
-    g = _gaussian(window, sigma, x.device)
-    gy, gx = g.view(1, 1, -1, 1).repeat(c, 1, 1, 1), g.view(1, 1, 1, -1).repeat(c, 1, 1, 1)
-
-    def blur(a):
-        return F.conv2d(F.conv2d(a, gy, groups=c), gx, groups=c)
-
-    c1, c2 = 0.01**2, 0.03**2
-    mx, my = blur(x), blur(y)
-    sxx = blur(x * x) - mx * mx
-    syy = blur(y * y) - my * my
-    sxy = blur(x * y) - mx * my
-    smap = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
-    return _reduce(smap.mean(dim=(1, 2, 3)), reduction)
-
-
-def psnr(x, y, *, reduction="mean"):
-    """Peak signal-to-noise ratio for data range 1, in dB: ``10 log10(1 / MSE)``.
-
-    Parameters
-    ----------
-    x, y : torch.Tensor
-        ``(N, C, H, W)``, ``(C, H, W)`` or ``(H, W)``, same shape; computed in float32.
-    reduction : {"mean", "none"}, optional
-        Mean of the per-image PSNRs, or one value per image, ``(N,)``.
-
-    Returns
-    -------
-    torch.Tensor
-        PSNR in dB, at most :data:`MAX_PSNR_DB` (identical images).
-    """
-    x, y = _as_batch(x, y, "psnr")
-    mse = ((x - y) ** 2).mean(dim=(1, 2, 3)).clamp_min(10 ** (-MAX_PSNR_DB / 10))
-    return _reduce(-10.0 * torch.log10(mse), reduction)
+# loss
 
 
 class CompositeLoss(nn.Module):
@@ -422,7 +317,7 @@ class CompositeLoss(nn.Module):
     l1_weight, ssim_weight, fft_weight : float, optional
         Weights of the terms (>= 0; a zero weight skips its term).
     window, sigma : optional
-        SSIM window, see :func:`ssim`.
+        SSIM window, see :func:`astroflow.nets.metrics.ssim_map`.
 
     Notes
     -----
@@ -431,17 +326,19 @@ class CompositeLoss(nn.Module):
     (call it outside ``torch.autocast``).
     """
 
-    def __init__(self, l1_weight=1.0, ssim_weight=0.2, fft_weight=0.1, window=11, sigma=1.5):
+    def __init__(
+        self, l1_weight=1.0, ssim_weight=0.2, fft_weight=0.1, window=SSIM_WINDOW, sigma=SSIM_SIGMA
+    ):
         super().__init__()
-        for name, value in (("l1", l1_weight), ("ssim", ssim_weight), ("fft", fft_weight)):
-            if not value >= 0:
-                raise ValueError(f"{name}_weight must be >= 0, got {value}")
-        self.l1_weight, self.ssim_weight, self.fft_weight = l1_weight, ssim_weight, fft_weight
+        self.l1_weight, self.ssim_weight, self.fft_weight = (
+            check_float(f"{name}_weight", value, 0.0)
+            for name, value in (("l1", l1_weight), ("ssim", ssim_weight), ("fft", fft_weight))
+        )
         self.window, self.sigma = window, sigma
 
     def terms(self, prediction, target):
         """The unweighted terms: ``{"l1": ..., "ssim": 1 - SSIM, "fft": ...}`` (scalar tensors)."""
-        p, t = _as_batch(prediction, target, "CompositeLoss")
+        p, t = as_batch(prediction, target, "CompositeLoss")
         out = {"l1": (p - t).abs().mean()}
         if self.ssim_weight:
             out["ssim"] = 1.0 - ssim(p, t, self.window, self.sigma)
@@ -465,14 +362,6 @@ class CompositeLoss(nn.Module):
 
 # --------------------------------------------------------------------------------------------
 # training loop
-
-
-def _check_positive_int(name, value, allow_none=False):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def _epoch_seed(seed, epoch):
@@ -506,7 +395,7 @@ def _evaluate(model, dataset, loss_fn, batch_size, device, autocast):
             n = len(pairs)
             total["loss"] += float(loss_fn(pred, y)) * n
             total["psnr"] += float(psnr(pred, y, reduction="none").sum())
-            if min(y.shape[-2:]) >= 11:
+            if min(y.shape[-2:]) >= SSIM_WINDOW:
                 total["ssim"] += float(ssim(pred, y, reduction="none").sum())
             else:
                 total["ssim"] = math.nan
@@ -623,15 +512,16 @@ def train(
         The training loss became NaN or infinite (the checkpoint keeps the last good epoch).
     """
     logger = log if log is not None else logging.getLogger(__name__)
-    epochs = _check_positive_int("epochs", epochs)
-    batch_size = _check_positive_int("batch_size", batch_size)
-    crop = _check_positive_int("crop", crop)
-    steps_per_epoch = _check_positive_int("steps_per_epoch", steps_per_epoch, allow_none=True)
-    stop_after = _check_positive_int("stop_after", stop_after, allow_none=True)
-    if not lr > 0 or not weight_decay >= 0:
-        raise ValueError(f"lr must be > 0 and weight_decay >= 0, got {lr} and {weight_decay}")
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-        raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
+    epochs = check_int("epochs", epochs, 1)
+    batch_size = check_int("batch_size", batch_size, 1)
+    crop = check_int("crop", crop, 1)
+    if steps_per_epoch is not None:
+        steps_per_epoch = check_int("steps_per_epoch", steps_per_epoch, 1)
+    if stop_after is not None:
+        stop_after = check_int("stop_after", stop_after, 1)
+    lr = check_float("lr", lr, 0.0, strict=True)
+    weight_decay = check_float("weight_decay", weight_decay, 0.0)
+    num_workers = check_int("num_workers", num_workers, 0)
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     amp = (device.type == "cuda") if amp is None else bool(amp)
@@ -657,7 +547,7 @@ def train(
     total_steps = epochs * steps
     if warmup_steps is None:
         warmup_steps = min(1000, max(1, total_steps // 20))
-    warmup_steps = _check_positive_int("warmup_steps", warmup_steps)
+    warmup_steps = check_int("warmup_steps", warmup_steps, 1)
 
     model.to(device)
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]

@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from astroflow.io.atomic import atomic_write
 from astroflow.checks import check_int
+from astroflow.io.atomic import atomic_write
 
 __all__ = [
     "ARCHITECTURES",
@@ -323,9 +323,9 @@ def _unwrap(model):
 def save_weights(path, model, *, meta=None):
     """Write a network's architecture and weights to a file, atomically.
 
-    Writes ``{"arch": model.arch, "state_dict": ..., "meta": meta}`` with :func:`torch.save` to a
-    temporary file in the same folder and renames it over ``path`` (:func:`os.replace`), so an
-    interrupted write never leaves a truncated weight file behind.  The tensors are stored on the
+    Writes ``{"arch": model.arch, "state_dict": ..., "meta": meta}`` with :func:`torch.save`
+    through :func:`astroflow.io.atomic.atomic_write`, so an interrupted write never leaves a
+    truncated weight file behind.  The tensors are stored on the
     CPU, so the file loads on a machine without a GPU.
 
     Parameters

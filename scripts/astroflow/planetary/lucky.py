@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass
 
 import cv2
@@ -36,7 +35,10 @@ from astropy.stats import sigma_clip
 from scipy import ndimage
 from skimage.registration import phase_cross_correlation
 
+from astroflow.blend import blend_ramp
+from astroflow.checks import check_int
 from astroflow.deepsky.drizzle import drizzle_add, drizzle_finish, upsample
+from astroflow.io.framestore import FrameStore
 
 __all__ = [
     "Detection",
@@ -610,7 +612,8 @@ def select_frames(quality, *, keep_percent=25.0, keep_count=0):
 def hann_weights(size):
     """2-D Hann blending window whose copies at half-size steps sum to exactly 1.
 
-    ``w(t) = sin²(pi (t + 0.5) / size)``, so that ``w(t) + w(t + size / 2) = 1``.
+    ``w(t) = sin²(pi (t + 0.5) / size)``, so that ``w(t) + w(t + size / 2) = 1``: a
+    :func:`astroflow.blend.blend_ramp` without rim over each half, rising then falling.
 
     Parameters
     ----------
@@ -621,8 +624,17 @@ def hann_weights(size):
     -------
     numpy.ndarray
         float64 ``(size, size)``.
+
+    Raises
+    ------
+    ValueError
+        If ``size`` is not an even integer >= 2.
     """
-    t = np.sin(np.pi * (np.arange(size) + 0.5) / size) ** 2
+    size = check_int("size", size, 2)
+    if size % 2:
+        raise ValueError(f"size must be even, got {size}")
+    ramp = blend_ramp(size // 2, rim=0)
+    t = np.concatenate([ramp, ramp[::-1]])
     return np.outer(t, t)
 
 
@@ -703,14 +715,14 @@ def local_shift(ref_box, patch, search):
     return iy + fy - search, ix + fx - search
 
 
-def _clipped_mean(samples, kappa_low, kappa_high, max_iters, budget_mb=4):
+def _clipped_mean(samples, sigma_low, sigma_high, max_iters, budget_mb=4):
     """Sigma-clipped mean over the first axis (astropy.stats.sigma_clip), in chunks of rows.
 
     Parameters
     ----------
     samples : numpy.ndarray
         ``(n, h, w, C)`` float32 samples.
-    kappa_low, kappa_high : float
+    sigma_low, sigma_high : float
         Clipping thresholds (sigma) about the median.
     max_iters : int
     budget_mb : float, optional
@@ -734,7 +746,7 @@ def _clipped_mean(samples, kappa_low, kappa_high, max_iters, budget_mb=4):
     for r0 in range(0, h, step):
         block = samples[:, r0 : r0 + step]
         clipped = sigma_clip(
-            block, sigma_lower=kappa_low, sigma_upper=kappa_high, maxiters=max_iters,
+            block, sigma_lower=sigma_low, sigma_upper=sigma_high, maxiters=max_iters,
             axis=0, cenfunc="median", stdfunc="std", masked=True,
         )
         kept = clipped.mean(axis=0).filled(np.nan)
@@ -743,48 +755,13 @@ def _clipped_mean(samples, kappa_low, kappa_high, max_iters, budget_mb=4):
     return mean, mask
 
 
-class _DiskArray:
-    """A float32 array in a file, written and read by explicit I/O.
-
-    A numpy memmap would do the same, but its pages count in the process's resident memory
-    while they are cached, so the memory a job reports would grow with the samples; explicit
-    reads and writes go through the page cache, which the kernel owns.
-    """
-
-    def __init__(self, path, shape):
-        self.path = str(path)
-        self.shape = tuple(int(n) for n in shape)
-        self.item = int(np.prod(self.shape[1:], dtype=np.int64)) * 4
-        self.file = open(self.path, "w+b")
-        self.file.truncate(self.shape[0] * self.item)
-
-    def _offset(self, index):
-        inner = self.shape[1:]
-        flat = 0
-        for k, i in enumerate(index[1:]):
-            flat += i * int(np.prod(inner[k + 1 :], dtype=np.int64))
-        return index[0] * self.item + flat * 4
-
-    def write(self, index, values):
-        """Write a block at ``index`` (a tuple of leading indices), contiguous in the file."""
-        data = np.ascontiguousarray(values, dtype=np.float32)
-        os.pwrite(self.file.fileno(), data.tobytes(), self._offset(index))
-
-    def read(self, index, shape):
-        """Read a contiguous block of ``shape`` starting at ``index``."""
-        count = int(np.prod(shape, dtype=np.int64))
-        raw = os.pread(self.file.fileno(), count * 4, self._offset(index))
-        return np.frombuffer(raw, dtype=np.float32).reshape(shape).copy()
-
-    def close(self):
-        self.file.close()
-
-
 class PatchStacker:
     """Pass 3: stacks every alignment point from its best frames, and the globally aligned rest.
 
-    Samples are kept on disk (numpy memmaps in ``workdir``) so that memory stays bounded by
-    one alignment point's samples and one band of the window, whatever the number of frames.
+    Samples are kept on disk (two :class:`astroflow.io.framestore.FrameStore` files in
+    ``workdir``: every alignment point's raw patches, and the globally aligned windows of the
+    fill stack) so that memory stays bounded by one alignment point's samples and one band of
+    the window, whatever the number of frames.
 
     Parameters
     ----------
@@ -799,7 +776,7 @@ class PatchStacker:
     global_selection : numpy.ndarray
         Frame indices of the globally aligned fill stack.
     workdir : str or os.PathLike
-        Folder for the sample memmaps (removed by the caller).
+        Folder for the sample files (removed by the caller).
     search : int, optional
         Largest local shift (px). Default 8.
     """
@@ -823,13 +800,16 @@ class PatchStacker:
                 self.per_frame.setdefault(int(f), []).append(a)
         self.counts = np.array([len(s) for s in selections], dtype=int)
         n_ap = len(self.points)
+        # Patch (ap, slot) is frame ap * n_keep + slot of the patch store: an alignment point's
+        # samples lie side by side.
+        self.n_keep = max(n_keep, 1)
         self.patch_shape = (patch, patch, self.channels)
-        self.patches = _DiskArray(
-            f"{self.workdir}/ap_patches.f32", (max(n_ap, 1), max(n_keep, 1)) + self.patch_shape
+        self.patches = FrameStore(
+            f"{self.workdir}/ap_patches.f32", (max(n_ap, 1) * self.n_keep,) + self.patch_shape
         )
-        self.shifts = np.full((max(n_ap, 1), max(n_keep, 1), 2), np.nan)
+        self.shifts = np.full((max(n_ap, 1), self.n_keep, 2), np.nan)
         self.global_slot = {int(f): k for k, f in enumerate(global_selection)}
-        self.windows = _DiskArray(
+        self.windows = FrameStore(
             f"{self.workdir}/windows.f32",
             (max(len(global_selection), 1), self.h, self.w, self.channels),
         )
@@ -869,7 +849,7 @@ class PatchStacker:
             window = extract(image3, py, px, (self.h, self.w))
             if window is not None:
                 k = self.global_slot[index]
-                self.windows.write((k,), window.reshape(self.h, self.w, self.channels))
+                self.windows.write(k, window.reshape(self.h, self.w, self.channels))
                 self.windows_valid[k] = True
         used = 0
         iy, ix = int(round(py)), int(round(px))
@@ -888,7 +868,7 @@ class PatchStacker:
                 self.local_fallbacks += 1
                 shift = (frac_y, frac_x)
             k = self.slot[(a, index)]
-            self.patches.write((a, k), image3[y0 : y0 + s + 2 * r, x0 : x0 + s + 2 * r])
+            self.patches.write(a * self.n_keep + k, image3[y0 : y0 + s + 2 * r, x0 : x0 + s + 2 * r])
             self.shifts[a, k] = shift
             used += 1
         return used
@@ -898,7 +878,7 @@ class PatchStacker:
         n = self.counts[a]
         s, r = self.size, self.search
         valid = np.flatnonzero(np.isfinite(self.shifts[a, :n, 0]))
-        raw = self.patches.read((a, 0), (n,) + self.patch_shape)[valid]
+        raw = self.patches.read(a * self.n_keep + valid)
         shifts = self.shifts[a, valid]
         aligned = np.empty((valid.size, s, s, self.channels), np.float32)
         for k in range(valid.size):
@@ -906,12 +886,12 @@ class PatchStacker:
             aligned[k] = moved.reshape(raw[k].shape)[r : r + s, r : r + s]
         return aligned, raw, shifts
 
-    def finish(self, *, kappa_low=3.0, kappa_high=3.0, max_iters=5, drizzle=1.0, pixfrac=0.7):
+    def finish(self, *, sigma_low=3.0, sigma_high=3.0, max_iters=5, drizzle=1.0, pixfrac=0.7):
         """Combine the samples and blend the alignment points into the stack.
 
         Parameters
         ----------
-        kappa_low, kappa_high : float, optional
+        sigma_low, sigma_high : float, optional
             Sigma-clipping thresholds (sigma) below and above the median.
         max_iters : int, optional
             Clipping iterations.
@@ -935,21 +915,20 @@ class PatchStacker:
         """
         z = float(drizzle)
         H, W = int(round(self.h * z)), int(round(self.w * z))
-        fill = self._fill_stack(kappa_low, kappa_high, max_iters)
+        fill = self._fill_stack(sigma_low, sigma_high, max_iters)
         if z != 1.0:
             fill = upsample(fill, z)
             fill = fill.reshape(H, W, self.channels)
         total = np.zeros((H, W, self.channels))
         weight = np.zeros((H, W))
-        s, r = self.size, self.search
-        zs = int(round(s * z))
+        zs = int(round(self.size * z))
         window = hann_weights(zs)
         clipped = n_samples = 0
         for a, (y, x) in enumerate(self.points):
             aligned, raw, shifts = self._ap_samples(a)
             if aligned.shape[0] == 0:
                 continue
-            patch, mask = _clipped_mean(aligned, kappa_low, kappa_high, max_iters)
+            patch, mask = _clipped_mean(aligned, sigma_low, sigma_high, max_iters)
             clipped += int(mask.sum())
             n_samples += mask.size
             if z != 1.0:
@@ -999,7 +978,7 @@ class PatchStacker:
             acc += _translate(raw[k], -shifts[k, 0], -shifts[k, 1]).reshape(raw[k].shape)[r : r + s, r : r + s]
         return (acc / raw.shape[0]).astype(np.float32)
 
-    def _fill_stack(self, kappa_low, kappa_high, max_iters, budget_mb=8):
+    def _fill_stack(self, sigma_low, sigma_high, max_iters, budget_mb=8):
         """Sigma-clipped mean of the globally aligned windows, in bands of rows.
 
         A band holds every frame's samples of its rows; its height is chosen so that the
@@ -1014,9 +993,7 @@ class PatchStacker:
         out = np.empty((self.h, self.w, self.channels), np.float32)
         for r0 in range(0, self.h, band):
             rows = min(band, self.h - r0)
-            block = np.stack(
-                [self.windows.read((k, r0), (rows, self.w, self.channels)) for k in valid]
-            )
-            out[r0 : r0 + rows] = _clipped_mean(block, kappa_low, kappa_high, max_iters)[0]
+            block = self.windows.read(valid, region=(r0, r0 + rows, 0, self.w))
+            out[r0 : r0 + rows] = _clipped_mean(block, sigma_low, sigma_high, max_iters)[0]
         return out
 

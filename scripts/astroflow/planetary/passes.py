@@ -17,12 +17,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import tempfile
 
 import numpy as np
 import pandas as pd
 
+from astroflow.checks import check_float, check_int
+from astroflow.io.framestore import FrameStore
 from astroflow.planetary import lucky
 
 __all__ = [
@@ -325,8 +326,8 @@ def stack_sequence(
     keep_percent=25.0,
     keep_count=0,
     search=8,
-    kappa_low=3.0,
-    kappa_high=3.0,
+    sigma_low=3.0,
+    sigma_high=3.0,
     max_iters=5,
     drizzle=1.0,
     pixfrac=0.7,
@@ -353,7 +354,7 @@ def stack_sequence(
         ``keep_count`` larger than the usable frames keeps them all, with a warning.
     search : int, optional
         Largest local shift (px).
-    kappa_low, kappa_high, max_iters : optional
+    sigma_low, sigma_high, max_iters : optional
         Sigma clipping.
     drizzle, pixfrac : optional
         Output scale (1, 1.5 or 2) and drizzle drop size.
@@ -401,7 +402,7 @@ def stack_sequence(
             usage[frame.index] = stacker.add(frame.index, image, py, px)
             _progress(k, len(wanted), "stack")
         image, coverage, stats = stacker.finish(
-            kappa_low=kappa_low, kappa_high=kappa_high, max_iters=max_iters, drizzle=drizzle, pixfrac=pixfrac
+            sigma_low=sigma_low, sigma_high=sigma_high, max_iters=max_iters, drizzle=drizzle, pixfrac=pixfrac
         )
         stacker.close()
     fill_set = set(int(i) for i in fill)
@@ -553,7 +554,7 @@ def detail_measures(images, *, bands=((0.02, 0.08), (0.08, 0.2))):
     return pd.DataFrame(rows)
 
 
-def deconvolution_frames(table, *, keep_percent=50.0, max_frames=0):
+def deconvolution_frames(table, *, keep_percent=50.0, max_frames):
     """The frames a multi-frame deconvolution uses: the sharpest of the globally aligned ones.
 
     Parameters
@@ -563,8 +564,10 @@ def deconvolution_frames(table, *, keep_percent=50.0, max_frames=0):
         ``position_x``.
     keep_percent : float, optional
         Percentage (0-100] of the aligned frames to keep, best first (at least one frame).
-    max_frames : int, optional
-        At most this many frames; 0 is no limit.
+        Default 50, as ``deconvolution.multiframe.keep_percent``.
+    max_frames : int
+        At most this many frames; 0 is no limit (the pipeline's:
+        ``deconvolution.multiframe.max_frames``).
 
     Returns
     -------
@@ -576,10 +579,8 @@ def deconvolution_frames(table, *, keep_percent=50.0, max_frames=0):
     ValueError
         If ``keep_percent`` is outside (0, 100], ``max_frames`` < 0, or no frame is aligned.
     """
-    if not 0 < keep_percent <= 100:
-        raise ValueError(f"keep_percent must be in (0, 100], got {keep_percent}")
-    if max_frames < 0:
-        raise ValueError(f"max_frames must be >= 0, got {max_frames}")
+    keep_percent = check_float("keep_percent", keep_percent, 0.0, strict=True, high=100.0)
+    max_frames = check_int("max_frames", max_frames, 0)
     aligned = table[table["status"].isin(["ok", "used", "unused"])]
     aligned = aligned[np.isfinite(aligned["position_y"]) & np.isfinite(aligned["position_x"])]
     if aligned.empty:
@@ -592,15 +593,15 @@ def deconvolution_frames(table, *, keep_percent=50.0, max_frames=0):
 
 
 def write_aligned_frames(sequence, chosen, size, path, *, dark=None):
-    """Write the chosen frames' aligned windows to a raw float32 file, one after the other.
+    """Write the chosen frames' aligned windows to a frame store, in frame index order.
 
-    The file holds ``N`` C-ordered float32 windows of ``(h, w[, C])`` with no header (the
-    layout :class:`astroflow.mfbd.FrameFile` reads); it is written by explicit ``pwrite`` so the
-    process's memory does not grow with the number of frames.
+    The file is an :class:`astroflow.io.framestore.FrameStore` of ``N`` float32 windows of
+    ``(h, w[, C])`` (raw, no header), written one window at a time, so the process's memory
+    does not grow with the number of frames.
 
     Parameters
     ----------
-    sequence : astroflow.sequence.FrameSequence
+    sequence : astroflow.io.sequence.FrameSequence
     chosen : pandas.DataFrame
         From :func:`deconvolution_frames`.
     size : tuple of int
@@ -626,20 +627,17 @@ def write_aligned_frames(sequence, chosen, size, path, *, dark=None):
     order = sorted(position)
     slot = {index: k for k, index in enumerate(order)}
     names = dict(zip(chosen["index"].astype(int), chosen.get("frame", chosen["index"]).astype(str)))
-    shape = None
-    with open(path, "wb") as handle:
+    shape = (len(order), *size, *sequence.shape[2:])
+    with FrameStore(path, shape) as store:
         for frame in sequence.frames(order):
             image = _dark_subtracted(frame.image, dark)
             window = lucky.extract(image, *position[frame.index], size)
             if window is None:
                 raise ValueError(f"{sequence.source}: frame {frame.index}: aligned window leaves the frame")
-            if shape is None:
-                shape = [len(order), *window.shape]
-            data = np.ascontiguousarray(window, dtype=np.float32)
-            os.pwrite(handle.fileno(), data.tobytes(), slot[frame.index] * data.nbytes)
+            store.write(slot[frame.index], window)
             _progress(slot[frame.index], len(order), "deconvolution frames")
     return {
-        "shape": shape,
+        "shape": [int(n) for n in shape],
         "indices": order,
         "frames": [names[i] for i in order],
         "dtype": "float32",

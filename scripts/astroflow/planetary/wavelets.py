@@ -27,11 +27,13 @@ J.-L. Starck & F. Murtagh, *Astronomical Image and Data Analysis*, 2nd ed., Spri
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from numbers import Real
 
 import cv2
 import numpy as np
+
+from astroflow.checks import check_image, check_int
 
 #: B3-spline scaling kernel of the starlet transform.
 B3_KERNEL = np.array([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0
@@ -56,29 +58,15 @@ MAD_TO_SIGMA = 1.4826
 DEFAULT_GAINS = (2.0, 1.6, 1.25, 1.0, 1.0, 1.0)
 
 
-def _validate_image(image, name="image"):
-    image = np.asarray(image)
-    if image.ndim not in (2, 3):
-        raise ValueError(f"{name} must be (H, W) or (H, W, C), got an array of shape {image.shape}")
-    if not np.issubdtype(image.dtype, np.number) or np.issubdtype(image.dtype, np.complexfloating):
-        raise ValueError(f"{name} must hold real numbers, got dtype {image.dtype}")
-    if image.size == 0:
-        raise ValueError(f"{name} is empty (shape {image.shape})")
-    if not np.all(np.isfinite(image)):
-        n_bad = int(np.count_nonzero(~np.isfinite(image)))
-        raise ValueError(
-            f"{name} contains {n_bad} NaN or infinite value(s); replace them (e.g. by "
-            "interpolating bad pixels) before the wavelet transform"
-        )
-    return image
+def _validate_image(image):
+    return check_image(
+        "image", image, channels=True,
+        remedy="replace them (e.g. by interpolating bad pixels) before the wavelet transform",
+    )
 
 
 def _check_layers(n_layers, shape, origin=""):
-    if isinstance(n_layers, bool) or not isinstance(n_layers, (int, np.integer)):
-        raise ValueError(f"n_layers must be an integer, got {n_layers!r}")
-    n_layers = int(n_layers)
-    if n_layers < 1:
-        raise ValueError(f"n_layers must be >= 1, got {n_layers}")
+    n_layers = check_int("n_layers", n_layers, 1)
     # The kernel of the last scale (j = n_layers - 1) reaches 2 * 2**j = 2**n_layers pixels
     # from its centre; it must fit inside the image for the mirror extension to make sense.
     smallest = min(shape[0], shape[1])
@@ -170,7 +158,7 @@ def atrous_decompose(image, n_layers=6):
     return layers, residual
 
 
-@lru_cache(maxsize=None)
+@cache
 def _noise_ratios(n_layers):
     ratios = []
     previous = np.array([1.0])
@@ -209,9 +197,7 @@ def starlet_noise_ratios(n_layers=6):
     borders).  Starck & Murtagh (2006) tabulate the Monte-Carlo values
     0.889, 0.200, 0.086, 0.041, 0.020, 0.010, 0.005 for the B3-spline à trous transform.
     """
-    if isinstance(n_layers, bool) or not isinstance(n_layers, (int, np.integer)) or n_layers < 1:
-        raise ValueError(f"n_layers must be a positive integer, got {n_layers!r}")
-    return np.array(_noise_ratios(int(n_layers)))
+    return np.array(_noise_ratios(check_int("n_layers", n_layers, 1)))
 
 
 def _per_layer(values, n_layers, name):

@@ -6,12 +6,12 @@ are fitted together so that the simulated frames match the recorded ones (Schulz
 Harmeling et al. 2009; Hirsch et al. 2011). The gradients come from torch autograd, as in
 TensoRez, whose weaknesses this implementation is built to avoid:
 
-* **Memory independent of the number of frames.** Frames are read ``batch`` at a time from a
-  :class:`FrameFile` (or any object with ``len``, ``shape`` and ``read(indices, region)``);
-  only a minibatch is ever on the device, so per-iteration memory is ``O(batch * H * W)``.
-  The only ``O(N)`` state is the PSF logits and their Adam moments, ``3 N s^2`` floats kept
-  on the CPU. This is the online / stochastic scheme of Harmeling et al. (2009) and Hirsch et
-  al. (2011), who process one frame (here: one minibatch) at a time.
+* **Memory independent of the number of frames.** Frames are read ``batch`` at a time from an
+  :class:`astroflow.io.framestore.FrameStore` (or any object with ``len``, ``shape`` and
+  ``read(indices, region)``); only a minibatch is ever on the device, so per-iteration memory
+  is ``O(batch * H * W)``. The only ``O(N)`` state is the PSF logits and their Adam moments,
+  ``3 N s^2`` floats kept on the CPU. This is the online / stochastic scheme of Harmeling et
+  al. (2009) and Hirsch et al. (2011), who process one frame (here: one minibatch) at a time.
 * **Faster convergence.** Each frame's PSF starts from a Wiener estimate of the kernel that
   maps the initial latent (the lucky stack) onto that frame, so it already holds the frame's
   tip-tilt and gross shape; each minibatch first refines its PSFs by ``psf_steps`` Adam steps
@@ -70,10 +70,10 @@ Isoplanatic patches
 With ``patch > 0`` the field is cut into overlapping square patches (evenly spread, overlaps
 of at least ``overlap``), each solved on its own, with its own per-frame PSFs, pedestal and
 scale, from only its region of the frames, and the results blended with separable ``sin^2``
-ramps over the overlaps (zero on the outer quarter of each overlap, where a patch's latent is
-least constrained; no ramp at the image's edges), normalised so that the weights of every
-pixel sum to 1 (the ramps of two neighbours already add up to 1, as in
-:mod:`astroflow.nets.tiling`).
+ramps over the overlaps (:func:`astroflow.blend.blend_ramp`: zero on the outer quarter of
+each overlap, where a patch's latent is least constrained; no ramp at the image's edges),
+normalised so that the weights of every pixel sum to 1 (the ramps of two neighbours already
+add up to 1, as for the tiles of :mod:`astroflow.nets.tiling`).
 
 Choices measured (96 px Jupiter, 24 frames, D/r0 4-6, 20 epochs)
 ---------------------------------------------------------------
@@ -119,7 +119,6 @@ References
 from __future__ import annotations
 
 import math
-import os
 import time
 import warnings
 
@@ -128,9 +127,10 @@ import scipy.fft
 import torch
 from scipy import ndimage
 
-from astroflow.checks import check_float, check_int
+from astroflow.blend import blend_ramp
+from astroflow.checks import check_float, check_int, check_region
 
-__all__ = ["FrameFile", "SingleFrameWarning", "multiframe_deconvolve"]
+__all__ = ["SingleFrameWarning", "multiframe_deconvolve"]
 
 _BETA1, _BETA2, _ADAM_EPS = 0.9, 0.999, 1e-8  # Adam (Kingma & Ba 2015)
 _TV_EPS = 1e-3  # Charbonnier smoothing of the TV, normalised units
@@ -148,185 +148,12 @@ class SingleFrameWarning(UserWarning):
     regularisation."""
 
 
-# --- frames on disk ------------------------------------------------------------------------
-
-
-class FrameFile:
-    """float32 frames ``(N, H, W)`` or ``(N, H, W, C)`` in a raw file, via ``os.pwrite``/``pread``.
-
-    No memory map: the pages of a memmap count in the process's resident memory while they
-    are cached, so the memory a job reports would grow with the number of frames; explicit
-    reads and writes go through the kernel's page cache instead (as
-    ``astroflow.lucky._DiskArray``). The file is raw native-endian float32, frames one after
-    the other, rows of each frame contiguous (C order).
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        File to create (an existing file is truncated).
-    shape : tuple of int
-        ``(N, H, W)`` or ``(N, H, W, C)``, all >= 1.
-
-    Attributes
-    ----------
-    path : str
-        The file.
-    shape : tuple of int
-        ``(N, H, W[, C])``.
-
-    Raises
-    ------
-    ValueError
-        If ``shape`` is not 3 or 4 positive integers.
-
-    Examples
-    --------
-    >>> with FrameFile(tmp / "frames.f32", (100, 256, 256)) as ff:  # doctest: +SKIP
-    ...     for i, frame in enumerate(frames):
-    ...         ff.write(i, frame)
-    ...     latent, info = multiframe_deconvolve(ff, stack)
-    """
-
-    def __init__(self, path, shape):
-        self._setup(path, shape, "w+b")
-        self._file.truncate(self.shape[0] * self._frame_bytes)
-
-    @classmethod
-    def open(cls, path, shape):
-        """Open an existing frame file read-only.
-
-        Parameters
-        ----------
-        path : str or os.PathLike
-            File written by a :class:`FrameFile` of this ``shape``.
-        shape : tuple of int
-            ``(N, H, W)`` or ``(N, H, W, C)``.
-
-        Returns
-        -------
-        FrameFile
-
-        Raises
-        ------
-        ValueError
-            If ``shape`` is invalid or the file is smaller than ``shape`` needs.
-        FileNotFoundError
-            If the file does not exist.
-        """
-        self = cls.__new__(cls)
-        self._setup(path, shape, "rb")
-        size = os.fstat(self._file.fileno()).st_size
-        if size < self.shape[0] * self._frame_bytes:
-            self.close()
-            need = self.shape[0] * self._frame_bytes
-            raise ValueError(
-                f"{self.path} holds {size} bytes, fewer than the {need} of float32 frames of "
-                f"shape {self.shape}"
-            )
-        return self
-
-    def _setup(self, path, shape, mode):
-        shape = tuple(shape)
-        if len(shape) not in (3, 4) or not all(
-            isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 1 for n in shape
-        ):
-            raise ValueError(
-                f"shape must be (N, H, W) or (N, H, W, C) of integers >= 1, got {shape!r}"
-            )
-        self.path = os.fspath(path)
-        self.shape = tuple(int(n) for n in shape)
-        self._row_bytes = int(np.prod(self.shape[2:], dtype=np.int64)) * 4
-        self._frame_bytes = self.shape[1] * self._row_bytes
-        self._file = open(self.path, mode)
-
-    def __len__(self):
-        return self.shape[0]
-
-    def _index(self, index):
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
-            raise ValueError(f"frame index must be an integer, got {index!r}")
-        if not 0 <= index < self.shape[0]:
-            raise ValueError(f"frame index {index} out of range for {self.shape[0]} frames")
-        return int(index)
-
-    def write(self, index, frame):
-        """Write frame ``index``.
-
-        Parameters
-        ----------
-        index : int
-            Frame number, ``0 <= index < N``.
-        frame : numpy.ndarray
-            ``(H, W)`` or ``(H, W, C)`` (the file's frame shape), any real dtype, stored as
-            float32 (NaN allowed: missing pixels).
-
-        Raises
-        ------
-        ValueError
-            If the index is out of range or the frame has another shape.
-        """
-        index = self._index(index)
-        data = np.ascontiguousarray(frame, dtype=np.float32)
-        if data.shape != self.shape[1:]:
-            raise ValueError(f"frame must have shape {self.shape[1:]}, got {data.shape}")
-        os.pwrite(self._file.fileno(), data.tobytes(), index * self._frame_bytes)
-
-    def read(self, indices, region=None):
-        """Read frames, or a rectangular region of them.
-
-        Parameters
-        ----------
-        indices : sequence of int
-            Frame numbers (any order, repeats allowed).
-        region : tuple of int, optional
-            ``(y0, y1, x0, x1)``, rows ``y0:y1`` and columns ``x0:x1`` with
-            ``0 <= y0 < y1 <= H`` and ``0 <= x0 < x1 <= W``; default the whole frame. The rows
-            ``y0:y1`` of a frame are read with one ``pread`` and the columns sliced from them.
-
-        Returns
-        -------
-        numpy.ndarray
-            float32 ``(len(indices), y1 - y0, x1 - x0[, C])``, ADU as written.
-
-        Raises
-        ------
-        ValueError
-            If an index or the region is out of range.
-        """
-        indices = [self._index(i) for i in np.atleast_1d(np.asarray(indices)).tolist()]
-        y0, y1, x0, x1 = _check_region(region, self.shape[1], self.shape[2])
-        rows = y1 - y0
-        inner = self.shape[2:]
-        out = np.empty((len(indices), rows, x1 - x0) + inner[1:], dtype=np.float32)
-        nbytes = rows * self._row_bytes
-        for k, i in enumerate(indices):
-            raw = os.pread(
-                self._file.fileno(), nbytes, i * self._frame_bytes + y0 * self._row_bytes
-            )
-            if len(raw) != nbytes:
-                raise ValueError(f"{self.path} is truncated: frame {i} could not be read")
-            block = np.frombuffer(raw, dtype=np.float32).reshape((rows,) + inner)
-            out[k] = block[:, x0:x1]
-        return out
-
-    def close(self):
-        """Close the file (idempotent)."""
-        if getattr(self, "_file", None) is not None and not self._file.closed:
-            self._file.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
-
-    def __repr__(self):
-        return f"FrameFile({self.path!r}, shape={self.shape})"
+# --- frames in memory ----------------------------------------------------------------------
 
 
 class _ArrayFrames:
-    """In-memory adapter: a numpy array ``(N, H, W[, C])`` with the FrameFile reading API."""
+    """In-memory adapter: a numpy array ``(N, H, W[, C])`` with the reading API of
+    :class:`astroflow.io.framestore.FrameStore`."""
 
     def __init__(self, array):
         self.array = array
@@ -336,23 +163,9 @@ class _ArrayFrames:
         return self.shape[0]
 
     def read(self, indices, region=None):
-        y0, y1, x0, x1 = _check_region(region, self.shape[1], self.shape[2])
+        y0, y1, x0, x1 = check_region("region", region, self.shape[1], self.shape[2])
         idx = np.atleast_1d(np.asarray(indices, dtype=np.int64))
         return np.asarray(self.array[idx, y0:y1, x0:x1], dtype=np.float32)
-
-
-def _check_region(region, height, width):
-    if region is None:
-        return 0, height, 0, width
-    try:
-        y0, y1, x0, x1 = (int(v) for v in region)
-    except (TypeError, ValueError):
-        raise ValueError(f"region must be (y0, y1, x0, x1), got {region!r}") from None
-    if not (0 <= y0 < y1 <= height and 0 <= x0 < x1 <= width):
-        raise ValueError(
-            f"region {region!r} is empty or outside the frames of {height} x {width} px"
-        )
-    return y0, y1, x0, x1
 
 
 # --- the solver ------------------------------------------------------------------------------
@@ -379,12 +192,12 @@ def multiframe_deconvolve(
 
     Parameters
     ----------
-    frames : FrameFile or numpy.ndarray or object
+    frames : astroflow.io.framestore.FrameStore or numpy.ndarray or object
         ``N`` frames ``(N, H, W)`` or ``(N, H, W, C)``, ADU, globally aligned on ``init`` to
         within a few px (residual shifts are absorbed by the PSFs). Either a numpy array or
         any object with ``len()``, ``.shape`` and ``.read(indices, region)`` like
-        :class:`FrameFile`; at most ``batch`` frames are read at a time. NaN marks missing
-        pixels, which are left out of the data term.
+        :class:`astroflow.io.framestore.FrameStore`; at most ``batch`` frames are read at a
+        time. NaN marks missing pixels, which are left out of the data term.
     init : numpy.ndarray
         ``(H, W)`` or ``(H, W, C)`` initial latent, ADU (the lucky stack). NaN allowed (filled
         from finite neighbours for the start).
@@ -879,8 +692,7 @@ def _window(h, w, r):
         prof = np.ones(n)
         k = min(2 * r, n // 4)
         if k > 0:
-            t = (np.arange(k) + 0.5) / k
-            ramp = np.sin(0.5 * np.pi * t) ** 2
+            ramp = blend_ramp(k, rim=0)
             prof[:k] = ramp
             prof[n - k :] = ramp[::-1]
         return prof
@@ -995,13 +807,6 @@ def _patch_regions(height, width, patch, overlap):
     return [(y, y + ph, x, x + pw) for y in ys for x in xs]
 
 
-def _ramp(n):
-    """Rising sin^2 edge over n px with a zero rim of n // 4 at the outer end."""
-    rim = n // 4
-    t = (np.arange(n) + 0.5 - rim) / max(n - 2 * rim, 1)
-    return np.sin(0.5 * np.pi * np.clip(t, 0.0, 1.0)) ** 2
-
-
 def _profile(starts, size, k):
     """1-D blending profile of tile ``k`` (starts sorted): ramps only where a neighbour overlaps."""
     prof = np.ones(size)
@@ -1009,11 +814,11 @@ def _profile(starts, size, k):
     if k > 0:
         ov = starts[k - 1] + size - lo
         if ov > 0:
-            prof[:ov] = np.minimum(prof[:ov], _ramp(ov))
+            prof[:ov] = np.minimum(prof[:ov], blend_ramp(ov))
     if k < len(starts) - 1:
         ov = lo + size - starts[k + 1]
         if ov > 0:
-            prof[size - ov :] = np.minimum(prof[size - ov :], _ramp(ov)[::-1])
+            prof[size - ov :] = np.minimum(prof[size - ov :], blend_ramp(ov)[::-1])
     return prof
 
 
@@ -1036,7 +841,7 @@ def _as_frames(frames):
         if not hasattr(frames, attr):
             raise ValueError(
                 "frames must be a numpy array or have len(), .shape and .read(indices, region) "
-                f"like FrameFile; {type(frames).__name__} has no {attr}"
+                f"like FrameStore; {type(frames).__name__} has no {attr}"
             )
     return frames
 

@@ -28,8 +28,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import sep
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+from skimage.metrics import peak_signal_noise_ratio
 
+from astroflow.nets.metrics import image_ssim
 from astroflow.stretch import MTFStretch, auto_stretch
 
 __all__ = [
@@ -280,7 +281,8 @@ def starless_metrics(output, truth, starry, footprint):
     Returns
     -------
     dict
-        ``psnr`` (dB; infinite for a perfect output) and ``ssim`` against the truth; ``residual_star_flux``: the fraction of the
+        ``psnr`` (dB; infinite for a perfect output) and ``ssim``
+        (:func:`astroflow.nets.metrics.image_ssim`) against the truth; ``residual_star_flux``: the fraction of the
         added star flux left inside the footprints, sum(output - truth) / sum(starry - truth)
         there; ``outside_change``: mean |output - starry| outside the footprints (display
         units, ideally 0); ``outside_rmse``: RMS of output - truth outside them.
@@ -296,9 +298,7 @@ def starless_metrics(output, truth, starry, footprint):
     mse = float(((output - truth) ** 2).mean())
     return {
         "psnr": float(peak_signal_noise_ratio(truth, output, data_range=1.0)) if mse > 0 else float("inf"),
-        "ssim": float(
-            structural_similarity(truth, output, data_range=1.0, channel_axis=-1 if truth.ndim == 3 else None)
-        ),
+        "ssim": image_ssim(truth, output, data_range=1.0),
         "residual_star_flux": left / added if added > 0 else float("nan"),
         "outside_change": float(np.abs(output - starry)[outside].mean()) if outside.any() else nan,
         "outside_rmse": float(np.sqrt(((output - truth)[outside] ** 2).mean())) if outside.any() else nan,

@@ -25,7 +25,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import os
 import re
 from fractions import Fraction
 from pathlib import Path
@@ -33,12 +32,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from pidng.core import RAW2DNG
-from pidng.defs import CalibrationIlluminant, CFAPattern, DNGVersion, Orientation
-from pidng.defs import PhotometricInterpretation
+from pidng.defs import CalibrationIlluminant, CFAPattern, DNGVersion, Orientation, PhotometricInterpretation
 from pidng.dng import DNGTags, Tag, dngIFD, dngTag
 from scipy.special import ndtr
 
 from astroflow import __version__
+from astroflow.io.atomic import atomic_write
 from astroflow.io.fits import write_image
 
 PATTERN = "RGGB"
@@ -357,7 +356,7 @@ def write_dng(
     writer = RAW2DNG()
     writer.options(tags, path="", compress=False)
     buffer = writer.convert(np.ascontiguousarray(mosaic, dtype="<u2"))
-    _atomic_bytes(path, bytes(buffer))
+    atomic_write(path, lambda tmp: tmp.write_bytes(bytes(buffer)))
     return path
 
 
@@ -1045,13 +1044,5 @@ def _clear_stale(outdir):
                     path.unlink()
 
 
-def _atomic_bytes(path, data):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _atomic_text(path, text):
-    _atomic_bytes(path, text.encode("utf-8"))
+    atomic_write(path, lambda tmp: tmp.write_bytes(text.encode("utf-8")))

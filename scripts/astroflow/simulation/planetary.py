@@ -42,8 +42,8 @@ Turbulence model (``turbulence="kolmogorov"``)
 Each frame is the truth convolved with its own short-exposure PSF, the diffraction pattern of
 the telescope pupil (``pupil_px`` across, optional central ``obstruction`` and ``spiders``)
 through an independent Kolmogorov phase screen at ``D / r0 = d_over_r0``
-(:func:`astroflow.turbulence.turbulent_psfs`): speckles, diffraction rings, and tip-tilt from
-the screen's own low orders. The local displacement field (``local_px``, ``region_px``) is
+(:func:`astroflow.simulation.turbulence.turbulent_psfs`): speckles, diffraction rings, and
+tip-tilt from the screen's own low orders. The local displacement field (``local_px``, ``region_px``) is
 applied on top as in the Gaussian model, for anisoplanatism. ``tip_tilt_px``, ``blur_px``,
 ``good_fraction`` and ``blur_variation`` do not apply: the screens decide how often a frame is
 sharp. ``shifts`` are the PSF centroids, ``seeing`` the RMS radius per axis of each PSF about
@@ -81,11 +81,12 @@ import pandas as pd
 import tifffile
 from scipy import ndimage
 
-from astroflow.simulation import turbulence as _turbulence
-from astroflow.io.atomic import atomic_write
 from astroflow.checks import check_float as _check_float
+from astroflow.checks import check_image
 from astroflow.checks import check_int as _check_int
+from astroflow.io.atomic import atomic_write
 from astroflow.io.fits import write_image
+from astroflow.simulation import turbulence as _turbulence
 
 __all__ = [
     "LUCKY_BAND",
@@ -188,12 +189,9 @@ def planet_truth(size=256, *, seed=0, radius_frac=0.3, moon=True):
         If ``size`` is not an integer >= 32, ``radius_frac`` is outside [0.05, 0.42], or a moon
         is asked for and does not fit between the disc and the image edge.
     """
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 32:
-        raise ValueError(f"size must be an integer >= 32, got {size!r}")
-    if not (isinstance(radius_frac, (int, float, np.floating)) and 0.05 <= radius_frac <= 0.42):
-        raise ValueError(f"radius_frac must be in [0.05, 0.42], got {radius_frac!r}")
-    size = int(size)
-    rng = np.random.default_rng([_STREAM_TRUTH, _seed_int(seed)])
+    size = _check_int("size", size, 32)
+    radius_frac = _check_float("radius_frac", radius_frac, 0.05, high=0.42)
+    rng = np.random.default_rng([_STREAM_TRUTH, _check_int("seed", seed, 0)])
     ss = _OVERSAMPLE
     n = size * ss
     coords = (np.arange(n) + 0.5) / ss - 0.5  # sub-pixel centres in output-pixel coordinates
@@ -346,8 +344,8 @@ def simulate_sequence(
     d_over_r0, pupil_px, obstruction, spiders, psf_size : optional
         Kolmogorov model only: telescope diameter over Fried's parameter, pupil diameter
         (px), central obstruction (fraction of the diameter), number of spider vanes and PSF
-        side (px); see :func:`astroflow.turbulence.turbulent_psfs`. The truth needs an empty
-        border of about ``psf_size / 2`` px.
+        side (px); see :func:`astroflow.simulation.turbulence.turbulent_psfs`. The truth needs
+        an empty border of about ``psf_size / 2`` px.
 
     Returns
     -------
@@ -363,9 +361,10 @@ def simulate_sequence(
     Warns
     -----
     UserWarning
-        If the truth has signal within :func:`border_margin` px of its edges.
+        If the truth has signal within :func:`border_margin` px of its edges (Kolmogorov model:
+        ``psf_size / 2`` px).
     """
-    truth = _check_truth(truth)
+    truth = check_image("truth", truth, min_side=16, non_negative=True).astype(np.float64)
     n_frames = _check_int("n_frames", n_frames, 1)
     tip_tilt_px = _check_float("tip_tilt_px", tip_tilt_px, 0.0)
     local_px = _check_float("local_px", local_px, 0.0)
@@ -373,9 +372,7 @@ def simulate_sequence(
     gain = _check_float("gain", gain, 0.0, strict=True)
     region_px = _check_float("region_px", region_px, 0.0, strict=True)
     good_fraction = _check_float("good_fraction", good_fraction, 0.0, high=1.0)
-    blur_variation = _check_float("blur_variation", blur_variation, 0.0, high=1.0)
-    if blur_variation >= 1.0:
-        raise ValueError(f"blur_variation must be in [0, 1), got {blur_variation!r}")
+    blur_variation = _check_float("blur_variation", blur_variation, 0.0, high=1.0, high_open=True)
     try:
         low, high = (float(v) for v in blur_px)
     except (TypeError, ValueError):
@@ -388,115 +385,96 @@ def simulate_sequence(
         raise ValueError(
             f"turbulence must be one of {TURBULENCE_MODELS}, got {turbulence!r}"
         )
-    seed = _seed_int(seed)
+    seed = _check_int("seed", seed, 0)
+    camera = dict(photon_noise=photon_noise, read_noise=read_noise, gain=gain)
+    fields = dict(local_px=local_px, region_px=region_px)
     if turbulence == "kolmogorov":
-        return _kolmogorov_sequence(
-            truth, n_frames, seed=seed, local_px=local_px, region_px=region_px,
-            read_noise=read_noise, gain=gain, photon_noise=photon_noise, d_over_r0=d_over_r0,
-            pupil_px=pupil_px, obstruction=obstruction, spiders=spiders, psf_size=psf_size,
+        # The PSFs' halo reaches psf_size / 2 px; a faint wrap-round there is already visible.
+        _warn_if_crowded(truth, min(psf_size // 2, min(truth.shape) // 2), 1e-3, "psf_size / 2")
+        # The PSFs, the convolution, the camera and the PSF moments are those of
+        # astroflow.simulation.turbulence (as in its simulate_turbulent_sequence); added here are
+        # the local displacement fields and noise drawn per frame from this module's streams.
+        psfs = _turbulence.turbulent_psfs(
+            n_frames, d_over_r0, np.random.default_rng([_STREAM_SEEING, seed]),
+            pupil_px=pupil_px, obstruction=obstruction, spiders=spiders, size=psf_size,
         )
-    margin = border_margin(tip_tilt_px, local_px, (low, high), blur_variation)
-    _warn_if_crowded(truth, margin)
-
-    seeing = _draw_seeing(seed, n_frames, low, high, good_fraction)
-    shifts = np.random.default_rng([_STREAM_TIPTILT, seed]).normal(0.0, tip_tilt_px, (n_frames, 2))
-    height, width = truth.shape
-    spectrum = np.fft.rfft2(truth)
-    fy = np.fft.fftfreq(height)[:, None]
-    fx = np.fft.rfftfreq(width)[None, :]
-    frames = np.empty((n_frames, height, width), dtype=np.float32)
-    local_sq = 0.0
-    for i in range(n_frames):
-        atmosphere = _draw_atmosphere(
-            np.random.default_rng([_STREAM_FIELDS, seed, i]),
-            truth.shape,
-            seeing=seeing[i],
+        shifts, seeing = _turbulence.psf_moments(psfs)
+        blurred = _turbulence.convolved_frames(truth, psfs)  # frame i comes i-th
+        frames, local_rms = _observe(
+            lambda i, atmosphere: _local_warp(next(blurred), atmosphere), truth, seed,
+            np.zeros(n_frames), blur_variation=0.0, **fields, **camera,
+        )
+        params = dict(
+            n_frames=n_frames, seed=seed, local_px=local_px, region_px=region_px,
+            read_noise=read_noise, gain=gain, photon_noise=bool(photon_noise),
+            turbulence="kolmogorov", d_over_r0=float(d_over_r0), pupil_px=int(pupil_px),
+            obstruction=float(obstruction), spiders=int(spiders), psf_size=int(psf_size),
+        )
+    else:
+        margin = border_margin(tip_tilt_px, local_px, (low, high), blur_variation)
+        _warn_if_crowded(truth, margin, 0.05, "border_margin")
+        psfs = None
+        seeing = _draw_seeing(seed, n_frames, low, high, good_fraction)
+        shifts = np.random.default_rng([_STREAM_TIPTILT, seed]).normal(
+            0.0, tip_tilt_px, (n_frames, 2)
+        )
+        spectrum = np.fft.rfft2(truth)
+        fy = np.fft.fftfreq(truth.shape[0])[:, None]
+        fx = np.fft.rfftfreq(truth.shape[1])[None, :]
+        frames, local_rms = _observe(
+            lambda i, atmosphere: _render_frame(
+                spectrum, fy, fx, truth.shape, shifts[i], atmosphere
+            ),
+            truth, seed, seeing, blur_variation=blur_variation, **fields, **camera,
+        )
+        params = dict(
+            n_frames=n_frames,
+            seed=seed,
+            tip_tilt_px=tip_tilt_px,
             local_px=local_px,
+            blur_px=(low, high),
+            good_fraction=good_fraction,
             region_px=region_px,
+            read_noise=read_noise,
+            gain=gain,
             blur_variation=blur_variation,
+            photon_noise=bool(photon_noise),
+            turbulence=turbulence,
         )
-        local_sq += float(np.mean(atmosphere["ly"] ** 2 + atmosphere["lx"] ** 2)) / 2.0
-        signal = _render_frame(spectrum, fy, fx, truth.shape, shifts[i], atmosphere)
-        frames[i] = _expose(signal, np.random.default_rng([_STREAM_NOISE, seed, i]),
-                            photon_noise=photon_noise, read_noise=read_noise, gain=gain)
-    params = dict(
-        n_frames=n_frames,
-        seed=seed,
-        tip_tilt_px=tip_tilt_px,
-        local_px=local_px,
-        blur_px=(low, high),
-        good_fraction=good_fraction,
-        region_px=region_px,
-        read_noise=read_noise,
-        gain=gain,
-        blur_variation=blur_variation,
-        photon_noise=bool(photon_noise),
-        turbulence=turbulence,
-    )
     return PlanetarySequence(
         frames=frames,
         truth=(truth / gain).astype(np.float32),
         shifts=shifts,
         seeing=seeing,
-        local_rms=math.sqrt(local_sq / n_frames),
-        params=params,
-    )
-
-
-def _kolmogorov_sequence(truth, n_frames, *, seed, local_px, region_px, read_noise, gain,
-                         photon_noise, d_over_r0, pupil_px, obstruction, spiders, psf_size):
-    """Frames through Kolmogorov phase screens (see the module docstring)."""
-    psfs = _turbulence.turbulent_psfs(
-        n_frames, d_over_r0, np.random.default_rng([_STREAM_SEEING, seed]), pupil_px=pupil_px,
-        obstruction=obstruction, spiders=spiders, size=psf_size,
-    )
-    border = min(psf_size // 2, min(truth.shape) // 2)
-    edge = np.ones(truth.shape, dtype=bool)
-    edge[border:truth.shape[0] - border, border:truth.shape[1] - border] = False
-    sky = float(np.median(truth[edge]))
-    if float(np.abs(truth[edge] - sky).max()) > 1e-3 * max(float(truth.max()) - sky, 1e-12):
-        warnings.warn(
-            f"truth has signal within {border} px (psf_size / 2) of its edges: the periodic "
-            "convolution wraps it around",
-            stacklevel=3,
-        )
-    grid = np.arange(psf_size) - psf_size // 2
-    frames = np.empty((n_frames,) + truth.shape, dtype=np.float32)
-    shifts = np.empty((n_frames, 2))
-    seeing = np.empty(n_frames)
-    local_sq = 0.0
-    for i in range(n_frames):
-        psf = psfs[i].astype(np.float64)
-        cy = float((psf.sum(axis=1) * grid).sum())
-        cx = float((psf.sum(axis=0) * grid).sum())
-        var_y = float((psf.sum(axis=1) * (grid - cy) ** 2).sum())
-        var_x = float((psf.sum(axis=0) * (grid - cx) ** 2).sum())
-        shifts[i] = (cy, cx)
-        seeing[i] = math.sqrt((var_y + var_x) / 2.0)
-        signal = _turbulence.convolve(truth, psf)
-        atmosphere = _draw_atmosphere(
-            np.random.default_rng([_STREAM_FIELDS, seed, i]), truth.shape, seeing=0.0,
-            local_px=local_px, region_px=region_px, blur_variation=0.0,
-        )
-        local_sq += float(np.mean(atmosphere["ly"] ** 2 + atmosphere["lx"] ** 2)) / 2.0
-        signal = _local_warp(signal, atmosphere)
-        frames[i] = _expose(signal, np.random.default_rng([_STREAM_NOISE, seed, i]),
-                            photon_noise=photon_noise, read_noise=read_noise, gain=gain)
-    params = dict(
-        n_frames=n_frames, seed=seed, local_px=local_px, region_px=region_px,
-        read_noise=read_noise, gain=gain, photon_noise=bool(photon_noise),
-        turbulence="kolmogorov", d_over_r0=float(d_over_r0), pupil_px=int(pupil_px),
-        obstruction=float(obstruction), spiders=int(spiders), psf_size=int(psf_size),
-    )
-    return PlanetarySequence(
-        frames=frames,
-        truth=(truth / gain).astype(np.float32),
-        shifts=shifts,
-        seeing=seeing,
-        local_rms=math.sqrt(local_sq / n_frames),
+        local_rms=local_rms,
         params=params,
         psfs=psfs,
     )
+
+
+def _observe(render, truth, seed, seeing, *, local_px, region_px, blur_variation, photon_noise,
+             read_noise, gain):
+    """The frames of a sequence, one at a time: turbulence fields, noise-free image, camera.
+
+    Frame ``i`` draws its local displacement and blur-variation fields (:func:`_draw_atmosphere`,
+    blur sigma ``seeing[i]``) from its own stream, is rendered noise-free by
+    ``render(i, atmosphere)`` (e-) and exposed by :func:`astroflow.simulation.turbulence.expose`
+    with noise from its own stream. Returns the frames, float32 ``(N, H, W)`` ADU, and the RMS
+    per axis of the local displacements over all frames and pixels (px).
+    """
+    frames = np.empty((len(seeing),) + truth.shape, dtype=np.float32)
+    local_sq = 0.0
+    for i in range(len(seeing)):
+        atmosphere = _draw_atmosphere(
+            np.random.default_rng([_STREAM_FIELDS, seed, i]), truth.shape, seeing=seeing[i],
+            local_px=local_px, region_px=region_px, blur_variation=blur_variation,
+        )
+        local_sq += float(np.mean(atmosphere["ly"] ** 2 + atmosphere["lx"] ** 2)) / 2.0
+        frames[i] = _turbulence.expose(
+            render(i, atmosphere), np.random.default_rng([_STREAM_NOISE, seed, i]),
+            photon_noise=photon_noise, read_noise=read_noise, gain=gain,
+        )
+    return frames, math.sqrt(local_sq / len(seeing))
 
 
 def write_sequence(seq, outdir, *, fmt="tiff"):
@@ -596,7 +574,7 @@ def write_sequence(seq, outdir, *, fmt="tiff"):
     return paths
 
 
-# --- turbulence model (the hook for the Kolmogorov phase-screen model) -----------------------
+# --- turbulence fields and the Gaussian model ------------------------------------------------
 
 
 def _draw_seeing(seed, n_frames, low, high, good_fraction):
@@ -659,15 +637,6 @@ def _local_warp(image, atmosphere):
         interpolation=cv2.INTER_CUBIC,
         borderMode=cv2.BORDER_REFLECT_101,
     ).astype(np.float64)
-
-
-def _expose(signal, rng, *, photon_noise, read_noise, gain):
-    """A noise-free frame (e-) through the camera: Poisson photon noise, read noise, ADU."""
-    signal = np.clip(signal, 0.0, None)
-    electrons = rng.poisson(signal).astype(np.float64) if photon_noise else signal
-    if read_noise > 0:
-        electrons = electrons + rng.normal(0.0, read_noise, electrons.shape)
-    return electrons / gain
 
 
 def _smooth_field(rng, shape, corr_px):
@@ -817,39 +786,26 @@ def _smoothstep(edge0, edge1, x):
     return t * t * (3.0 - 2.0 * t)
 
 
-# --- checks and files ---------------------------------------------------------------------
+# --- checks ---------------------------------------------------------------------------------
 
 
-def _seed_int(seed):
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    return int(seed)
+def _warn_if_crowded(truth, margin, tolerance, source):
+    """Warn if the truth has signal within ``margin`` px of its edges (periodic wrap-round).
 
-
-def _check_truth(truth):
-    array = np.asarray(truth, dtype=np.float64)
-    if array.ndim != 2 or min(array.shape) < 16:
-        raise ValueError(f"truth must be a 2-D image of at least 16x16, got shape {array.shape}")
-    if not np.all(np.isfinite(array)):
-        raise ValueError("truth must be finite (no NaN or inf)")
-    if array.min() < 0:
-        raise ValueError(f"truth must be non-negative (e-), its minimum is {array.min():g}")
-    return array
-
-
-def _warn_if_crowded(truth, margin):
-    """Warn if the truth has signal within ``margin`` px of its edges (periodic wrap-round)."""
+    Signal is a deviation from the median of that border strip above ``tolerance`` times the
+    truth's peak over it; ``source`` names where the margin comes from, for the message.
+    """
     strip = np.ones(truth.shape, dtype=bool)
     if 2 * margin < min(truth.shape):
         strip[margin:-margin, margin:-margin] = False
     sky = float(np.median(truth[strip]))
     scale = float(truth.max()) - sky
     deviation = float(np.abs(truth[strip] - sky).max())
-    if scale > 0 and deviation > 0.05 * scale:
+    if scale > 0 and deviation > tolerance * scale:
         warnings.warn(
-            f"truth has signal within {margin} px of its edge (up to {deviation:.3g} off the "
-            f"sky of {sky:.3g}); shifted frames wrap it round to the other side: give the "
-            "truth a wider empty sky border",
+            f"truth has signal within {margin} px ({source}) of its edges (up to {deviation:.3g} "
+            f"off the sky of {sky:.3g}); shifted frames wrap it round to the other side: give "
+            "the truth a wider empty sky border",
             UserWarning,
             stacklevel=3,
         )

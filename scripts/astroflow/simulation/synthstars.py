@@ -50,6 +50,7 @@ import numpy as np
 from scipy import fft as sfft
 from scipy import special
 
+from astroflow.checks import check_int
 from astroflow.io.atomic import atomic_write
 from astroflow.simulation.night import colour_ratios, moffat_alpha
 from astroflow.stretch import MTFStretch, auto_stretch
@@ -273,9 +274,7 @@ def render_sample(rng, size=256, *, channels=3, kind=None, overrides=None):
     Moffat (1969, A&A 3, 455) and the Airy pattern ``(2 J1(x) / x)**2`` for the PSFs; the MTF
     autostretch of PixInsight / Siril for the display transform.
     """
-    size = int(size)
-    if size < 32:
-        raise ValueError(f"size must be >= 32 px, got {size}")
+    size = check_int("size", size, 32)
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     if kind is not None and kind not in BACKGROUND_KINDS:
@@ -391,7 +390,7 @@ def make_shard(path, n_samples, seed, *, size=256, channels=3):
     Parameters
     ----------
     path : str or os.PathLike
-        Output file (written as given, via a temporary file and ``os.replace``).
+        Output file (written as given, by :func:`astroflow.io.atomic.atomic_write`).
     n_samples : int
         Number of samples (>= 1).
     seed : int or sequence of int
@@ -415,9 +414,7 @@ def make_shard(path, n_samples, seed, *, size=256, channels=3):
     ValueError
         If ``n_samples < 1`` or the seed, size or channels are invalid.
     """
-    n_samples = int(n_samples)
-    if n_samples < 1:
-        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    n_samples = check_int("n_samples", n_samples, 1)
     entropy = [int(seed)] if np.isscalar(seed) else [int(s) for s in seed]
     if any(s < 0 for s in entropy):
         raise ValueError(f"seed entries must be non-negative, got {seed}")
@@ -687,7 +684,7 @@ def _nebulosity(rng, p, size, strength):
     return emission, tau
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _photo(name):
     """A scikit-image sample photograph as linear float32 RGB ``(h, w, 3)`` in ``[0, 1]``."""
     from skimage import data

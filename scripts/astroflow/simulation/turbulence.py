@@ -15,9 +15,14 @@ module makes such frames from first principles instead of the Gaussian-blur stan
    ``|FFT(P exp(i phi))|^2`` (Fraunhofer diffraction, Goodman, *Introduction to Fourier
    Optics*, ch. 4 and 6) (:func:`short_exposure_psf`, :func:`turbulent_psfs`);
 4. frames = truth convolved with each frame's PSF, with Poisson photon noise and Gaussian read
-   noise (:func:`convolve`, :func:`simulate_turbulent_sequence`), the truth kept beside them;
-   truths for a planet (:func:`astroflow.simulate_planetary.planet_truth`) or a star field
+   noise (:func:`convolve`, :func:`convolved_frames`, :func:`expose`,
+   :func:`simulate_turbulent_sequence`), the truth kept beside them; truths for a planet
+   (:func:`astroflow.simulation.planetary.planet_truth`) or a star field
    (:func:`star_field_truth`).
+
+The Kolmogorov model of :func:`astroflow.simulation.planetary.simulate_sequence`
+(``turbulence="kolmogorov"``) is made of the same pieces (PSFs, convolution, camera, PSF
+moments), with a local displacement field applied between the convolution and the camera.
 
 Statistics the screens reproduce
 --------------------------------
@@ -70,12 +75,16 @@ import scipy.fft
 from scipy.special import erf
 
 from astroflow.checks import check_float as _check_float
+from astroflow.checks import check_image
 from astroflow.checks import check_int as _check_int
 
 __all__ = [
     "TurbulentSequence",
     "convolve",
+    "convolved_frames",
+    "expose",
     "phase_screen",
+    "psf_moments",
     "pupil",
     "short_exposure_psf",
     "simulate_turbulent_sequence",
@@ -470,21 +479,59 @@ def convolve(image, psf, *, boundary="periodic"):
     ValueError
         If ``image`` or ``psf`` is not a finite 2-D array, or ``boundary`` is unknown.
     """
-    img = np.asarray(image, dtype=np.float64)
     kernel = np.asarray(psf, dtype=np.float64)
-    if img.ndim != 2 or img.size == 0 or not np.all(np.isfinite(img)):
-        raise ValueError(f"image must be a finite, non-empty 2-D array, got shape {img.shape}")
     if kernel.ndim != 2 or kernel.size == 0 or not np.all(np.isfinite(kernel)):
         raise ValueError(f"psf must be a finite, non-empty 2-D array, got shape {kernel.shape}")
+    return next(convolved_frames(image, kernel[None], boundary=boundary))
+
+
+def convolved_frames(image, psfs, *, boundary="periodic"):
+    """Noise-free frames: an image convolved with each PSF of a stack in turn.
+
+    Each frame is :func:`convolve` of ``image`` with ``psfs[i]``; the image's spectrum is
+    computed once for all of them.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        ``(H, W)`` image, finite (e.g. a truth in e- per frame).
+    psfs : numpy.ndarray
+        ``(N, s_y, s_x)`` PSFs, finite (not renormalised here).
+    boundary : {"periodic", "zero"}, optional
+        Edge handling, see :func:`convolve`.
+
+    Returns
+    -------
+    iterator of numpy.ndarray
+        ``N`` float64 ``(H, W)`` frames, in the order of ``psfs``; one is in memory at a time.
+        FFT round-off leaves values of about ``1e-12`` of the peak below zero where the truth is
+        dark (clip before drawing photons, as :func:`expose` does).
+
+    Raises
+    ------
+    ValueError
+        If ``image`` is not a finite 2-D array, ``psfs`` not a finite 3-D one, or ``boundary``
+        is unknown (raised at the call, before the first frame).
+    """
+    img = np.asarray(image, dtype=np.float64)
+    kernels = np.asarray(psfs)
+    if img.ndim != 2 or img.size == 0 or not np.all(np.isfinite(img)):
+        raise ValueError(f"image must be a finite, non-empty 2-D array, got shape {img.shape}")
+    if kernels.ndim != 3 or kernels.size == 0 or not np.all(np.isfinite(kernels)):
+        raise ValueError(
+            f"psfs must be a finite, non-empty (N, s_y, s_x) array, got shape {kernels.shape}"
+        )
     if boundary not in ("periodic", "zero"):
         raise ValueError(f"boundary must be 'periodic' or 'zero', got {boundary!r}")
     height, width = img.shape
     if boundary == "zero":
-        shape = (height + kernel.shape[0], width + kernel.shape[1])
+        shape = (height + kernels.shape[1], width + kernels.shape[2])
         padded = np.zeros(shape)
         padded[:height, :width] = img
-        return _convolve_periodic(scipy.fft.rfft2(padded), kernel, shape)[:height, :width]
-    return _convolve_periodic(scipy.fft.rfft2(img), kernel, img.shape)
+    else:
+        shape, padded = img.shape, img
+    spectrum = scipy.fft.rfft2(padded)
+    return (_convolve_periodic(spectrum, kernel, shape)[:height, :width] for kernel in kernels)
 
 
 def _wrap_kernel(kernel, shape):
@@ -499,6 +546,66 @@ def _wrap_kernel(kernel, shape):
 
 def _convolve_periodic(spectrum, kernel, shape):
     return scipy.fft.irfft2(spectrum * scipy.fft.rfft2(_wrap_kernel(kernel, shape)), s=shape)
+
+
+def expose(signal, rng, *, photon_noise, read_noise, gain):
+    """A noise-free frame through a camera: photon noise, read noise, electrons to ADU.
+
+    ``(Poisson(max(signal, 0)) + N(0, read_noise^2)) / gain``: the camera of every simulated
+    lucky-imaging sequence (:func:`simulate_turbulent_sequence`,
+    :func:`astroflow.simulation.planetary.simulate_sequence`): shot noise on the
+    photo-electrons and Gaussian read noise, no bias, no quantisation, no saturation.
+
+    Parameters
+    ----------
+    signal : numpy.ndarray
+        Expected photo-electrons per pixel, e- (negative values count as 0).
+    rng : numpy.random.Generator
+        Source of the noise (Poisson first, then the read noise).
+    photon_noise : bool
+        Draw Poisson photon noise; False keeps the expectation.
+    read_noise : float
+        Gaussian read noise, e- RMS (>= 0; 0 draws nothing).
+    gain : float
+        e- per ADU (> 0).
+
+    Returns
+    -------
+    numpy.ndarray
+        float64, the shape of ``signal``: the frame in ADU.
+    """
+    signal = np.clip(signal, 0.0, None)
+    electrons = rng.poisson(signal).astype(np.float64) if photon_noise else signal
+    if read_noise > 0:
+        electrons = electrons + rng.normal(0.0, read_noise, electrons.shape)
+    return electrons / gain
+
+
+def psf_moments(psfs):
+    """Centroid and RMS radius of each PSF of a stack.
+
+    Parameters
+    ----------
+    psfs : numpy.ndarray
+        ``(N, s_y, s_x)`` PSFs, each summing to 1, centred at ``(s_y // 2, s_x // 2)``.
+
+    Returns
+    -------
+    shifts : numpy.ndarray
+        float64 ``(N, 2)``: ``(dy, dx)`` of each centroid from the centre pixel, px: a frame
+        made with that PSF shows the truth moved by ``(dy, dx)`` (its tip-tilt).
+    rms : numpy.ndarray
+        float64 ``(N,)``: RMS radius per axis about the centroid,
+        ``sqrt((var_y + var_x) / 2)``, px (a Gaussian of that sigma has the same second moment).
+    """
+    p = np.asarray(psfs, dtype=np.float64)
+    rows, cols = p.sum(axis=2), p.sum(axis=1)  # marginals along y and x, (N, s_y), (N, s_x)
+    gy = np.arange(p.shape[1]) - p.shape[1] // 2
+    gx = np.arange(p.shape[2]) - p.shape[2] // 2
+    cy, cx = (rows * gy).sum(axis=1), (cols * gx).sum(axis=1)
+    var_y = (rows * (gy - cy[:, None]) ** 2).sum(axis=1)
+    var_x = (cols * (gx - cx[:, None]) ** 2).sum(axis=1)
+    return np.stack([cy, cx], axis=1), np.sqrt((var_y + var_x) / 2.0)
 
 
 def simulate_turbulent_sequence(
@@ -522,7 +629,9 @@ def simulate_turbulent_sequence(
     """Frames of a truth image seen through Kolmogorov turbulence, with truth and PSFs.
 
     Frame ``i`` is ``(Poisson(max(truth (*) psf_i, 0)) + N(0, read_noise^2)) / gain`` with
-    ``psf_i`` from :func:`turbulent_psfs` and ``(*)`` :func:`convolve`. The truth is assumed
+    ``psf_i`` from :func:`turbulent_psfs`, ``(*)`` :func:`convolve` (:func:`convolved_frames`)
+    and the camera of :func:`expose`; ``shifts`` are the PSFs' centroids
+    (:func:`psf_moments`). The truth is assumed
     sampled at the PSF pixel scale (``lambda / D`` = ~``oversample`` px). PSFs and noise come
     from separate random streams of ``seed``: the same seed gives identical frames, and
     changing the noise leaves the PSFs unchanged.
@@ -531,7 +640,7 @@ def simulate_turbulent_sequence(
     ----------
     truth : numpy.ndarray
         ``(H, W)`` noise-free image, e- per frame, finite, non-negative, at least 16x16
-        (e.g. :func:`astroflow.simulate_planetary.planet_truth` or :func:`star_field_truth`).
+        (e.g. :func:`astroflow.simulation.planetary.planet_truth` or :func:`star_field_truth`).
         With the default periodic boundary, give it an empty border of ~``psf_size / 2`` px.
     n_frames : int, optional
         Number of frames N (>= 1).
@@ -566,17 +675,11 @@ def simulate_turbulent_sequence(
     ValueError
         If an argument is out of range; the message names it.
     """
-    img = np.asarray(truth, dtype=np.float64)
-    if img.ndim != 2 or min(img.shape) < 16:
-        raise ValueError(f"truth must be a 2-D image of at least 16x16, got shape {img.shape}")
-    if not np.all(np.isfinite(img)) or img.min() < 0:
-        raise ValueError("truth must be finite and non-negative (e-)")
+    img = check_image("truth", truth, min_side=16, non_negative=True).astype(np.float64)
     n_frames = _check_int("n_frames", n_frames, 1)
     seed = _check_int("seed", seed, 0)
     read_noise = _check_float("read_noise", read_noise, 0.0)
     gain = _check_float("gain", gain, 0.0, strict=True)
-    if boundary not in ("periodic", "zero"):
-        raise ValueError(f"boundary must be 'periodic' or 'zero', got {boundary!r}")
     if photons is not None:
         photons = _check_float("photons", photons, 0.0, strict=True)
         total = float(img.sum())
@@ -594,31 +697,13 @@ def simulate_turbulent_sequence(
         size=psf_size,
         spider_width=spider_width,
     )
-    height, width = img.shape
-    if boundary == "zero":
-        shape = (height + psfs.shape[1], width + psfs.shape[2])
-        padded = np.zeros(shape)
-        padded[:height, :width] = img
-    else:
-        shape, padded = img.shape, img
-    spectrum = scipy.fft.rfft2(padded)
     noise_rng = np.random.default_rng([_STREAM_NOISE, seed])
-    frames = np.empty((n_frames, height, width), dtype=np.float32)
-    for i in range(n_frames):
-        signal = np.clip(_convolve_periodic(spectrum, psfs[i], shape)[:height, :width], 0.0, None)
-        electrons = noise_rng.poisson(signal).astype(np.float64) if photon_noise else signal
-        if read_noise > 0:
-            electrons = electrons + noise_rng.normal(0.0, read_noise, electrons.shape)
-        frames[i] = electrons / gain
-    grid = np.arange(psfs.shape[1]) - psfs.shape[1] // 2
-    grid_x = np.arange(psfs.shape[2]) - psfs.shape[2] // 2
-    shifts = np.stack(
-        [
-            np.einsum("kyx,y->k", psfs, grid, dtype=np.float64),
-            np.einsum("kyx,x->k", psfs, grid_x, dtype=np.float64),
-        ],
-        axis=1,
-    )
+    frames = np.empty((n_frames,) + img.shape, dtype=np.float32)
+    for i, signal in enumerate(convolved_frames(img, psfs, boundary=boundary)):
+        frames[i] = expose(
+            signal, noise_rng, photon_noise=photon_noise, read_noise=read_noise, gain=gain
+        )
+    shifts, _ = psf_moments(psfs)
     params = dict(
         n_frames=n_frames,
         d_over_r0=float(d_over_r0),
