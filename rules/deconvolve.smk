@@ -8,6 +8,8 @@ rule deconvolve:
         image=starless_input,
     output:
         fits="results/{target}/deconvolved.fits",
+        tif="results/{target}/deconvolved.tif",
+        tif32="results/{target}/deconvolved_f32.tif",
         png=report(
             "results/{target}/deconvolved.png",
             caption="../report/deconvolved.rst",
@@ -79,6 +81,8 @@ rule planetary_deconvolve:
         stack="results/{target}/stack.fits",
     output:
         fits="results/{target}/deconvolved.fits",
+        tif="results/{target}/deconvolved.tif",
+        tif32="results/{target}/deconvolved_f32.tif",
         png=report(
             "results/{target}/deconvolved.png",
             caption="../report/deconvolved_planetary.rst",

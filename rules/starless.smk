@@ -23,9 +23,7 @@ rule image_ingest:
         runtime=5,
     params:
         code=library_code("image_ingest.py"),
-        encoding=lambda wildcards: config["targets"][wildcards.target].get(
-            "encoding", "auto"
-        ),
+        encoding=image_encoding,
     script:
         "../scripts/image_ingest.py"
 
@@ -36,12 +34,16 @@ rule starless:
         weights=starless_weights,
     output:
         fits="results/{target}/starless.fits",
+        tif="results/{target}/starless.tif",
+        tif32="results/{target}/starless_f32.tif",
         png=report(
             "results/{target}/starless.png",
             caption="../report/starless.rst",
             category="{target}",
         ),
         stars_fits="results/{target}/stars.fits",
+        stars_tif="results/{target}/stars.tif",
+        stars_tif32="results/{target}/stars_f32.tif",
         stars_png=report(
             "results/{target}/stars.png",
             caption="../report/stars.rst",

@@ -1,6 +1,6 @@
 """Entry script of rule calibrate_light: bias, dark, flat, cosmetic correction, debayer."""
 
-from astroflow.calibration.calibrate import calibrate_light, cosmetic_correction
+from astroflow.calibration.calibrate import calibrate_light, calibrated_header, cosmetic_correction
 from astroflow.calibration.debayer import debayer
 from astroflow.io.fits import REASON_KEY, is_rejected, read_header, read_image, write_image, write_rejected
 from astroflow.workflow.logs import setup_logging
@@ -23,6 +23,7 @@ else:
         if kind not in keys:
             log.warning("no master %s: %s correction skipped", kind, kind)
     data, history = calibrate_light(light, header, **masters)
+    header = calibrated_header(header)
     pattern = header.get("BAYERPAT")
     if p.cosmetic:
         hot = read_image(snakemake.input.hot_pixels)[0] if "hot_pixels" in keys else None

@@ -1,4 +1,5 @@
-"""Entry script of rule deconvolve: a stack or image -> deconvolved.{fits,png}, its PSF and history.
+"""Entry script of rule deconvolve: a stack or image -> deconvolved.{fits,tif,png}, deconvolved_f32.tif,
+its PSF and history.
 
 Regularised Richardson-Lucy with a PSF estimated from the image's own stars
 (:func:`astroflow.deconvolve.deconvolve_image`); a Moffat PSF of ``fallback_fwhm`` with a
@@ -12,11 +13,11 @@ import numpy as np
 import pandas as pd
 
 from astroflow.io.atomic import atomic_write
+from astroflow.io.export import save_linear_png, save_tiff16, save_tiff32
+from astroflow.io.fits import derived_header, read_image, write_image
 from astroflow.restoration.deconvolve import NoStarsForPSF, deconvolve_image
-from astroflow.io.export import save_linear_png
-from astroflow.io.fits import read_image, write_image
-from astroflow.workflow.logs import setup_logging
 from astroflow.stretch import auto_stretch
+from astroflow.workflow.logs import setup_logging
 
 log = setup_logging(snakemake.log[0])
 p = snakemake.params
@@ -73,10 +74,13 @@ history = [
     f"astroflow deconvolve: Richardson-Lucy, TV {p.tv_weight}, at most {p.iterations} iterations, "
     f"PSF {psf_info.get('method')} ({psf_info.get('n_stars', 0)} stars), grid {list(grid)}",
 ]
-out_header = {"AFENCODE": encoding, "AFBITS": bits, "PSFFWHM": round(float(psf_info.get("fwhm", np.nan)), 3)}
-write_image(snakemake.output.fits, result, out_header, history)
+out_header = derived_header(header, history)
+out_header["PSFFWHM"] = round(float(psf_info.get("fwhm", np.nan)), 3)
+write_image(snakemake.output.fits, result, out_header)
 write_image(snakemake.output.psf, info["psf"], {"PSFMETH": str(psf_info.get("method"))}, history)
 atomic_write(snakemake.output.history, lambda tmp: pd.DataFrame(rows).to_csv(tmp, index=False))
+save_tiff16(snakemake.output.tif, result, description="astroflow deconvolved", encoding=encoding)
+save_tiff32(snakemake.output.tif32, result, description="astroflow deconvolved", encoding=encoding)
 if encoding == "linear":
     # The input's stretch for both, so that stack.png and deconvolved.png compare.
     stretch = auto_stretch(image, target_background=p.preview["target_background"],

@@ -3,8 +3,8 @@
 import numpy as np
 
 from astroflow.io.export import save_linear_png, save_preview_png
-from astroflow.io.fits import write_image
-from astroflow.io.imagefile import choose_encoding, display_scale, read_finished_image
+from astroflow.io.fits import data_unit, write_image
+from astroflow.io.imagefile import choose_encoding, display_scale, read_finished_header, read_finished_image
 from astroflow.workflow.logs import setup_logging
 from astroflow.workflow.provenance import sha256_file
 
@@ -23,7 +23,17 @@ log.info(
     encoding,
     int((~finite).sum()),
 )
-header = {"AFENCODE": encoding, "AFBITS": bits, "SRCFILE": str(path), "SRCSHA": sha256_file(path)}
+# The observation the file records (object, exposure, dates, history of its processing).
+header = read_finished_header(path)
+header.update(
+    {
+        "AFENCODE": encoding,
+        "AFBITS": bits,
+        "BUNIT": data_unit(encoding),
+        "SRCFILE": str(path),
+        "SRCSHA": sha256_file(path),
+    }
+)
 write_image(snakemake.output.fits, image, header, [f"astroflow image_ingest: {encoding} data from {path}"])
 if encoding == "linear":
     save_preview_png(snakemake.output.png, image)

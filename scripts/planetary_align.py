@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 
 from astroflow.io.fits import read_image, write_image
-from astroflow.workflow.logs import setup_logging
-from astroflow.planetary.passes import align_sequence, plan_window
 from astroflow.io.sequence import open_sequence
+from astroflow.planetary.passes import align_sequence, plan_window
+from astroflow.workflow.logs import setup_logging
 
 log = setup_logging(snakemake.log[0])
 p = snakemake.params

@@ -1,10 +1,10 @@
 """Entry script of rule planetary_analyse: pass 1, object and quality of every frame."""
 
 from astroflow.io.fits import read_image
-from astroflow.workflow.provenance import sha256_file
-from astroflow.workflow.logs import setup_logging
-from astroflow.planetary.passes import analyse_sequence
 from astroflow.io.sequence import open_sequence
+from astroflow.planetary.passes import analyse_sequence
+from astroflow.workflow.logs import setup_logging
+from astroflow.workflow.provenance import sha256_file
 
 log = setup_logging(snakemake.log[0])
 p = snakemake.params

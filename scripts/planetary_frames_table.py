@@ -2,8 +2,8 @@
 
 import pandas as pd
 
-from astroflow.workflow.logs import setup_logging
 from astroflow.planetary.passes import frames_table
+from astroflow.workflow.logs import setup_logging
 
 log = setup_logging(snakemake.log[0])
 table = frames_table(

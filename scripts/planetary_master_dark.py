@@ -1,9 +1,9 @@
 """Entry script of rule planetary_master_dark: dark video or frames -> masters/dark.fits (mean)."""
 
 from astroflow.io.fits import write_image
-from astroflow.workflow.logs import setup_logging
-from astroflow.planetary.passes import master_dark
 from astroflow.io.sequence import open_sequence
+from astroflow.planetary.passes import master_dark
+from astroflow.workflow.logs import setup_logging
 
 log = setup_logging(snakemake.log[0])
 sequence = open_sequence(list(snakemake.input))

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from astroflow.workflow.logs import setup_logging
 from astroflow.deepsky.register import register_frames
+from astroflow.workflow.logs import setup_logging
 
 log = setup_logging(snakemake.log[0])
 p = snakemake.params

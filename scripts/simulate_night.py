@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from astroflow.workflow.logs import setup_logging
 from astroflow.simulation.night import simulate_night
+from astroflow.workflow.logs import setup_logging
 
 log = setup_logging(snakemake.log[0])
 # the truth folder sits inside the night folder, so it names the output folder without a setting

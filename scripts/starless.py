@@ -1,4 +1,4 @@
-"""Entry script of rule starless: a stack or image -> starless.{fits,png} and stars.{fits,png}."""
+"""Entry script of rule starless: a stack or image -> starless and stars, each .fits, .tif, _f32.tif, .png."""
 
 import os
 
@@ -10,13 +10,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np
 import torch
 
-from astroflow.io.export import save_linear_png, save_preview_png
-from astroflow.io.fits import read_image, write_image
-from astroflow.io.imagefile import display_scale
-from astroflow.workflow.logs import setup_logging
+from astroflow.io.export import save_linear_png, save_tiff16, save_tiff32
+from astroflow.io.fits import derived_header, read_image, write_image
 from astroflow.restoration.starless import remove_stars
 from astroflow.restoration.starnet import load_starless, predictor
 from astroflow.stretch import auto_stretch
+from astroflow.workflow.logs import setup_logging
 
 log = setup_logging(snakemake.log[0])
 p = snakemake.params
@@ -40,10 +39,17 @@ result = remove_stars(
     target_background=p.target_background,
 )
 history = [f"astroflow starless: weights {snakemake.input.weights}, {encoding} data"]
-out_header = {"AFENCODE": encoding, "AFBITS": bits}
-write_image(snakemake.output.fits, result.starless, out_header, history)
+write_image(snakemake.output.fits, result.starless, derived_header(header, history))
 recombine = "starless + stars" if encoding == "linear" else "1 - (1 - starless)(1 - stars)"
-write_image(snakemake.output.stars_fits, result.stars, out_header, history + [f"input = {recombine}"])
+stars_header = derived_header(header, history + [f"input = {recombine}"])
+write_image(snakemake.output.stars_fits, result.stars, stars_header)
+out = snakemake.output
+for data, tif, tif32, name in (
+    (result.starless, out.tif, out.tif32, "starless"),
+    (result.stars, out.stars_tif, out.stars_tif32, "stars"),
+):
+    save_tiff16(tif, data, description=f"astroflow {name}", encoding=encoding)
+    save_tiff32(tif32, data, description=f"astroflow {name}", encoding=encoding)
 if encoding == "linear":
     # One stretch, the input's, for both previews, so that they compare.
     stretch = auto_stretch(image, target_background=p.preview["target_background"],

@@ -2,8 +2,8 @@
 
 import zlib
 
-from astroflow.workflow.logs import setup_logging
 from astroflow.simulation.synthstars import make_shard
+from astroflow.workflow.logs import setup_logging
 
 log = setup_logging(snakemake.log[0])
 p = snakemake.params

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from astroflow.workflow.logs import setup_logging
-from astroflow.nets.unet import ResUNet, count_parameters, save_weights
 from astroflow.nets.training import plot_history, train
+from astroflow.nets.unet import ResUNet, count_parameters, save_weights
+from astroflow.workflow.logs import setup_logging
 
 log = setup_logging(snakemake.log[0])
 p = snakemake.params

@@ -5,9 +5,9 @@ from pathlib import Path
 import cv2
 import pandas as pd
 
+from astroflow.deepsky.register import transform_matrix, warp
 from astroflow.io.fits import REASON_KEY, is_rejected, read_header, read_image, write_image, write_rejected
 from astroflow.workflow.logs import setup_logging
-from astroflow.deepsky.register import transform_matrix, warp
 
 log = setup_logging(snakemake.log[0])
 # OpenCV takes every core unless told: keep to what the rule declared

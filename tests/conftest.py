@@ -24,6 +24,44 @@ if torch is not None:
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
+def debian_package(command, *packages):
+    """Path of a program, installed from Debian packages with apt-get when it is missing.
+
+    Parameters
+    ----------
+    command : str
+        The program to find on PATH (``"chromium"``, ``"siril-cli"``).
+    *packages : str
+        The Debian packages that bring it (installed without their recommends).
+
+    Returns
+    -------
+    str
+        The program's path.
+
+    Skips the calling test, saying why, when the program is missing and this is not a root
+    Debian machine with apt-get, or when apt-get cannot install the packages; fails it when
+    apt-get installs them but the program is still not on PATH.
+    """
+    found = shutil.which(command)
+    if found:
+        return found
+    names = " ".join(packages)
+    root = hasattr(os, "geteuid") and os.geteuid() == 0
+    if not (root and Path("/etc/debian_version").exists() and shutil.which("apt-get")):
+        pytest.skip(f"{command} is not installed, and this is not a root Debian machine to install {names}")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    apt = ["apt-get", "-o", "DPkg::Lock::Timeout=300"]
+    install = [*apt, "install", "-y", "-q", "--no-install-recommends", *packages]
+    if subprocess.run(install, env=env, capture_output=True).returncode != 0:
+        # a fresh machine has no package lists yet
+        subprocess.run([*apt, "update", "-q"], env=env, capture_output=True)
+        proc = subprocess.run(install, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"apt-get cannot install {names}: {proc.stderr.strip()[-600:]}")
+    return shutil.which(command) or pytest.fail(f"apt-get installed {names}, but {command} is not on PATH")
+
+
 def needs_shared_data(*parts):
     """Skip marker for tests that read a real data set from ../shared/data."""
     path = SHARED_DATA.joinpath(*parts)

@@ -9,6 +9,7 @@ from scipy.special import erf
 from astroflow.calibration.calibrate import (
     CalibrationWarning,
     calibrate_light,
+    calibrated_header,
     cosmetic_correction,
     hot_pixel_mask,
     master_bias,
@@ -194,6 +195,23 @@ def test_calibrate_light_per_cfa_black_levels():
     np.testing.assert_array_equal(out, 0.0)
 
 
+def test_calibrated_header_drops_the_camera_levels():
+    from astropy.io import fits
+
+    header = fits.Header()
+    levels = {"BLACKLVL": 536.0, "BLACK00": 600.0, "BLACK01": 512.0, "BLACK10": 512.0, "BLACK11": 520.0}
+    for key, value in {**levels, "WHITELVL": 16383, "EXPTIME": 30.0, "BAYERPAT": PATTERN}.items():
+        header[key] = value
+    with pytest.warns(CalibrationWarning):
+        _, history = calibrate_light(np.full((4, 6), 700.0, np.float32), header)
+    assert any("BLACKLVL" in line for line in history)
+    calibrated = calibrated_header(header)
+    assert not set(levels) & set(calibrated) and "WHITELVL" not in calibrated
+    assert calibrated["EXPTIME"] == 30.0 and calibrated["BAYERPAT"] == PATTERN
+    # the light's own header is left as it was
+    assert header["BLACKLVL"] == 536.0
+
+
 def test_shape_mismatch_names_light_and_master(camera):
     bias = (np.zeros((10, 10), np.float32), {"IMAGETYP": "MASTER BIAS"})
     with pytest.raises(ValueError, match=r"light night/l1\.fits.*master bias"):
@@ -251,7 +269,7 @@ def test_rgb_frames_combine_per_channel(tmp_path):
 def test_hot_pixel_mask_finds_hot_pixels(camera):
     yy, xx = np.indices(SHAPE)
     dark = 1000.0 + 0.2 * xx + camera.dark_rate * 60 + camera.rng.normal(0, 2.0, SHAPE)
-    mask = hot_pixel_mask(dark, PATTERN)
+    mask = hot_pixel_mask(dark, PATTERN, sigma=5.0)
     assert mask.dtype == bool and mask.shape == SHAPE
     assert mask[camera.hot].all()
     assert mask.sum() <= len(set(zip(*camera.hot))) + 2
@@ -301,7 +319,7 @@ def test_cosmetic_correction_removes_defects_keeps_stars(pattern, fwhm):
     for y, x in hot + cold:
         assert abs(corrected[y, x] - clean[y, x]) < 40.0
     yy, xx = np.indices(shape)
-    for (y, x), flux in zip(positions, fluxes, strict=True):
+    for y, x in positions:
         aperture = (yy - y) ** 2 + (xx - x) ** 2 <= 6.0**2
         before = np.sum((clean - background * colour)[aperture])
         after = np.sum((corrected - background * colour)[aperture])
@@ -360,7 +378,7 @@ def test_real_sbig_light_cosmetics_keep_stars(tmp_path, sbig_masters):
     light, header = read_image(tmp_path / "light.fits")
     calibrated, history = calibrate_light(light, header, bias, dark, flat)
     assert len(history) == 3
-    mask = hot_pixel_mask(dark[0])
+    mask = hot_pixel_mask(dark[0], sigma=5.0)
     assert mask.sum() > 100
     corrected, n_hot, n_cold = cosmetic_correction(calibrated, hot_mask=mask)
     assert n_hot >= 100

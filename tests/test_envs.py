@@ -90,7 +90,7 @@ def test_env_is_small_pinned_and_matches_requirements(env_file):
     spec, packages = env_packages(env_file)
     assert spec["channels"] == ["conda-forge", "nodefaults"]
     pins = requirement_pins()
-    for name, (version, channel) in packages.items():
+    for name, (version, _channel) in packages.items():
         assert re.fullmatch(r"\d+(\.\d+)+", version), f"{env_file.name}: {name} is not pinned exactly"
         if name in pins:
             assert version == pins[name], f"{env_file.name}: {name}={version}, requirements {pins[name]}"

@@ -102,6 +102,8 @@ def test_fits_bzero_applied_and_aliases(tmp_path):
             "BAYERPAT": "RGGB",
             "XBAYROFF": 1,
             "YBAYROFF": 0,
+            # as NINA writes it: rows stored top-down, and read so
+            "ROWORDER": "TOP-DOWN",
         },
     )
     assert fits.getheader(path)["BZERO"] == 32768
@@ -124,6 +126,67 @@ def test_fits_colour_cube_becomes_channels_last(tmp_path):
     assert "BAYERPAT" not in meta and meta["NAXIS3"] == 3
 
 
+@pytest.mark.parametrize("roworder", [None, "BOTTOM-UP", "TOP-DOWN"])
+@pytest.mark.parametrize("planes", [0, 3], ids=["mono", "rgb"])
+def test_fits_rows_are_read_top_row_first(tmp_path, roworder, planes):
+    stored = np.arange(4 * 5, dtype=np.uint16).reshape(4, 5)
+    if planes:
+        stored = np.stack([stored + 100 * k for k in range(planes)])
+    path = make_fits(tmp_path / "cam.fits", stored, {"ROWORDER": roworder} if roworder else {})
+    data, _ = read_frame(path)
+    top_down = stored if roworder == "TOP-DOWN" else stored[..., ::-1, :]
+    np.testing.assert_array_equal(data, np.moveaxis(top_down, 0, 2) if planes else top_down)
+
+
+# Values of a CFA test mosaic: red, green and blue sites each have their own.
+CFA_VALUES = {"R": 1000.0, "G": 30000.0, "B": 60000.0}
+
+
+def cfa_mosaic(height, pattern):
+    """A (height, 6) uint16 mosaic whose first 2x2 cell is ``pattern``."""
+    mosaic = np.empty((height, 6), np.uint16)
+    for dy in (0, 1):
+        for dx in (0, 1):
+            mosaic[dy::2, dx::2] = CFA_VALUES[pattern[2 * dy + dx]]
+    return mosaic
+
+
+def mosaic_pattern(data):
+    """The colours of ``data[0:2, 0:2]`` of a mosaic made by :func:`cfa_mosaic`."""
+    colour = {value: name for name, value in CFA_VALUES.items()}
+    return "".join(colour[float(v)] for v in data[:2, :2].ravel())
+
+
+# Each case is a file in which Siril 1.0.6 (Debian's) finds the red pixels where they are
+# (checked with its extract_Ha; test_siril.py does so for our own files): the stored mosaic
+# starts with the cell `stored`, and the header says BAYERPAT, YBAYROFF and ROWORDER.
+@pytest.mark.parametrize(
+    ("height", "stored", "keywords"),
+    [
+        # BOTTOM-UP: BAYERPAT is the top-left cell, the last rows stored.
+        (8, "GBRG", {"BAYERPAT": "RGGB", "ROWORDER": "BOTTOM-UP"}),
+        (9, "RGGB", {"BAYERPAT": "RGGB", "ROWORDER": "BOTTOM-UP"}),
+        (8, "RGGB", {"BAYERPAT": "RGGB", "YBAYROFF": 1, "ROWORDER": "BOTTOM-UP"}),
+        # TOP-DOWN: the top-left cell is the first stored.
+        (8, "RGGB", {"BAYERPAT": "RGGB", "ROWORDER": "TOP-DOWN"}),
+        (8, "GBRG", {"BAYERPAT": "RGGB", "YBAYROFF": 1, "ROWORDER": "TOP-DOWN"}),
+        # No ROWORDER: Siril takes BAYERPAT as the first cell stored (camera drivers write
+        # top-down without saying so), while the rows are read bottom-up.
+        (8, "GRBG", {"BAYERPAT": "GRBG"}),
+        (9, "GRBG", {"BAYERPAT": "GRBG"}),
+        (8, "GBRG", {"BAYERPAT": "RGGB", "YBAYROFF": 1}),
+    ],
+)
+def test_fits_bayer_pattern_is_read_as_siril_reads_it(tmp_path, height, stored, keywords):
+    path = make_fits(tmp_path / "cfa.fits", cfa_mosaic(height, stored), keywords)
+    data, meta = read_frame(path)
+    assert meta["BAYERPAT"] == mosaic_pattern(data)
+    # and it survives the workflow's own FITS (written bottom-up, read back top-down)
+    header = ingest_frame(path, "light", tmp_path / "out.fits")
+    back, _ = read_image(tmp_path / "out.fits")
+    assert header["BAYERPAT"] == mosaic_pattern(back) == meta["BAYERPAT"]
+
+
 def test_tile_compressed_fits(tmp_path):
     adu = np.random.default_rng(2).integers(0, 4000, size=(64, 64)).astype(np.int32)
     path = tmp_path / "frame.fits.fz"
@@ -131,7 +194,8 @@ def test_tile_compressed_fits(tmp_path):
         path
     )
     data, meta = read_frame(path)
-    np.testing.assert_array_equal(data, adu)
+    # No ROWORDER: stored bottom-up, the FITS way, so the last row stored is the top one.
+    np.testing.assert_array_equal(data, adu[::-1])
     assert meta["EXPTIME"] == 3.0
 
 
@@ -222,7 +286,8 @@ def test_real_sbig_keeps_adu_and_classifies_by_folder(tmp_path):
     assert fits.getheader(src)["IMAGETYP"].strip() == "Light Frame"
     header = ingest_frame(src, "flat", tmp_path / "flat.fits")
     data, _ = read_image(tmp_path / "flat.fits")
-    expected = fits.getdata(src).astype(np.float32)
+    # CCDSoft writes no ROWORDER: the rows are stored bottom-up, the FITS way.
+    expected = fits.getdata(src).astype(np.float32)[::-1]
     np.testing.assert_array_equal(data, expected)
     assert 10000 < np.median(data) < 30000
     assert header["IMAGETYP"] == "FLAT" and header["EXPTIME"] == 10.0
@@ -279,4 +344,44 @@ def test_fits_without_final_padding_is_complete(tmp_path):
     unpadded = tmp_path / "unpadded.fits"
     unpadded.write_bytes(padded[: 2880 + image.nbytes])
     data, _ = read_frame(unpadded)
-    np.testing.assert_array_equal(data, image)
+    np.testing.assert_array_equal(data, image[::-1])
+
+
+def test_fits_light_keeps_object_coordinates_filter_and_site(tmp_path):
+    keywords = {
+        "OBJECT": "M 94",
+        "RA": 193.070835,
+        "DEC": 40.979722,
+        "OBJCTRA": "12 52 17.000",
+        "OBJCTDEC": "+40 58 47.00",
+        "TELESCOP": "S50",
+        "INSTRUME": "Seestar S50",
+        "INSFLNAM": "JohnsonV",
+        "FOCALLEN": 250,
+        "XPIXSZ": 2.9,
+        "SITELAT": 32.8965,
+        "SITELONG": "-79 45 45",
+        "EXPTIME": 10.0,
+    }
+    path = make_fits(tmp_path / "light.fit", np.ones((8, 10), dtype=np.uint16), keywords)
+    header = ingest_frame(path, "light", tmp_path / "out.fits")
+    # as recorded: numbers stay numbers, sexagesimal text stays text; CAFOS' INSFLNAM is FILTER
+    assert header["OBJECT"] == "M 94" and header["FILTER"] == "JohnsonV"
+    assert header["RA"] == pytest.approx(193.070835) and header["DEC"] == pytest.approx(40.979722)
+    assert header["OBJCTRA"] == "12 52 17.000" and header["OBJCTDEC"] == "+40 58 47.00"
+    assert header["TELESCOP"] == "S50" and header["INSTRUME"] == "Seestar S50"
+    assert header["FOCALLEN"] == 250.0 and header["XPIXSZ"] == pytest.approx(2.9)
+    assert header["SITELAT"] == pytest.approx(32.8965) and header["SITELONG"] == "-79 45 45"
+    assert header["BUNIT"] == "ADU"
+
+
+def test_exif_focal_length_and_gps_site():
+    from astroflow.io.ingest import _exif_meta
+
+    gps = {1: "S", 2: (33.0, 52.0, 12.0), 3: "E", 4: (151.0, 12.0, 36.0)}
+    meta = _exif_meta({37386: 135.0, "GPS": gps})
+    assert meta["FOCALLEN"] == 135.0
+    assert meta["SITELAT"] == pytest.approx(-(33 + 52 / 60 + 12 / 3600))
+    assert meta["SITELONG"] == pytest.approx(151 + 12 / 60 + 36 / 3600)
+    # a camera on a telescope records no lens and no position
+    assert "FOCALLEN" not in _exif_meta({37386: 0.0}) and "SITELAT" not in _exif_meta({})

@@ -9,18 +9,14 @@ screenshot are checked.
 
 import base64
 import json
-import os
 import re
-import shutil
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from conftest import ROOT, benchmarked_rules, debian_package, snakemake
 from PIL import Image
-
-from conftest import ROOT, benchmarked_rules, snakemake
 
 pytestmark = pytest.mark.integration
 TARGET = "simulated-night"
@@ -78,21 +74,7 @@ def night(tmp_path_factory):
 @pytest.fixture(scope="module")
 def chromium():
     """Debian's Chromium, installed with apt-get when missing on a root Debian machine."""
-    found = shutil.which("chromium")
-    if found:
-        return found
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip("chromium is not installed, and this is not a root Debian machine to install it")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = [
-        "apt-get", "-o", "DPkg::Lock::Timeout=300", "install", "-y", "-q",
-        "--no-install-recommends", "chromium", "fonts-liberation",
-    ]
-    if subprocess.run(install, env=env, capture_output=True).returncode != 0:
-        # a fresh machine has no package lists yet
-        subprocess.run(["apt-get", "-o", "DPkg::Lock::Timeout=300", "update", "-q"], env=env, capture_output=True, check=True)
-        subprocess.run(install, env=env, capture_output=True, check=True)
-    return shutil.which("chromium") or pytest.fail("apt-get installed chromium, but it is not on PATH")
+    return debian_package("chromium", "chromium", "fonts-liberation")
 
 
 def report_results(work):

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import copy_workflow, snakemake
+from test_workflow_simulated import planned_jobs
 
 from astroflow.io.fits import read_header
 from astroflow.simulation.night import simulate_night
-from conftest import copy_workflow, snakemake
-from test_workflow_simulated import planned_jobs
 
 pytestmark = pytest.mark.integration
 N_LIGHTS = 5
@@ -92,7 +92,7 @@ def test_complete_run_has_nothing_to_do(run):
 @pytest.mark.parametrize(
     "setting,expected",
     [
-        ("stacking:\n  kappa_high: 2.5\n", {"stack": 1}),
+        ("stacking:\n  sigma_high: 2.5\n", {"stack": 1}),
         ("preview:\n  target_background: 0.3\n", {"stack": 1}),
         ("registration:\n  interpolation: cubic\n", {"warp": N_LIGHTS, "stack": 1}),
         ("registration:\n  min_stars: 8\n", DOWNSTREAM_OF_REGISTER),
@@ -127,7 +127,9 @@ def test_changed_setting_reruns_its_rules_and_descendants(run, setting, expected
     assert jobs == with_report(expected, config_changed=True)
 
 
-STACK_OUTPUTS = {"stack.fits", "rejection.fits", "stack.tif", "stack.png", "rejection.png"}
+STACK_OUTPUTS = {
+    "stack.fits", "rejection.fits", "stack.tif", "stack_f32.tif", "stack.png", "rejection.png",
+}  # fmt: skip
 
 
 def test_summary_marks_exactly_the_outputs_whose_params_changed(run):
@@ -194,7 +196,7 @@ def test_new_light_reruns_what_depends_on_it_not_the_masters(run):
 
 def test_interrupted_job_is_not_trusted_and_rerun_incomplete_completes_it(run):
     work = run["work"]
-    args = override(run, "stacking:\n  kappa_high: 2.5\n")
+    args = override(run, "stacking:\n  sigma_high: 2.5\n")
     cmd = [
         sys.executable, "-m", "snakemake", "--snakefile", str(run["workflow"] / "Snakefile"),
         "--directory", str(work), "--cores", "1", *args,

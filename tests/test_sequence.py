@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import tifffile
 from astropy.io import fits
+from conftest import SHARED_DATA, needs_shared_data
 from PIL import Image
 
 from astroflow.io.sequence import Frame, UnreadableSequenceError, open_sequence, write_ser
-from conftest import SHARED_DATA, needs_shared_data
 
 MOON = SHARED_DATA / "moon-pss"
 MOON_AVI = MOON / "short_video.avi"
@@ -90,7 +90,7 @@ def test_ser_round_trip(tmp_path, dtype, shape, colour):
         assert frame.reason == "" and frame.timestamp == ""
         assert frame.image.dtype == np.float32
         np.testing.assert_array_equal(frame.image, expected.astype(np.float32))
-    assert not (tmp_path / "capture.ser.part").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["capture.ser"]  # no temporary file left
 
 
 def test_ser_16bit_is_written_little_endian_with_flag_0(tmp_path):
@@ -151,7 +151,7 @@ def test_ser_timestamps_trailer(tmp_path):
     seq = open_sequence([str(path)])
     got = [f.timestamp for f in seq.frames()]
     assert got == [s.isoformat(timespec="microseconds") + "Z" for s in stamps]
-    assert dt.datetime.fromisoformat(got[1]) == stamps[1].replace(tzinfo=dt.timezone.utc)
+    assert dt.datetime.fromisoformat(got[1]) == stamps[1].replace(tzinfo=dt.UTC)
     assert seq.metadata["date_utc"] == got[0]
     # An aware datetime in another zone is converted to UTC.
     zone = dt.timezone(dt.timedelta(hours=2))
@@ -598,11 +598,16 @@ def test_fits_frames_uint16_mono_and_float_rgb_cube(tmp_path):
     fits.PrimaryHDU(mono).writeto(tmp_path / "a.fits")
     # An image in an extension, after an empty primary HDU.
     fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(mono + 1)]).writeto(tmp_path / "b.fit")
-    seq = open_sequence([str(tmp_path / "a.fits"), str(tmp_path / "b.fit")])
+    # Rows stored bottom-up, the FITS way, unless the file says TOP-DOWN.
+    top_down = fits.ImageHDU(mono + 2)
+    top_down.header["ROWORDER"] = "TOP-DOWN"
+    fits.HDUList([fits.PrimaryHDU(), top_down]).writeto(tmp_path / "c.fit")
+    seq = open_sequence([str(tmp_path / name) for name in ("a.fits", "b.fit", "c.fit")])
     assert (seq.shape, seq.colour, seq.bit_depth) == ((2, 2), "mono", 16)
     got = read_all(seq)
-    np.testing.assert_array_equal(got[0].image, mono.astype(np.float32))
-    np.testing.assert_array_equal(got[1].image, (mono + 1).astype(np.float32))
+    np.testing.assert_array_equal(got[0].image, mono[::-1].astype(np.float32))
+    np.testing.assert_array_equal(got[1].image, (mono + 1)[::-1].astype(np.float32))
+    np.testing.assert_array_equal(got[2].image, (mono + 2).astype(np.float32))
     cube = np.stack([np.full((3, 4), v, np.float32) for v in (0.25, 0.5, 0.75)])  # (3, H, W)
     fits.PrimaryHDU(cube).writeto(tmp_path / "c.fts")
     seq = open_sequence([str(tmp_path / "c.fts")])

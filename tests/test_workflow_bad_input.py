@@ -9,10 +9,10 @@ import pytest
 import rawpy
 import yaml
 from astropy.io import fits
+from conftest import snakemake
 
 from astroflow.io.fits import read_header
 from astroflow.simulation.night import simulate_night
-from conftest import snakemake
 
 pytestmark = pytest.mark.integration
 

@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 import yaml
 from astropy.io import fits
+from conftest import snakemake
 
 from astroflow.io.fits import read_header
 from astroflow.io.ingest import read_frame
 from astroflow.simulation.night import simulate_night
-from conftest import snakemake
 
 pytestmark = pytest.mark.integration
 RAW_NAMES = ("dcr", "raw", "MEF", "3fr", "fff", "k25")  # LibRaw reads by content, not by name

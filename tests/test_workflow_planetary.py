@@ -1,19 +1,20 @@
 """Planetary targets through the workflow: real Jupiter and Moon data, a SER file, bad input."""
 
+import datetime as dt
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import tifffile
 import yaml
+from conftest import ROOT, SHARED_DATA, benchmarked_rules, needs_shared_data, snakemake
 
-from astroflow.planetary import passes as planetary
-from astroflow.simulation import planetary as sp
+from astroflow.io.export import tiff_scale
 from astroflow.io.fits import read_image
 from astroflow.io.sequence import open_sequence, write_ser
-from conftest import ROOT, SHARED_DATA, benchmarked_rules, needs_shared_data, snakemake
+from astroflow.planetary import passes as planetary
+from astroflow.simulation import planetary as sp
 
 pytestmark = pytest.mark.integration
 
@@ -61,8 +62,9 @@ def real_run(tmp_path_factory):
 def test_real_sequence_is_stacked_sharper_than_the_mean_and_less_noisy_than_the_best(real_run, target):
     work, _ = real_run
     results = work / "results" / target
-    for name in ("stack.fits", "stack.tif", "stack.png", "sharpened.fits", "sharpened.png",
-                 "quality.png", "alignment_points.png", "frames.csv"):
+    for name in ("stack.fits", "stack.tif", "stack_f32.tif", "stack.png", "sharpened.fits",
+                 "sharpened.tif", "sharpened_f32.tif", "sharpened.png", "quality.png",
+                 "alignment_points.png", "frames.csv"):
         assert (results / name).stat().st_size > 0, name
     source, n_frames = REAL[target]
     frames = pd.read_csv(results / "frames.csv", keep_default_na=False, na_values=[""])
@@ -163,10 +165,13 @@ def test_frame_folder_with_bad_frames_and_more_best_frames_than_exist(synthetic_
 
 
 def test_ser_file_with_darks_is_stacked(synthetic_frames, tmp_path):
-    """A 16-bit SER video with a dark SER: the master dark is made and subtracted."""
+    """A 16-bit SER video with a dark SER: the master dark is made and subtracted; the stack and
+    its products carry the frames' times and the camera."""
     pedestal = 300.0
     data = np.clip(np.round(synthetic_frames.frames + pedestal), 0, 65535).astype(np.uint16)
-    write_ser(tmp_path / "jupiter.ser", data)
+    start = dt.datetime(2024, 5, 1, 21, 13, 5)
+    stamps = [start + dt.timedelta(seconds=0.1 * i) for i in range(len(data))]
+    write_ser(tmp_path / "jupiter.ser", data, timestamps=stamps, instrument="ZWO ASI224MC")
     darks = np.random.default_rng(0).normal(pedestal, 5, (8,) + data.shape[1:])
     write_ser(tmp_path / "dark.ser", np.round(darks).astype(np.uint16))
     work = tmp_path / "work"
@@ -180,7 +185,23 @@ def test_ser_file_with_darks_is_stacked(synthetic_frames, tmp_path):
     snakemake(work, "--cores", "2", "--configfile", str(config))
     dark, _ = read_image(work / "results" / "ser" / "masters" / "dark.fits")
     assert abs(float(dark.mean()) - pedestal) < 1.0
-    stack, _ = read_image(work / "results" / "ser" / "stack.fits")
+    stack, header = read_image(work / "results" / "ser" / "stack.fits")
+    # The best frames come from anywhere in the 3 s: the span is within it, and every product
+    # has the stack's.
+    first, last = "2024-05-01T21:13:05", "2024-05-01T21:13:07.900"
+    assert first <= header["DATE-OBS"] < header["DATE-END"] <= last
+    assert header["INSTRUME"] == "ZWO ASI224MC" and header["BUNIT"] == "ADU"
+    for name in ("sharpened", "deconvolved"):
+        _, product = read_image(work / "results" / "ser" / f"{name}.fits")
+        for key in ("DATE-OBS", "DATE-END", "INSTRUME"):
+            assert product[key] == header[key], (name, key)
+        assert list(product["HISTORY"])[: len(header["HISTORY"])] == list(header["HISTORY"])
+    # Each product is also a 16-bit and a float TIFF, the float one with the FITS's values in 0..1.
+    for name in ("stack", "sharpened", "deconvolved"):
+        image, _ = read_image(work / "results" / "ser" / f"{name}.fits")
+        f32 = work / "results" / "ser" / f"{name}_f32.tif"
+        np.testing.assert_allclose(tifffile.imread(f32) / tiff_scale(f32), image, rtol=1e-6, atol=1e-6)
+        assert tifffile.imread(work / "results" / "ser" / f"{name}.tif").dtype == np.uint16
     # Dark subtracted: the sky around the planet is back at the simulated 20 e-, not 320.
     corner = stack[:10, :10]
     assert abs(float(np.median(corner)) - 20.0) < 5.0

@@ -5,10 +5,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from astroflow.io.fits import read_header, read_image
-from astroflow.deepsky.quality import frame_quality
 from conftest import ROOT, needs_shared_data, snakemake
+
+from astroflow.deepsky.quality import frame_quality
+from astroflow.io.fits import read_header, read_image
 
 pytestmark = [pytest.mark.integration, needs_shared_data("sbig-stl1001")]
 TARGET = "sbig-stl1001"
@@ -20,7 +20,7 @@ def night(tmp_path_factory):
     config = ROOT / "tests" / "configs" / "sbig-stl1001.yaml"
     # the tests compare single calibrated frames with the stack: keep them
     snakemake(
-        work, "--cores", "2", "--configfile", str(config), "--config", "keep_intermediates=true"
+        work, "--cores", "2", "--configfile", str(config), "--config", "keep_intermediates=True"
     )
     return work
 
@@ -95,8 +95,8 @@ def test_starless_stack_has_far_fewer_stars_and_recombines_exactly(night):
 
 def test_deconvolved_stack_has_sharper_stars_and_keeps_their_flux(night):
     """Richardson-Lucy with the stack's own empirical PSF, on the real stack."""
-    from astroflow.restoration.deconvolve import star_metrics
     from astroflow.deepsky.quality import detect_stars
+    from astroflow.restoration.deconvolve import star_metrics
 
     stack, _ = read_image(results(night, "stack.fits"))
     deconvolved, header = read_image(results(night, "deconvolved.fits"))

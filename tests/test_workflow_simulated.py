@@ -7,10 +7,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import tifffile
+from conftest import ROOT, snakemake
 from scipy.ndimage import zoom
 
+from astroflow.io.export import tiff_scale
 from astroflow.io.fits import read_header, read_image
-from conftest import ROOT, snakemake
 
 pytestmark = pytest.mark.integration
 TARGET = "simulated-night"
@@ -19,7 +21,16 @@ TARGET = "simulated-night"
 @pytest.fixture(scope="module")
 def night(tmp_path_factory):
     work = tmp_path_factory.mktemp("simulated") / "work"
-    snakemake(work, "--cores", "2", "--configfile", str(ROOT / "config.yaml"))
+    # the tests measure registered and calibrated frames against the truth: keep them
+    snakemake(
+        work,
+        "--cores",
+        "2",
+        "--configfile",
+        str(ROOT / "config.yaml"),
+        "--config",
+        "keep_intermediates=True",
+    )
     return work
 
 
@@ -53,6 +64,21 @@ def affine(row, prefix="m"):
             [0.0, 0.0, 1.0],
         ]
     )
+
+
+@pytest.mark.parametrize("product", ["stack", "deconvolved", "starless", "stars"])
+def test_every_product_is_also_a_16_bit_and_a_float_tiff(night, product):
+    image, _ = read_image(results(night, f"{product}.fits"))
+    # The float TIFF holds the FITS's ADU scaled to 0..1, the same way up (top row first in both).
+    f32 = results(night, f"{product}_f32.tif")
+    np.testing.assert_allclose(tifffile.imread(f32) / tiff_scale(f32), image, rtol=1e-6, atol=1e-6)
+    with tifffile.TiffFile(results(night, f"{product}.tif")) as tif:
+        scaled = tif.asarray()
+        description = tif.pages[0].description
+    scale = float(re.search(r"ADU = value / (\S+)$", description).group(1))
+    assert scaled.dtype == np.uint16 and scaled.shape == image.shape
+    expected = np.round(np.clip(np.nan_to_num(image.astype(np.float64)) * scale, 0, 65535))
+    np.testing.assert_allclose(scaled, expected, atol=1)
 
 
 def test_outputs_and_frames_table(night):
@@ -101,7 +127,8 @@ def test_satellite_and_cloudy_frames(night):
     # rejected samples, and the stack shows no excess over the frames without the trail.
     reg = pd.read_csv(results(night, "registration.csv")).set_index("frame")
     ends = true.set_index("frame").loc[satellite, ["satellite_x0", "satellite_y0", "satellite_x1", "satellite_y1"]]
-    (x0, x1), (y0, y1) = (affine(reg.loc[satellite]) @ [[ends.iloc[0], ends.iloc[2]], [ends.iloc[1], ends.iloc[3]], [1, 1]])[:2]
+    ends_xy1 = [[ends.iloc[0], ends.iloc[2]], [ends.iloc[1], ends.iloc[3]], [1, 1]]
+    (x0, x1), (y0, y1) = (affine(reg.loc[satellite]) @ ends_xy1)[:2]
     used = frames.loc[(frames["type"] == "light") & (frames["status"] == "used"), "frame"]
     others = np.stack(
         [read_image(results(night, "registered", f"{f}.fits"))[0] for f in used if f != satellite]
@@ -220,12 +247,40 @@ def test_stack_noise_follows_sqrt_n(night):
     assert gain > 0.9 * np.sqrt(len(used))
 
 
+def test_products_carry_the_stack_header_and_calibrated_frames_lose_camera_levels(night):
+    frames = pd.read_csv(results(night, "frames.csv"))
+    used = frames[(frames["type"] == "light") & (frames["status"] == "used")]
+    stack = read_header(results(night, "stack.fits"))
+    ends = pd.to_datetime(used["date_obs"]) + pd.to_timedelta(used["exposure_s"], unit="s")
+    assert pd.Timestamp(stack["DATE-END"]) == ends.max()
+    assert pd.Timestamp(stack["DATE-OBS"]) == pd.to_datetime(used["date_obs"]).min()
+    history = list(stack["HISTORY"])
+    steps = {
+        "deconvolved": "astroflow deconvolve:",
+        "starless": "astroflow starless:",
+        "stars": "astroflow starless:",
+    }
+    for name, step in steps.items():
+        header = read_header(results(night, f"{name}.fits"))
+        for key in ("NCOMBINE", "EXPTIME", "DATE-OBS", "DATE-END"):
+            assert header[key] == stack[key], (name, key)
+        assert header["BUNIT"] == "ADU", name
+        # the stack's history, then a line of the product's own step
+        assert list(header["HISTORY"])[: len(history)] == history, name
+        assert str(header["HISTORY"][len(history)]).startswith(step), name
+    # The DNG lights' black and white levels describe raw ADU only.
+    for frame in used["frame"]:
+        calibrated = read_header(results(night, "calibrated", f"{frame}.fits"))
+        assert "BLACKLVL" not in calibrated and "WHITELVL" not in calibrated, frame
+    assert "BLACKLVL" not in stack and "WHITELVL" not in stack
+
+
 def test_nothing_to_do_after_a_run_and_stacking_change_reruns_only_stack_and_after(night):
     config = ["--configfile", str(ROOT / "config.yaml")]
     dry = snakemake(night, "-n", *config)
     assert "Nothing to be done" in dry.stdout
     override = night / "kappa.yaml"
-    override.write_text("stacking:\n  kappa_high: 2.5\n")
+    override.write_text("stacking:\n  sigma_high: 2.5\n")
     changed = snakemake(night, "-n", "--configfile", str(ROOT / "config.yaml"), str(override))
     # the stack, its deconvolution and star removal, and the report's record of the settings and
     # of the runtimes

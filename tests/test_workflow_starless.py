@@ -6,11 +6,13 @@ import pytest
 import tifffile
 import yaml
 from astropy.io import fits
-from PIL import Image
-
-from astroflow.io.fits import read_image
-from astroflow.restoration.starless import count_sources, screen
 from conftest import SHARED_DATA, needs_shared_data, snakemake
+from PIL import Image
+from xisf import XISF
+
+from astroflow.io.export import tiff_scale
+from astroflow.io.fits import read_header, read_image
+from astroflow.restoration.starless import count_sources, screen
 
 pytestmark = pytest.mark.integration
 
@@ -22,6 +24,31 @@ def write_config(work, targets, **extra):
     path = work / "images.yaml"
     path.write_text(yaml.safe_dump({"targets": targets, **extra}))
     return path
+
+
+XISF_KEYWORDS = {
+    key: [{"value": value, "comment": comment}]
+    for key, value, comment in (
+        ("OBJECT", "M 42", ""),
+        ("RA", "83.82", ""),
+        ("DEC", "-5.39", ""),
+        ("FILTER", "L", ""),
+        ("EXPTIME", "3600.0", "[s]"),
+        ("NCOMBINE", "12", ""),
+        ("DATE-OBS", "2024-01-02T03:04:05", ""),
+        ("DATE-END", "2024-01-02T04:10:00", ""),
+        ("HISTORY", "", "ImageIntegration: 12 frames"),
+    )
+}
+
+
+def xisf_stack():
+    """A small linear RGB stack, 0..1 floats as PixInsight saves them, brighter at the top."""
+    rng = np.random.default_rng(1)
+    image = rng.normal(0.05, 0.002, (120, 100, 3)).astype(np.float32)
+    image[:10] += 0.01
+    image[60:63, 40:43] = 0.9
+    return image
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +70,16 @@ def images_run(tmp_path_factory):
     linear = rng.normal(100, 3, (200, 220)).astype(np.float32)
     linear[50, 60] = 5000.0
     linear[10:14, 10:30] = np.nan
-    fits.PrimaryHDU(linear).writeto(data / "linear.fits")
+    # stored bottom-up, the FITS way, as Siril saves it: in memory it is `linear` again
+    fits.PrimaryHDU(linear[::-1]).writeto(data / "linear.fits")
+    # PixInsight's XISF: a linear float RGB stack with its FITS keywords and history.
+    metadata = {"FITSKeywords": XISF_KEYWORDS}
+    XISF.write(str(data / "stack.xisf"), xisf_stack(), image_metadata=metadata)
     targets = {
         "small": {"kind": "image", "lights": str(data / "small.png")},
         "mono16": {"kind": "image", "lights": str(data / "mono16.tif")},
         "linear": {"kind": "image", "lights": str(data / "linear.fits")},
+        "xisf": {"kind": "image", "lights": str(data / "stack.xisf")},
     }
     if CAVE.exists():
         targets["cave"] = {"kind": "image", "lights": str(CAVE)}
@@ -111,6 +143,50 @@ def test_linear_fits_with_nan_pixels(images_run):
     assert starless[50, 60] < 0.5 * image[50, 60]
     log = (work / "logs" / "starless" / "linear.log").read_text()
     assert "80 NaN pixels" in log
+
+
+def test_xisf_image_keeps_its_orientation_and_its_keywords_reach_every_product(images_run):
+    work, _ = images_run
+    results = work / "results" / "xisf"
+    image, header = read_image(results / "image.fits")
+    np.testing.assert_array_equal(image, xisf_stack())  # top row first, as XISF stores it
+    assert header["AFENCODE"] == "linear" and header["AFBITS"] == 32 and header["BUNIT"] == "ADU"
+    assert header["OBJECT"] == "M 42" and header["RA"] == 83.82 and header["NCOMBINE"] == 12
+    history = list(header["HISTORY"])
+    assert history[0] == "ImageIntegration: 12 frames" and "image_ingest" in history[-1]
+    for name in ("starless", "stars", "deconvolved"):
+        product = read_header(results / f"{name}.fits")
+        for key in ("OBJECT", "RA", "DEC", "FILTER", "EXPTIME", "NCOMBINE", "DATE-OBS", "DATE-END"):
+            assert product[key] == header[key], (name, key)
+        assert product["BUNIT"] == "ADU", name
+        assert list(product["HISTORY"])[: len(history)] == history, name
+        assert len(product["HISTORY"]) > len(history), name
+
+
+def test_stretched_image_products_have_no_unit(images_run):
+    work, _ = images_run
+    for name in ("image", "starless", "stars", "deconvolved"):
+        header = read_header(work / "results" / "small" / f"{name}.fits")
+        assert header["AFENCODE"] == "display" and header["BUNIT"] == "", name
+
+
+@pytest.mark.parametrize("target", ["small", "linear"])
+def test_products_are_also_16_bit_and_float_tiffs(images_run, target):
+    work, _ = images_run
+    results = work / "results" / target
+    for name in ("starless", "stars", "deconvolved"):
+        image, header = read_image(results / f"{name}.fits")
+        # the float TIFF holds the FITS's values (scaled to 0..1 when linear), the same way up
+        f32 = results / f"{name}_f32.tif"
+        np.testing.assert_allclose(tifffile.imread(f32) / tiff_scale(f32), image, rtol=1e-6, atol=1e-6)
+        with tifffile.TiffFile(results / f"{name}.tif") as tif:
+            scaled = tif.asarray()
+            description = tif.pages[0].description
+        assert scaled.dtype == np.uint16 and scaled.shape == image.shape
+        assert f" {header['AFENCODE']}; " in description, name
+        if header["AFENCODE"] == "display":  # 0..1 of the full scale, as the FITS holds it
+            expected = np.round(np.clip(np.nan_to_num(image.astype(np.float64)), 0, 1) * 65535)
+            np.testing.assert_array_equal(scaled, expected)
 
 
 def test_training_rules_make_weights_that_inference_uses(tmp_path):

@@ -32,6 +32,7 @@ from ccdproc import combine, flat_correct, subtract_bias, subtract_dark
 from scipy import ndimage
 
 from astroflow.calibration.debayer import cfa_colour_cells, validate_pattern
+from astroflow.checks import check_float
 from astroflow.io.fits import is_rejected, read_header, read_image
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ _MAD_TO_SIGMA = 1.482602218505602
 # Keywords a master inherits from its frames when they all agree.
 _CARRIED = ("INSTRUME", "BAYERPAT", "ISOSPEED", "GAIN", "EGAIN", "OFFSET", "XBINNING", "YBINNING")
 _CELLS = ((0, 0), (0, 1), (1, 0), (1, 1))
+# Camera levels of the raw ADU, void once a light is calibrated.
+_CAMERA_LEVELS = ("BLACKLVL",) + tuple(f"BLACK{dy}{dx}" for dy, dx in _CELLS) + ("WHITELVL",)
 # The 8 neighbours of a pixel, without the pixel itself.
 _RING = np.array([[1, 1, 1], [1, 0, 1], [1, 1, 1]], dtype=bool)
 
@@ -274,7 +277,7 @@ def master_flat(
     return combined, header
 
 
-def hot_pixel_mask(dark, bayer_pattern=None, *, sigma=5.0):
+def hot_pixel_mask(dark, bayer_pattern=None, *, sigma):
     """Pixels whose dark current stands out from their same-colour neighbours.
 
     The residual of each pixel against the median of its 8 neighbours of the same colour (two
@@ -288,8 +291,9 @@ def hot_pixel_mask(dark, bayer_pattern=None, *, sigma=5.0):
         ``(H, W)`` master dark, ADU (with or without bias). Not modified.
     bayer_pattern : str, optional
         Bayer pattern when ``dark`` is a CFA mosaic; ``None`` for mono.
-    sigma : float, optional
-        Threshold in robust sigmas above the neighbours' median.
+    sigma : float
+        Threshold in robust sigmas above the neighbours' median (> 0; the pipeline's:
+        ``calibration.hot_pixel_sigma``).
 
     Returns
     -------
@@ -299,8 +303,10 @@ def hot_pixel_mask(dark, bayer_pattern=None, *, sigma=5.0):
     Raises
     ------
     ValueError
-        If ``dark`` is not 2-D or ``bayer_pattern`` is not a Bayer pattern.
+        If ``dark`` is not 2-D, ``bayer_pattern`` is not a Bayer pattern or ``sigma`` is not
+        positive.
     """
+    sigma = check_float("sigma", sigma, 0.0, strict=True)
     dark = np.asarray(dark, dtype=np.float32)
     if dark.ndim != 2:
         raise ValueError(f"hot_pixel_mask needs a 2-D dark, got shape {dark.shape}")
@@ -393,6 +399,29 @@ def calibrate_light(data, header, master_bias=None, master_dark=None, master_fla
         data = result.data
         history.append(f"flat: divided by the master flat (values below {min_flat} raised to it)")
     return np.asarray(data, dtype=np.float32).copy(), history
+
+
+def calibrated_header(header):
+    """The header of a light once calibrated: without the camera's black and white levels.
+
+    ``BLACKLVL``, ``BLACK00`` ... ``BLACK11`` and ``WHITELVL`` describe the raw ADU; after bias
+    subtraction and flat division they no longer hold (zero is no longer the camera's zero, and
+    saturation is no longer at one level), so a later step must not apply them again.
+
+    Parameters
+    ----------
+    header : astropy.io.fits.Header
+        The light's header as ingested.
+
+    Returns
+    -------
+    astropy.io.fits.Header
+        A copy without those keywords.
+    """
+    header = header.copy()
+    for key in _CAMERA_LEVELS:
+        header.remove(key, ignore_missing=True, remove_all=True)
+    return header
 
 
 def cosmetic_correction(data, bayer_pattern=None, hot_mask=None, *, sigma=5.0, isolation=0.2):

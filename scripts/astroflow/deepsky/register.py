@@ -23,8 +23,8 @@ import pandas as pd
 from scipy.spatial import cKDTree
 from skimage.transform import AffineTransform, SimilarityTransform
 
-from astroflow.io import fits as fitsio
 from astroflow.deepsky.quality import detect_stars, quality_from_stars
+from astroflow.io import fits as fitsio
 
 __all__ = ["RegistrationError", "find_transform", "register_frames", "transform_matrix", "warp"]
 

@@ -5,8 +5,17 @@ Conventions (shared by every rule):
 * In memory an image is ``numpy.float32`` of shape ``(H, W)`` (mono or CFA mosaic) or
   ``(H, W, 3)`` (RGB, channels last). On disk a colour image is stored the FITS way,
   ``(3, H, W)`` (NAXIS3 = 3), so that Siril and PixInsight open it as RGB.
-* Float data are written unscaled (no BZERO/BSCALE) so that :func:`open_memmap` can read
-  row chunks without loading the whole frame.
+* In memory row 0 is the top of the image, as in TIFF, PNG and camera raw files. On disk the
+  rows are stored the FITS way, bottom-up (the first row stored is the bottom one, where
+  Siril, PixInsight and ds9 draw it), with ``ROWORDER = 'BOTTOM-UP'``: a stack.fits opens the
+  same way up as the stack.tif of the run. Readers turn the rows back
+  (:func:`top_down_rows`), unless a file says ``ROWORDER = 'TOP-DOWN'`` (written by camera
+  drivers such as NINA or INDI), so that what one rule writes the next reads unchanged. A
+  ``BAYERPAT`` we write names the colours of the top-left 2x2 cell, ``data[0:2, 0:2]`` in
+  memory: Siril reads the BAYERPAT of a BOTTOM-UP file that way.
+* Float data are written unscaled (no BZERO/BSCALE) so that
+  :func:`astroflow.deepsky.stack.combine` can read row chunks through a memory map without
+  loading the whole frame.
 * A frame that cannot be used is still written, as a FITS file with an empty primary HDU and
   ``AFSTATUS = 'REJECTED'`` plus ``AFREASON``; later rules pass it through, so that the run goes
   on and the reason reaches ``frames.csv``.
@@ -14,14 +23,16 @@ Conventions (shared by every rule):
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+import datetime as dt
 
 import numpy as np
 from astropy.io import fits
 
+from astroflow.io.atomic import atomic_write
+
 STATUS_KEY = "AFSTATUS"
 REASON_KEY = "AFREASON"
+ROWORDER_KEY = "ROWORDER"
 
 
 def write_image(path, data, header=None, history=()):
@@ -32,9 +43,11 @@ def write_image(path, data, header=None, history=()):
     path : str or os.PathLike
         Output FITS path; parent folders are created.
     data : numpy.ndarray
-        ``(H, W)`` or ``(H, W, 3)`` image; converted to float32.
+        ``(H, W)`` or ``(H, W, 3)`` image, row 0 at the top; converted to float32. Stored
+        bottom-up, the FITS way, with ``ROWORDER = 'BOTTOM-UP'`` (see the module notes).
     header : astropy.io.fits.Header or dict, optional
         Keywords to write (provenance, exposure...). Long string values use CONTINUE cards.
+        A ``ROWORDER`` in it is replaced by the file's own.
     history : iterable of str, optional
         Lines appended as HISTORY cards.
 
@@ -45,11 +58,42 @@ def write_image(path, data, header=None, history=()):
     """
     data = np.asarray(data, dtype=np.float32)
     if data.ndim == 3 and data.shape[2] == 3:
-        disk = np.ascontiguousarray(np.moveaxis(data, 2, 0))
+        planes = np.moveaxis(data, 2, 0)
     elif data.ndim == 2:
-        disk = data
+        planes = data
     else:
         raise ValueError(f"{path}: image must be (H, W) or (H, W, 3), got shape {data.shape}")
+    _write_planes(path, planes, header, history)
+
+
+def write_planes(path, planes, header=None, history=()):
+    """Write a stack of same-size images (one PSF per frame...) as one FITS cube, atomically.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Output FITS path; parent folders are created.
+    planes : numpy.ndarray
+        ``(N, H, W)``: N images, row 0 of each at the top; converted to float32 and stored as
+        NAXIS3 = N planes, each bottom-up like :func:`write_image` stores an image.
+    header, history
+        As for :func:`write_image`.
+
+    Raises
+    ------
+    ValueError
+        If ``planes`` is not 3-D.
+    """
+    planes = np.asarray(planes, dtype=np.float32)
+    if planes.ndim != 3:
+        raise ValueError(f"{path}: planes must be (N, H, W), got shape {planes.shape}")
+    _write_planes(path, planes, header, history)
+
+
+def _write_planes(path, planes, header, history):
+    # planes: (H, W) or (N, H, W) float32, rows top-down; FITS readers draw the first row
+    # stored at the bottom, so the rows are stored in reverse.
+    disk = np.ascontiguousarray(planes[..., ::-1, :])
     hdr = fits.Header()
     for key, value in dict(header or {}).items():
         if key in ("SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "NAXIS3", "EXTEND"):
@@ -60,6 +104,7 @@ def write_image(path, data, header=None, history=()):
     if isinstance(header, fits.Header):
         for line in header.get("HISTORY", []):
             hdr.add_history(str(line))
+    hdr[ROWORDER_KEY] = ("BOTTOM-UP", "first row stored is the bottom of the image")
     hdr[STATUS_KEY] = "OK"
     for line in history:
         hdr.add_history(line)
@@ -104,6 +149,44 @@ def is_rejected(header):
     return header.get(STATUS_KEY, "OK") == "REJECTED"
 
 
+def stored_top_down(header):
+    """Whether a FITS header says its first row stored is the top of the image.
+
+    Parameters
+    ----------
+    header : astropy.io.fits.Header or dict
+        Header of an image HDU.
+
+    Returns
+    -------
+    bool
+        True only for ``ROWORDER = 'TOP-DOWN'`` (any case and padding); False for
+        ``'BOTTOM-UP'`` and for files without the keyword, which follow the FITS convention.
+    """
+    return str(header.get(ROWORDER_KEY, "")).strip().upper() == "TOP-DOWN"
+
+
+def top_down_rows(data, header):
+    """FITS pixel data with the top row of the image first, as images are held in memory.
+
+    Parameters
+    ----------
+    data : numpy.ndarray
+        Pixel data of an image HDU as astropy gives it: ``(NAXIS2, NAXIS1)`` or
+        ``(NAXIS3, NAXIS2, NAXIS1)``, rows in the order stored.
+    header : astropy.io.fits.Header or dict
+        The HDU's header, for ``ROWORDER`` (see :func:`stored_top_down`).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``data`` itself for a TOP-DOWN file, otherwise a view of it with the rows (axis -2)
+        reversed. Nothing is copied: a memory-mapped file is still read only where the view is
+        sliced.
+    """
+    return data if stored_top_down(header) else data[..., ::-1, :]
+
+
 def read_image(path):
     """Read an image written by :func:`write_image`.
 
@@ -114,7 +197,8 @@ def read_image(path):
     Returns
     -------
     data : numpy.ndarray
-        float32, ``(H, W)`` or ``(H, W, 3)``.
+        float32, ``(H, W)`` or ``(H, W, 3)``, row 0 at the top (rows turned by
+        :func:`top_down_rows`).
     header : astropy.io.fits.Header
 
     Raises
@@ -129,7 +213,7 @@ def read_image(path):
         data = hdul[0].data
         if data is None:
             raise ValueError(f"{path}: FITS file holds no image data")
-        data = np.asarray(data, dtype=np.float32)
+        data = np.ascontiguousarray(top_down_rows(data, header), dtype=np.float32)
     if data.ndim == 3:
         data = np.ascontiguousarray(np.moveaxis(data, 0, 2))
     return data, header
@@ -159,9 +243,11 @@ def combined_header(headers, history=()):
     -------
     astropy.io.fits.Header
         ``NCOMBINE`` (number of frames), ``EXPTIME`` (total exposure, s, where every frame has
-        one), ``DATE-OBS`` / ``DATE-END`` (first and last frame), every keyword whose value
-        all frames share (camera, Bayer history, temperature set point...), and HISTORY: the
-        first frame's processing steps, then ``history``.
+        one), ``DATE-OBS`` (start of the first frame) and ``DATE-END`` (end of the last one:
+        its ``DATE-OBS`` plus its ``EXPTIME``, in the format of :func:`iso_date`; the latest
+        start where no frame that late has an exposure), every keyword whose value all frames
+        share (camera, object, filter, Bayer history, temperature set point...), and HISTORY:
+        the first frame's processing steps, then ``history``.
 
     Raises
     ------
@@ -182,20 +268,136 @@ def combined_header(headers, history=()):
     exposures = [h.get("EXPTIME") for h in headers]
     if all(e is not None for e in exposures):
         header["EXPTIME"] = (float(sum(exposures)), "[s] total exposure of combined frames")
-    dates = sorted(str(h["DATE-OBS"]) for h in headers if "DATE-OBS" in h)
-    if dates:
-        header["DATE-OBS"] = (dates[0], "first frame")
-        header["DATE-END"] = (dates[-1], "last frame")
+    starts, ends = [], []
+    for h in headers:
+        start = _parse_date(h.get("DATE-OBS"))
+        if start is None:
+            continue
+        starts.append(start)
+        exposure = h.get("EXPTIME")
+        ends.append(start if exposure is None else start + dt.timedelta(seconds=float(exposure)))
+    if starts:
+        header["DATE-OBS"] = (_format_date(min(starts)), "start of the first frame")
+        header["DATE-END"] = (_format_date(max(ends)), "end of the last frame")
     # every frame went through the same steps: the first frame's history tells them
     for line in list(headers[0].get("HISTORY", [])) + list(history):
         header.add_history(str(line))
     return header
 
 
+def data_unit(encoding):
+    """``BUNIT`` of image data of an encoding.
+
+    Parameters
+    ----------
+    encoding : {"linear", "display"}
+        ``AFENCODE`` of the data (see :mod:`astroflow.io.imagefile`).
+
+    Returns
+    -------
+    str
+        ``"ADU"`` for linear data (camera units, calibrated or stacked); ``""`` (dimensionless)
+        for display data, which are stretched values scaled to 0..1 of the full scale and have
+        no physical unit.
+    """
+    return "" if encoding == "display" else "ADU"
+
+
+def derived_header(source_header, history):
+    """Header of a product made from one image: the source's keywords and history, plus a step.
+
+    Parameters
+    ----------
+    source_header : astropy.io.fits.Header
+        Header of the image the product is made from (a stack, an ingested image...), as
+        :func:`read_image` returns it.
+    history : iterable of str
+        HISTORY lines of the step that made the product.
+
+    Returns
+    -------
+    astropy.io.fits.Header
+        Every keyword of the source (``EXPTIME``, ``NCOMBINE``, ``DATE-OBS``, ``DATE-END``,
+        ``OBJECT``, ``RA``/``DEC``, ``FILTER``, camera, ``AFENCODE``...) except those of its
+        file layout and state (``SIMPLE``, ``BITPIX``, ``NAXISn``, ``EXTEND``, ``BZERO``,
+        ``BSCALE``, checksums, ``AFSTATUS``/``AFREASON``); ``AFENCODE``, the source's or
+        ``"linear"`` (a stack); ``BUNIT`` from :func:`data_unit` for display data, else the
+        source's (``"ADU"`` when it has none); HISTORY: the source's lines, then ``history``.
+    """
+    header = fits.Header()
+    for card in source_header.cards:
+        key = card.keyword
+        if not key or key in _NOT_CARRIED or key.startswith("NAXIS"):
+            continue
+        header.append((key, card.value, card.comment))
+    encoding = str(source_header.get("AFENCODE", "linear"))
+    header["AFENCODE"] = encoding
+    if encoding == "display" or "BUNIT" not in header:
+        header["BUNIT"] = data_unit(encoding)
+    for line in list(source_header.get("HISTORY", [])) + list(history):
+        header.add_history(str(line))
+    return header
+
+
+def iso_date(text):
+    """An ISO 8601 date and time in the form of the workflow's ``DATE-OBS``.
+
+    Parameters
+    ----------
+    text : str
+        ISO 8601, with or without a time zone (``Z``, ``+02:00``) and fractional seconds.
+
+    Returns
+    -------
+    str or None
+        UTC when ``text`` gives a time zone (converted, zone dropped), else the time as
+        written; to the second, or to the millisecond when there are fractional seconds
+        (``"2024-03-09T21:30:00"``, ``"2024-03-09T21:30:00.500"``). None when ``text`` is not
+        ISO 8601.
+    """
+    stamp = _parse_date(text)
+    return None if stamp is None else _format_date(stamp)
+
+
+def fits_text(text):
+    """Text made fit for a FITS string value, which holds printable ASCII only.
+
+    Parameters
+    ----------
+    text : str
+
+    Returns
+    -------
+    str
+        ``text`` with every other character escaped as Python writes it (``"é"`` becomes
+        ``"\\xe9"``), so that a header write never fails on a file name or an object name.
+    """
+    return "".join(c if " " <= c <= "~" else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+# Keywords of one file's layout or state, not of its data: never carried to a derived product.
+_NOT_CARRIED = {
+    "SIMPLE", "BITPIX", "EXTEND", "BZERO", "BSCALE", "CHECKSUM", "DATASUM", "HISTORY", "COMMENT",
+    STATUS_KEY, REASON_KEY,
+}  # fmt: skip
+
+
+def _parse_date(text):
+    if text is None:
+        return None
+    try:
+        stamp = dt.datetime.fromisoformat(str(text).strip())
+    except ValueError:
+        return None
+    if stamp.tzinfo is not None:
+        stamp = stamp.astimezone(dt.UTC).replace(tzinfo=None)
+    return stamp
+
+
+def _format_date(stamp):
+    return stamp.isoformat(timespec="milliseconds" if stamp.microsecond else "seconds")
+
+
 def _atomic_write(path, hdul):
     # A job killed mid-write must never leave a file a later run would trust.
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    hdul.writeto(tmp, overwrite=True, output_verify="silentfix")
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: hdul.writeto(tmp, overwrite=True, output_verify="silentfix"))

@@ -1,25 +1,68 @@
-"""One finished image in (the ``image`` target kind): PNG, TIFF or FITS, linear or stretched.
+"""One finished image in (the ``image`` target kind): PNG, TIFF, FITS or XISF, linear or stretched.
 
 A finished image is either *linear* (a stack saved by Siril or PixInsight: float, or integer
 data that is mostly dark) or *display* data (already stretched, 8 or 16-bit). Star removal
 treats them differently (:mod:`astroflow.restoration.starless`), so the encoding is decided here and kept
 in the FITS header (``AFENCODE``) with the bit depth (``AFBITS``).
+
+XISF, PixInsight's format (https://pixinsight.com/doc/docs/XISF-1.0-spec/XISF-1.0-spec.html),
+is read with the ``xisf`` package (Sergio Diaz, GPL-3): monolithic files, the first image,
+UInt8/16/32 and Float32/64 samples, planar or normal (interleaved) pixel storage.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
 import tifffile
 from astropy.io import fits
+from xisf import XISF
 
-__all__ = ["ENCODINGS", "UnreadableImageError", "choose_encoding", "read_finished_image"]
+from astroflow.io.fits import fits_text, iso_date, top_down_rows
+from astroflow.io.formats import FINISHED_IMAGE, extensions, format_of
+
+__all__ = [
+    "CARRIED_KEYWORDS",
+    "ENCODINGS",
+    "UnreadableImageError",
+    "choose_encoding",
+    "read_finished_header",
+    "read_finished_image",
+]
 
 ENCODINGS = ("linear", "display")
 # Integer data whose median is below this fraction of the full range is taken as linear.
 LINEAR_MEDIAN_FRACTION = 0.02
+#: FITS keywords of the observation that a finished image passes on to the products made from it.
+CARRIED_KEYWORDS = (
+    "OBJECT", "RA", "DEC", "OBJCTRA", "OBJCTDEC", "TELESCOP", "INSTRUME", "FILTER", "FOCALLEN",
+    "XPIXSZ", "YPIXSZ", "SITELAT", "SITELONG", "EXPTIME", "NCOMBINE", "DATE-OBS", "DATE-END",
+)  # fmt: skip
+# Carried keywords whose value is text even when it looks like a number (an OBJECT of "42").
+_TEXT_KEYWORDS = {
+    "OBJECT", "OBJCTRA", "OBJCTDEC", "TELESCOP", "INSTRUME", "FILTER", "DATE-OBS", "DATE-END",
+}  # fmt: skip
+# XISF properties (spec section 11.5) that stand in for a missing FITS keyword, with the factor
+# to the keyword's unit (None for text): focal length is in metres in XISF, mm in FITS.
+_XISF_PROPERTIES = {
+    "OBJECT": ("Observation:Object:Name", None),
+    "RA": ("Observation:Object:RA", 1.0),
+    "DEC": ("Observation:Object:Dec", 1.0),
+    "DATE-OBS": ("Observation:Time:Start", None),
+    "DATE-END": ("Observation:Time:End", None),
+    "EXPTIME": ("Instrument:ExposureTime", 1.0),
+    "FILTER": ("Instrument:Filter:Name", None),
+    "TELESCOP": ("Instrument:Telescope:Name", None),
+    "INSTRUME": ("Instrument:Camera:Name", None),
+    "FOCALLEN": ("Instrument:Telescope:FocalLength", 1000.0),
+    "XPIXSZ": ("Instrument:Sensor:XPixelSize", 1.0),
+    "YPIXSZ": ("Instrument:Sensor:YPixelSize", 1.0),
+    "SITELAT": ("Observation:Location:Latitude", 1.0),
+    "SITELONG": ("Observation:Location:Longitude", 1.0),
+}
 
 
 class UnreadableImageError(ValueError):
@@ -32,37 +75,49 @@ def read_finished_image(path):
     Parameters
     ----------
     path : str or os.PathLike
-        PNG (8/16-bit), TIFF (8/16-bit or float; mono, RGB, planar RGB) or FITS (first image
-        HDU; a ``(3, H, W)`` cube is RGB).
+        PNG (8/16-bit), TIFF (8/16-bit or float; mono, RGB, planar RGB), FITS (first image
+        HDU; a ``(3, H, W)`` cube is RGB) or XISF (first image; Gray or RGB, UInt8/16/32 or
+        Float32/64, planar or normal pixel storage).
 
     Returns
     -------
     image : numpy.ndarray
         float32 ``(H, W)`` or ``(H, W, 3)``, in the file's own units (0..255, 0..65535, or the
-        float values); alpha is dropped.
+        float values; XISF UInt32 is scaled to 0..1, PixInsight's range of every sample
+        format); alpha is dropped. Row 0 at the top: TIFF, PNG and XISF store the top row
+        first; FITS rows are turned as :func:`astroflow.io.fits.top_down_rows` says (stored
+        bottom-up unless ``ROWORDER = 'TOP-DOWN'``).
     bits : int
-        8 or 16 for integer data, 32 for float data.
+        8 or 16 for integer data, 32 for float data (and XISF UInt32).
 
     Raises
     ------
     UnreadableImageError
-        Naming the file, when it cannot be read or is not a mono or RGB image.
+        Naming the file, when it cannot be read or is not a mono or RGB image (for XISF also:
+        not monolithic, not 2-D, a colour space other than Gray or RGB, an unsupported sample
+        format).
     """
     path = Path(path)
-    suffix = path.suffix.lower()
+    fmt = format_of(path)
+    if fmt not in FINISHED_IMAGE:
+        raise UnreadableImageError(
+            f"{path}: not an image file (looked for {', '.join(extensions(FINISHED_IMAGE))})"
+        )
     try:
-        if suffix in (".fits", ".fit", ".fts"):
+        if fmt == "fits":
             with fits.open(path, memmap=False) as hdul:
                 hdu = next((h for h in hdul if h.data is not None and h.data.ndim >= 2), None)
                 if hdu is None:
                     raise UnreadableImageError(f"{path}: FITS file holds no image")
-                data = np.asarray(hdu.data)
+                data = top_down_rows(np.asarray(hdu.data), hdu.header)
             if data.ndim == 3 and data.shape[0] in (3, 4):
                 data = np.moveaxis(data, 0, 2)
-        elif suffix in (".tif", ".tiff"):
+        elif fmt == "tiff":
             data = tifffile.imread(path)
             if data.ndim == 3 and data.shape[0] in (3, 4) and data.shape[2] not in (3, 4):
                 data = np.moveaxis(data, 0, 2)
+        elif fmt == "xisf":
+            data = _read_xisf(path)
         else:
             data = iio.imread(path)
     except UnreadableImageError:
@@ -80,6 +135,57 @@ def read_finished_image(path):
     else:
         bits = 32
     return data.astype(np.float32), bits
+
+
+def read_finished_header(path):
+    """The observation keywords and history a finished image file carries.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        An image file :func:`read_finished_image` reads.
+
+    Returns
+    -------
+    astropy.io.fits.Header
+        The :data:`CARRIED_KEYWORDS` the file records (``DATE-OBS``/``DATE-END`` as
+        :func:`astroflow.io.fits.iso_date`, omitted when not ISO 8601) and its HISTORY lines.
+        FITS: from the header of the image HDU. XISF: from the image's FITS keywords, else from
+        the equivalent XISF properties (``Observation:Object:Name``, ``Instrument:ExposureTime``
+        ...; focal length converted from m to mm). PNG and TIFF: empty.
+
+    Raises
+    ------
+    UnreadableImageError
+        Naming the file, when a FITS or XISF header cannot be read.
+    """
+    path = Path(path)
+    fmt = format_of(path)
+    header = fits.Header()
+    try:
+        if fmt == "fits":
+            with fits.open(path, memmap=False) as hdul:
+                images = (h.header for h in hdul if h.is_image and h.header.get("NAXIS", 0) >= 2)
+                source = next(images, fits.Header())
+                values = {key: source[key] for key in CARRIED_KEYWORDS if key in source}
+                history = [str(line) for line in source.get("HISTORY", [])]
+        elif fmt == "xisf":
+            images = XISF(os.fspath(path)).get_images_metadata()
+            values, history = _xisf_keywords(images[0]) if images else ({}, [])
+        else:
+            return header
+    except Exception as exc:  # the readers raise many types; the user needs the file and cause
+        raise UnreadableImageError(f"{path}: cannot read the header: {exc}") from exc
+    for key in CARRIED_KEYWORDS:
+        value = values.get(key)
+        if key in ("DATE-OBS", "DATE-END") and value is not None:
+            value = iso_date(str(value))
+        if value is not None and value != "":
+            # XISF text is UTF-8, FITS strings are ASCII
+            header[key] = fits_text(value) if isinstance(value, str) else value
+    for line in history:
+        header.add_history(fits_text(line))
+    return header
 
 
 def choose_encoding(image, bits, requested="auto"):
@@ -125,3 +231,88 @@ def choose_encoding(image, bits, requested="auto"):
 def display_scale(bits):
     """Full-scale value of display data of a bit depth (255 or 65535; 1 for float)."""
     return {8: 255.0, 16: 65535.0}.get(int(bits), 1.0)
+
+
+def _read_xisf(path):
+    """The first image of a monolithic XISF file: ``(H, W)`` or ``(H, W, C)``, stored dtype."""
+    try:
+        xisf = XISF(os.fspath(path))
+        images = xisf.get_images_metadata()
+        if not images:
+            raise UnreadableImageError(f"{path}: XISF file holds no image")
+        meta = images[0]
+        if len(meta["geometry"]) != 3:
+            geometry = ":".join(map(str, meta["geometry"]))
+            raise UnreadableImageError(
+                f"{path}: XISF image of geometry {geometry} is not 2-D (width:height:channels)"
+            )
+        width, height, channels = meta["geometry"]
+        # The package lays the data block out as planes (channels first) whatever the storage.
+        planes = xisf.read_image(0, data_format="channels_first")
+    except UnreadableImageError:
+        raise
+    except NotImplementedError as exc:
+        raise UnreadableImageError(f"{path}: unsupported XISF: {exc}") from exc
+    except Exception as exc:  # signature, XML, data block: many types; the file and cause matter
+        problem = f"{type(exc).__name__}: {exc}"
+        raise UnreadableImageError(f"{path}: broken XISF file ({problem})") from exc
+    # The package reads samples in the host's byte order; the file says which it used.
+    order = ">" if meta.get("byteOrder") == "big" else "<"
+    planes = planes.view(planes.dtype.newbyteorder(order))
+    if meta.get("pixelStorage", "Planar") == "Normal":
+        # Normal storage interleaves the channels of each pixel: the same bytes, read as
+        # (height, width, channels).
+        data = planes.reshape(height, width, channels)
+    else:
+        data = np.moveaxis(planes, 0, 2)
+    colour = meta.get("colorSpace", "Gray")
+    if colour == "Gray":
+        # Channels after the first are alpha.
+        data = data[:, :, 0]
+    elif colour != "RGB":
+        raise UnreadableImageError(
+            f"{path}: XISF colour space {colour} is not supported (Gray or RGB)"
+        )
+    elif channels < 3:
+        raise UnreadableImageError(f"{path}: RGB XISF image with {channels} channels")
+    if data.dtype == np.uint32:
+        # 32-bit integers are beyond the 8/16-bit display depths: PixInsight's 0..1 range, as
+        # float.
+        data = data / np.float64(np.iinfo(np.uint32).max)
+    return data
+
+
+def _xisf_keywords(meta):
+    """Carried keywords and HISTORY lines of an XISF image's metadata (``xisf`` package dict)."""
+    keywords = meta.get("FITSKeywords", {})
+    values = {}
+    for key in CARRIED_KEYWORDS:
+        entries = keywords.get(key)
+        if entries:
+            text = str(entries[0]["value"]).strip()
+            values[key] = text if key in _TEXT_KEYWORDS else _number(text)
+            continue
+        name, factor = _XISF_PROPERTIES.get(key, (None, None))
+        prop = meta.get("XISFProperties", {}).get(name)
+        if prop is None or prop.get("value") is None:
+            continue
+        value = prop["value"]
+        if factor is None:
+            values[key] = str(value).strip()
+        else:
+            try:
+                values[key] = float(value) * factor
+            except (TypeError, ValueError):
+                continue
+    # PixInsight writes a HISTORY keyword's text as its comment and leaves the value empty.
+    history = [entry["comment"] or entry["value"] for entry in keywords.get("HISTORY", [])]
+    return values, history
+
+
+def _number(text):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text

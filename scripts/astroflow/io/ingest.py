@@ -13,8 +13,8 @@ DNG, ARW, PEF, SRW, ORF, RW2, TIFF), which rawpy does not expose.
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
+import gzip
+import io
 import logging
 import os
 import warnings
@@ -28,20 +28,22 @@ from PIL import ExifTags, Image
 
 from astroflow import __version__
 from astroflow.calibration.debayer import BAYER_PATTERNS
-from astroflow.io.fits import read_header, write_image, write_rejected
+from astroflow.io.fits import (
+    ROWORDER_KEY,
+    fits_text,
+    iso_date,
+    read_header,
+    top_down_rows,
+    write_image,
+    write_rejected,
+)
+from astroflow.io.formats import DEEP_SKY_FRAME, extensions, format_of
 from astroflow.workflow.provenance import sha256_file  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
 FRAME_TYPES = ("LIGHT", "DARK", "FLAT", "BIAS", "DARKFLAT")
 
-RAW_EXTENSIONS = (
-    ".3fr", ".ari", ".arw", ".bay", ".cr2", ".cr3", ".crw", ".dcr", ".dng", ".erf", ".fff",
-    ".iiq", ".k25", ".kdc", ".mef", ".mos", ".mrw", ".nef", ".nrw", ".orf", ".pef", ".raf",
-    ".raw", ".rw2", ".rwl", ".sr2", ".srf", ".srw", ".x3f",
-)  # fmt: skip
-FITS_EXTENSIONS = (".fits", ".fit", ".fts", ".fz", ".fits.gz", ".fit.gz", ".fts.gz")
-TIFF_EXTENSIONS = (".tif", ".tiff")
 
 # FITS keywords copied into the ingested header, each from the first alias present.
 _FITS_ALIASES = {
@@ -55,7 +57,15 @@ _FITS_ALIASES = {
     "INSTRUME": ("INSTRUME",),
     "TELESCOP": ("TELESCOP",),
     "OBJECT": ("OBJECT",),
-    "FILTER": ("FILTER",),
+    # CAFOS (Calar Alto) names the filter in INSFLNAM.
+    "FILTER": ("FILTER", "INSFLNAM"),
+    # Coordinates and site as recorded: degrees (numbers) or sexagesimal text.
+    "RA": ("RA",),
+    "DEC": ("DEC",),
+    "OBJCTRA": ("OBJCTRA",),
+    "OBJCTDEC": ("OBJCTDEC",),
+    "SITELAT": ("SITELAT",),
+    "SITELONG": ("SITELONG",),
     "XBINNING": ("XBINNING",),
     "YBINNING": ("YBINNING",),
     "XPIXSZ": ("XPIXSZ",),
@@ -75,7 +85,11 @@ _TIFF_VARIANT_MAGIC = {b"IIRO": b"II*\x00", b"IIRS": b"II*\x00", b"IIU\x00": b"I
 
 _EXIF_MAKE, _EXIF_MODEL, _EXIF_DATETIME = 271, 272, 306
 _EXIF_EXPOSURE, _EXIF_ISO, _EXIF_DATE_ORIGINAL = 33434, 34855, 36867
-_EXIF_OFFSET_ORIGINAL, _EXIF_SUBSEC_ORIGINAL = 36881, 37521
+_EXIF_OFFSET_ORIGINAL, _EXIF_SUBSEC_ORIGINAL, _EXIF_FOCAL_LENGTH = 36881, 37521, 37386
+# The GPS IFD's tags sit under this key of the merged tags: their numbers (1-4) would clash
+# with IFD0's.
+_EXIF_GPS = "GPS"
+_GPS_LATITUDE_REF, _GPS_LATITUDE, _GPS_LONGITUDE_REF, _GPS_LONGITUDE = 1, 2, 3, 4
 
 
 class UnreadableFrameError(ValueError):
@@ -102,18 +116,27 @@ def read_frame(path):
         float32 ADU, ``(H, W)`` for a mono image or a CFA mosaic, ``(H, W, 3)`` for RGB.
         RAW: LibRaw's visible area exactly as recorded (``raw_image_visible``), no demosaic and
         no black subtraction. FITS: BZERO/BSCALE applied (SBIG uint16 with BZERO 32768 gives
-        0..65535 ADU); a ``(3, H, W)`` cube becomes ``(H, W, 3)``.
+        0..65535 ADU); rows turned top row first, the first row stored being the bottom one
+        unless ``ROWORDER = 'TOP-DOWN'`` (:func:`astroflow.io.fits.top_down_rows`); a
+        ``(3, H, W)`` cube becomes ``(H, W, 3)``.
     meta : dict
         FITS keywords, each only when the file records it: ``EXPTIME`` (s), ``ISOSPEED``,
         ``GAIN`` (camera setting), ``EGAIN`` (e-/ADU), ``CCD-TEMP`` (deg C), ``DATE-OBS`` (ISO
         8601; UTC when the file gives a time zone, otherwise the camera clock as recorded),
         ``INSTRUME`` (make and model), ``BAYERPAT`` (pattern of ``data[0:2, 0:2]``, absent for
-        mono and RGB), ``BLACKLVL`` and ``WHITELVL`` (ADU), and ``NAXIS``, ``NAXIS1``,
+        mono and RGB; for FITS, the file's ``BAYERPAT`` shifted by ``XBAYROFF``/``YBAYROFF``
+        and read as Siril reads it: as the top-left cell of the image when the file says
+        ``ROWORDER``, as the cell of the first rows stored when it does not), ``BLACKLVL`` and
+        ``WHITELVL`` (ADU), and ``NAXIS``, ``NAXIS1``,
         ``NAXIS2`` (, ``NAXIS3``) of the image as written. For RAW whose black levels differ
         between the four CFA positions, ``BLACK00``, ``BLACK01``, ``BLACK10``, ``BLACK11`` give
         the level of ``data[dy::2, dx::2]`` and ``BLACKLVL`` their mean. FITS also passes on
-        ``OFFSET``, ``SET-TEMP``, ``TELESCOP``, ``OBJECT``, ``FILTER``, ``XBINNING``,
-        ``YBINNING``, ``XPIXSZ``, ``YPIXSZ``, ``FOCALLEN`` when present.
+        ``OFFSET``, ``SET-TEMP``, ``TELESCOP``, ``OBJECT``, ``FILTER`` (or CAFOS'
+        ``INSFLNAM``), ``RA``, ``DEC``, ``OBJCTRA``, ``OBJCTDEC``, ``SITELAT``, ``SITELONG``
+        (as recorded: degrees or sexagesimal text), ``XBINNING``, ``YBINNING``, ``XPIXSZ``,
+        ``YPIXSZ``, ``FOCALLEN`` when present. RAW and TIFF give ``FOCALLEN`` (mm, the lens's
+        from EXIF) and ``SITELAT``/``SITELONG`` (degrees, north and east positive, from the
+        EXIF GPS tags) when the camera recorded them.
 
     Raises
     ------
@@ -125,15 +148,13 @@ def read_frame(path):
         If the file cannot be opened at all (missing, no permission).
     """
     path = Path(path)
-    name = path.name.lower()
-    if name.endswith(RAW_EXTENSIONS):
-        reader = _read_raw
-    elif name.endswith(FITS_EXTENSIONS):
-        reader = _read_fits
-    elif name.endswith(TIFF_EXTENSIONS):
-        reader = _read_tiff
-    else:
-        raise UnreadableFrameError(f"{path}: unknown image file extension {path.suffix!r}")
+    readers = {"raw": _read_raw, "fits": _read_fits, "tiff": _read_tiff}
+    reader = readers.get(format_of(path))
+    if reader is None:
+        raise UnreadableFrameError(
+            f"{path}: unknown image file extension {path.suffix!r} "
+            f"(a frame is one of {' '.join(extensions(DEEP_SKY_FRAME))})"
+        )
     if path.stat().st_size == 0:
         raise UnreadableFrameError(f"{path}: file is empty (0 bytes)")
     data, meta = reader(path)
@@ -159,8 +180,8 @@ def ingest_frame(path, frame_type, out_path):
     -------
     astropy.io.fits.Header
         The header as written: the keywords of :func:`read_frame` plus ``IMAGETYP`` (upper-case
-        ``frame_type``), ``SRCFILE`` (source path), ``SRCSHA`` (its SHA-256), ``AFSTATUS`` and
-        HISTORY. For an unreadable frame: the placeholder's header, ``AFSTATUS = 'REJECTED'``
+        ``frame_type``), ``BUNIT = 'ADU'``, ``SRCFILE`` (source path), ``SRCSHA`` (its SHA-256),
+        ``AFSTATUS`` and HISTORY. For an unreadable frame: the placeholder's header, ``AFSTATUS = 'REJECTED'``
         and ``AFREASON`` naming the file and the problem.
 
     Raises
@@ -173,17 +194,17 @@ def ingest_frame(path, frame_type, out_path):
         raise ValueError(
             f"{path}: unknown frame type {frame_type!r}: expected one of {', '.join(FRAME_TYPES)}"
         )
-    provenance = {"IMAGETYP": imagetyp, "SRCFILE": _fits_text(os.fspath(path))}
+    provenance = {"IMAGETYP": imagetyp, "SRCFILE": fits_text(os.fspath(path))}
     try:
         provenance["SRCSHA"] = sha256_file(path)
         data, meta = read_frame(path)
     except (UnreadableFrameError, OSError) as exc:
-        reason = _fits_text(str(exc) if isinstance(exc, UnreadableFrameError) else f"{path}: {exc}")
+        reason = fits_text(str(exc) if isinstance(exc, UnreadableFrameError) else f"{path}: {exc}")
         log.warning("rejected: %s", reason)
         write_rejected(out_path, reason, provenance)
         return read_header(out_path)
-    header = {**meta, **provenance}
-    history = [f"astroflow {__version__} ingest: {imagetyp} from {_fits_text(Path(path).name)}"]
+    header = {**meta, "BUNIT": "ADU", **provenance}
+    history = [f"astroflow {__version__} ingest: {imagetyp} from {fits_text(Path(path).name)}"]
     write_image(out_path, data, header, history=history)
     return read_header(out_path)
 
@@ -228,7 +249,7 @@ def _read_raw(path):
 
 
 def _read_fits(path):
-    size = path.stat().st_size
+    size = _fits_stream_size(path)
     try:
         with warnings.catch_warnings():
             # Truncation is detected below from the header's own sizes; astropy's warning
@@ -241,7 +262,7 @@ def _read_fits(path):
                 raw = hdu.data
                 if raw is None:
                     raise UnreadableFrameError(f"{path}: FITS file holds no image data")
-                data = np.asarray(raw, dtype=np.float32)
+                data = np.ascontiguousarray(top_down_rows(raw, header), dtype=np.float32)
     except UnreadableFrameError:
         raise
     except (OSError, ValueError, TypeError, IndexError) as exc:
@@ -256,6 +277,18 @@ def _read_fits(path):
     if data.ndim == 3:
         meta.pop("BAYERPAT", None)
     return data, meta
+
+
+def _fits_stream_size(path):
+    # The completeness check compares the header's promise with the bytes astropy reads: for a
+    # gzipped FITS that is the decompressed stream, not the file on disk.
+    if not path.name.lower().endswith(".gz"):
+        return path.stat().st_size
+    try:
+        with gzip.open(path, "rb") as stream:
+            return stream.seek(0, io.SEEK_END)
+    except (OSError, EOFError) as exc:
+        raise UnreadableFrameError(f"{path}: truncated or corrupt gzip stream ({exc})") from exc
 
 
 def _first_image_hdu(hdul, path):
@@ -327,15 +360,15 @@ def _fits_meta(header, path):
                     continue
                 if value.is_integer() and key in ("ISOSPEED", "XBINNING", "YBINNING", "OFFSET", "WHITELVL"):
                     value = int(value)
-            else:
-                value = _fits_text(str(value).strip())
+            elif isinstance(value, str):
+                value = fits_text(value.strip())
             meta[key] = value
             break
     date = header.get("DATE-OBS") or header.get("DATE_OBS")
     if date and "T" not in str(date) and header.get("TIME-OBS"):
         date = f"{str(date).strip()}T{str(header['TIME-OBS']).strip()}"
     if date:
-        iso = _iso_date(str(date).strip())
+        iso = iso_date(str(date))
         if iso is None:
             log.warning("%s: DATE-OBS = %r is not an ISO 8601 date; omitted", path, date)
         else:
@@ -347,7 +380,13 @@ def _fits_meta(header, path):
         except (TypeError, ValueError):
             log.warning("%s: XBAYROFF/YBAYROFF unreadable; BAYERPAT omitted", path)
         else:
-            meta["BAYERPAT"] = _shift_pattern(pattern, dx, dy)
+            pattern = _shift_pattern(pattern, dx, dy)
+            if str(header.get(ROWORDER_KEY, "")).strip().upper() not in ("TOP-DOWN", "BOTTOM-UP"):
+                # Siril takes the BAYERPAT of a file that does not say its row order (camera
+                # drivers write top-down without saying so) as the cell of the first rows
+                # stored; read bottom-up, stored row H - 1 is row 0 in memory.
+                pattern = _shift_pattern(pattern, 0, int(header["NAXIS2"]) - 1)
+            meta["BAYERPAT"] = pattern
     return meta
 
 
@@ -357,7 +396,8 @@ def _shift_pattern(pattern, dx, dy):
 
 
 def _tiff_exif(path):
-    """EXIF tags (IFD0 merged with the Exif IFD) of a TIFF-structured file; {} for others."""
+    """EXIF tags (IFD0 merged with the Exif IFD, the GPS IFD under ``"GPS"``) of a TIFF-structured
+    file; {} for others."""
     with open(path, "rb") as f:
         magic = f.read(4)
         if magic not in _TIFF_MAGIC and magic not in _TIFF_VARIANT_MAGIC:
@@ -370,6 +410,9 @@ def _tiff_exif(path):
             exif.load(blob)
             tags = dict(exif)
             tags.update(exif.get_ifd(ExifTags.IFD.Exif))
+            gps = exif.get_ifd(ExifTags.IFD.GPSInfo)
+            if gps:
+                tags[_EXIF_GPS] = dict(gps)
         # Metadata is optional: a maker's odd EXIF must not lose a good mosaic, and Pillow's
         # parser can fail in many ways on it.
         except Exception as exc:  # noqa: BLE001
@@ -403,20 +446,32 @@ def _exif_meta(tags):
         subsec = _exif_text(tags.get(_EXIF_SUBSEC_ORIGINAL))
         if subsec and subsec.isdigit():
             text += f".{subsec}"
-        iso_date = _iso_date(text + (_exif_text(tags.get(_EXIF_OFFSET_ORIGINAL)) or ""))
-        if iso_date is not None:
-            meta["DATE-OBS"] = iso_date
+        date_obs = iso_date(text + (_exif_text(tags.get(_EXIF_OFFSET_ORIGINAL)) or ""))
+        if date_obs is not None:
+            meta["DATE-OBS"] = date_obs
+    focal = _exif_number(tags.get(_EXIF_FOCAL_LENGTH))
+    if focal:
+        # mm, of the lens the camera knows; a camera on a telescope records none
+        meta["FOCALLEN"] = focal
+    gps = tags.get(_EXIF_GPS, {})
+    for key, ref_tag, value_tag, negative in (
+        ("SITELAT", _GPS_LATITUDE_REF, _GPS_LATITUDE, "S"),
+        ("SITELONG", _GPS_LONGITUDE_REF, _GPS_LONGITUDE, "W"),
+    ):
+        degrees = _gps_degrees(gps.get(value_tag))
+        if degrees is not None:
+            meta[key] = -degrees if _exif_text(gps.get(ref_tag)).upper() == negative else degrees
     return meta
 
 
-def _iso_date(text):
+def _gps_degrees(value):
+    # EXIF GPS angles are (degrees, minutes, seconds) rationals.
     try:
-        stamp = dt.datetime.fromisoformat(text)
-    except ValueError:
+        d, m, s = (float(part) for part in value)
+    except (TypeError, ValueError, ZeroDivisionError):
         return None
-    if stamp.tzinfo is not None:
-        stamp = stamp.astimezone(dt.timezone.utc).replace(tzinfo=None)
-    return stamp.isoformat(timespec="milliseconds" if stamp.microsecond else "seconds")
+    degrees = d + m / 60 + s / 3600
+    return degrees if np.isfinite(degrees) else None
 
 
 def _exif_text(value):
@@ -424,7 +479,7 @@ def _exif_text(value):
         return ""
     if isinstance(value, bytes):
         value = value.decode("ascii", "replace")
-    return _fits_text(str(value).strip("\x00 ").strip())
+    return fits_text(str(value).strip("\x00 ").strip())
 
 
 def _exif_number(value):
@@ -435,11 +490,6 @@ def _exif_number(value):
     except (TypeError, ValueError):
         return None
     return number if np.isfinite(number) and number > 0 else None
-
-
-def _fits_text(text):
-    # FITS strings hold printable ASCII only; escape the rest instead of failing the write.
-    return "".join(c if " " <= c <= "~" else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def _libraw_message(exc):

@@ -31,18 +31,18 @@ import operator
 import os
 import re
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import cv2
 import numpy as np
 
+from astroflow.io.atomic import atomic_write
+from astroflow.io.formats import SEQUENCE_CONTAINER, SEQUENCE_FRAME, extensions, format_of, readable
+
 log = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = (".avi", ".mov", ".mp4", ".mkv", ".m4v", ".webm")
-SER_EXTENSIONS = (".ser",)
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".fits", ".fit", ".fts")
 
 # --- SER (format description version 3, Heiko Wilkens & Grischa Hahn, 2014) -------------------
 # FileID, LuID, ColorID, LittleEndian, ImageWidth, ImageHeight, PixelDepthPerPlane, FrameCount,
@@ -206,7 +206,8 @@ def open_sequence(paths) -> FrameSequence:
     ----------
     paths : list of str or os.PathLike, or one of them
         One video (``.avi .mov .mp4 .mkv .m4v .webm``) or SER (``.ser``) file; or image files
-        (``.png .jpg .jpeg .tif .tiff .fits .fit .fts``, any case), which become a sequence in the
+        (PNG, JPEG, TIFF, FITS, also gzipped or fpacked: :data:`astroflow.io.formats.SEQUENCE_FRAME`,
+        any case), which become a sequence in the
         given order (names may contain spaces); or one folder, which stands for its image files in
         natural name order (``frame2`` before ``frame10``).
 
@@ -238,8 +239,10 @@ def open_sequence(paths) -> FrameSequence:
     Image files are sized from their headers at opening; the most common (size, channels, bit
     depth) defines :attr:`FrameSequence.shape`, and files that differ, or whose header cannot be
     read, are listed as unusable frames rather than raising. Only the first image of a multi-page
-    TIFF and the first image HDU of a FITS file are read; FITS ``(3, H, W)`` cubes become
-    ``(H, W, 3)``; alpha channels are dropped.
+    TIFF and the first image HDU of a FITS file are read; FITS rows are turned top row first
+    (stored bottom-up unless ``ROWORDER = 'TOP-DOWN'``, see
+    :func:`astroflow.io.fits.top_down_rows`) and ``(3, H, W)`` cubes become ``(H, W, 3)``;
+    alpha channels are dropped.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -250,12 +253,12 @@ def open_sequence(paths) -> FrameSequence:
         folder = paths[0]
         paths = sorted(
             (os.path.join(folder, name) for name in os.listdir(folder)
-             if name.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, name))),
+             if readable(name, SEQUENCE_FRAME) and os.path.isfile(os.path.join(folder, name))),
             key=_natural_key,
         )
         if not paths:
             raise UnreadableSequenceError(
-                f"{folder}: the folder holds no image files ({' '.join(IMAGE_EXTENSIONS)})"
+                f"{folder}: the folder holds no image files ({' '.join(extensions(SEQUENCE_FRAME))})"
             )
         return _ImageSequence(paths, source=folder)
     kinds = []
@@ -266,7 +269,7 @@ def open_sequence(paths) -> FrameSequence:
             raise UnreadableSequenceError(f"{path}: no such file")
         kind = _kind(path)
         if kind is None:
-            known = " ".join(VIDEO_EXTENSIONS + SER_EXTENSIONS + IMAGE_EXTENSIONS)
+            known = " ".join(extensions(SEQUENCE_CONTAINER + SEQUENCE_FRAME))
             raise UnreadableSequenceError(
                 f"{path}: unknown extension {Path(path).suffix!r} (expected one of {known})"
             )
@@ -284,12 +287,10 @@ def open_sequence(paths) -> FrameSequence:
 
 
 def _kind(path):
-    suffix = Path(path).suffix.lower()
-    if suffix in VIDEO_EXTENSIONS:
-        return "video"
-    if suffix in SER_EXTENSIONS:
-        return "ser"
-    if suffix in IMAGE_EXTENSIONS:
+    fmt = format_of(path)
+    if fmt in SEQUENCE_CONTAINER:
+        return fmt
+    if fmt in SEQUENCE_FRAME:
         return "image"
     return None
 
@@ -314,7 +315,7 @@ def _container_names(path, count):
 def _iso_utc(moment):
     """ISO-8601 text of an aware or naive-UTC datetime, with a ``Z`` suffix."""
     if moment.tzinfo is not None:
-        moment = moment.astimezone(dt.timezone.utc).replace(tzinfo=None)
+        moment = moment.astimezone(dt.UTC).replace(tzinfo=None)
     return moment.isoformat(timespec="microseconds") + "Z"
 
 
@@ -335,7 +336,7 @@ def _datetime_to_ticks(moment):
     if not isinstance(moment, dt.datetime):
         raise TypeError(f"SER timestamps must be datetime objects, got {type(moment).__name__}")
     if moment.tzinfo is not None:
-        moment = moment.astimezone(dt.timezone.utc).replace(tzinfo=None)
+        moment = moment.astimezone(dt.UTC).replace(tzinfo=None)
     delta = moment - _TICKS_EPOCH
     return (delta.days * 86_400 + delta.seconds) * _TICKS_PER_SECOND + delta.microseconds * 10
 
@@ -460,7 +461,7 @@ def write_ser(path, frames, *, colour="mono", timestamps=None, observer="", inst
     """Write frames to a SER file (format version 3).
 
     Frames are written one at a time, so ``frames`` may be a generator longer than memory. The
-    file appears at ``path`` only when complete (it is written as ``path + ".part"`` first).
+    file appears at ``path`` only when complete (:func:`astroflow.io.atomic.atomic_write`).
 
     Parameters
     ----------
@@ -508,11 +509,10 @@ def write_ser(path, frames, *, colour="mono", timestamps=None, observer="", inst
         raise ValueError(f"unknown SER colour {colour!r}: expected one of {', '.join(_SER_COLOUR_IDS)}")
     planes = 3 if colour in ("rgb", "bgr") else 1
     ticks = None if timestamps is None else [_datetime_to_ticks(t) for t in timestamps]
-    path = Path(path)
-    partial = path.with_name(path.name + ".part")
-    count, dtype, shape = 0, None, None
-    try:
-        with open(partial, "wb") as fh:
+
+    def write(tmp):
+        count, dtype, shape = 0, None, None
+        with open(tmp, "wb") as fh:
             fh.write(b"\0" * _SER_HEADER.size)
             for frame in frames:
                 frame = np.asarray(frame)
@@ -546,10 +546,8 @@ def write_ser(path, frames, *, colour="mono", timestamps=None, observer="", inst
             )
             fh.seek(0)
             fh.write(header)
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write)
 
 
 def _ser_field(text):
@@ -720,7 +718,7 @@ def _creation_time(text):
     except ValueError:
         return None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.timezone.utc)
+        moment = moment.replace(tzinfo=dt.UTC)
     return moment
 
 
@@ -768,8 +766,8 @@ class _ImageKind:
 
 def _probe_image(path):
     """Size, channels and sample depth of an image file from its header alone."""
-    suffix = Path(path).suffix.lower()
-    if suffix == ".png":
+    fmt = format_of(path)
+    if fmt == "png":
         with open(path, "rb") as fh:
             head = fh.read(33)
         if len(head) < 33 or not head.startswith(_PNG_SIGNATURE) or head[12:16] != b"IHDR":
@@ -777,7 +775,7 @@ def _probe_image(path):
         width, height, depth, colour_type = struct.unpack(">IIBB", head[16:26])
         channels = 1 if colour_type in (0, 4) else 3
         return _ImageKind(height, width, channels, 16 if depth == 16 else 8)
-    if suffix in (".jpg", ".jpeg"):
+    if fmt == "jpeg":
         from PIL import Image
 
         with Image.open(path) as image:
@@ -785,7 +783,7 @@ def _probe_image(path):
                 raise ValueError(f"not a JPEG file (PIL reads it as {image.format})")
             width, height = image.size
             return _ImageKind(height, width, 1 if image.mode in ("L", "I", "I;16") else 3, 8)
-    if suffix in (".tif", ".tiff"):
+    if fmt == "tiff":
         import tifffile
 
         with tifffile.TiffFile(path) as tif:
@@ -828,8 +826,8 @@ def _fits_image_header(path):
 
 def _read_image(path, kind):
     """Pixel data of an image file as float32 (H, W) or (H, W, 3)."""
-    suffix = Path(path).suffix.lower()
-    if suffix in (".png", ".jpg", ".jpeg"):
+    fmt = format_of(path)
+    if fmt in ("png", "jpeg"):
         image = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
         if image is None:
             raise ValueError("OpenCV cannot decode the file")
@@ -838,7 +836,7 @@ def _read_image(path, kind):
                 image = image[..., 0]  # grey stored with alpha or expanded to 3 channels
             else:
                 image = image[..., 2::-1]  # BGR(A) -> RGB
-    elif suffix in (".tif", ".tiff"):
+    elif fmt == "tiff":
         import tifffile
 
         with tifffile.TiffFile(path) as tif:
@@ -851,8 +849,11 @@ def _read_image(path, kind):
     else:
         from astropy.io import fits
 
+        from astroflow.io.fits import top_down_rows
+
         with fits.open(path, memmap=False) as hdul:
-            image = np.asarray(hdul[_fits_image_hdu_index(hdul)].data)
+            hdu = hdul[_fits_image_hdu_index(hdul)]
+            image = top_down_rows(np.asarray(hdu.data), hdu.header)
         if image.ndim == 3:
             image = image[0] if image.shape[0] == 1 else np.moveaxis(image, 0, -1)
     if image.ndim not in (2, 3):

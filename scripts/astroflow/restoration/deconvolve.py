@@ -40,8 +40,8 @@ from scipy import ndimage
 from scipy.optimize import least_squares
 
 from astroflow.deepsky.quality import (
-    FLAG_SATURATED,
     _PIXEL_FWHM2,
+    FLAG_SATURATED,
     _fit_moffat,
     _moffat,
     detect_stars,
@@ -164,7 +164,7 @@ def estimate_psf(
     xs, ys = stars["x"].to_numpy(), stars["y"].to_numpy()
     fluxes = stars["flux"].to_numpy()
     usable = []
-    for idx, row in good.iterrows():
+    for _, row in good.iterrows():
         if row["peak"] < threshold_sigma * noise:
             continue
         if not (margin <= row["x"] < width - margin - 1 and margin <= row["y"] < height - margin - 1):
@@ -287,8 +287,9 @@ def _fit_beta(plane, stars, default=3.0):
         border = np.median(np.concatenate([box[0], box[-1], box[:, 0], box[:, -1]]))
         p0 = [border, max(float(box[half, half] - border), 1e-3), row["x"] - (i - half),
               row["y"] - (j - half), np.log(max(row["fwhm"], 0.5)), 0.0]
-        res = least_squares(lambda p: _moffat(p, xx, yy)[0] - vals, p0,
-                            jac=lambda p: _moffat(p, xx, yy)[1], method="lm", max_nfev=300)
+        res = least_squares(lambda p, xx=xx, yy=yy, vals=vals: _moffat(p, xx, yy)[0] - vals, p0,
+                            jac=lambda p, xx=xx, yy=yy: _moffat(p, xx, yy)[1], method="lm",
+                            max_nfev=300)
         if res.status > 0 and res.x[1] > 0:
             s = np.clip(res.x[5], -30.0, 30.0)
             betas.append(1.2 + (30.0 - 1.2) / (1.0 + np.exp(-s)))

@@ -12,8 +12,8 @@ import logging
 import numpy as np
 import torch
 
-from astroflow.nets.unet import WeightsError, load_weights
 from astroflow.nets.tiling import predict_tiled
+from astroflow.nets.unet import WeightsError, load_weights
 
 __all__ = ["default_device", "load_starless", "predictor"]
 
