@@ -23,6 +23,7 @@ run: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check Snakefile rules/
+	$(BIN)/ruff check scripts tests benchmarks
 
 # Two workers, one test file each (module fixtures run once): the workflow tests spend much of
 # their time waiting on Snakemake, SLURM and apt, so the other worker's CPU work fills it.

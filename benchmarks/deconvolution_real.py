@@ -24,10 +24,10 @@ import imageio.v3 as iio
 import numpy as np
 from scipy import ndimage
 
-from astroflow.restoration.deconvolve import star_metrics
+from astroflow.deepsky.quality import detect_stars
 from astroflow.io.fits import read_image
 from astroflow.planetary.passes import detail_measures
-from astroflow.deepsky.quality import detect_stars
+from astroflow.restoration.deconvolve import star_metrics
 
 
 def luminance(image):

@@ -20,12 +20,12 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
-
-from astroflow.planetary import passes as planetary
 from astroflow.io.fits import read_image
 from astroflow.io.sequence import open_sequence
+from astroflow.planetary import passes as planetary
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
 
 RULES = ["planetary_analyse", "planetary_align", "planetary_stack"]
 

@@ -37,9 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-
 from astroflow.io.fits import write_image
+
+REPO = Path(__file__).resolve().parents[1]
 
 CASES = ("ours_sigma_clip", "ccdproc_sigma_clip", "ours_winsorized")
 SKY = 1000.0

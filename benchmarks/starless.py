@@ -12,15 +12,12 @@ the true star footprints, and the change outside them. Not run by the tests.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
 
 from astroflow.io.imagefile import display_scale, read_finished_image
 from astroflow.restoration.starless import (
@@ -31,6 +28,8 @@ from astroflow.restoration.starless import (
 )
 from astroflow.restoration.starnet import load_starless, predictor
 from astroflow.simulation.synthstars import render_sample
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TEST_SEED = 99_000_001
 

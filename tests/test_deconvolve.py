@@ -1,6 +1,5 @@
 """Empirical PSF and regularised Richardson-Lucy deconvolution (astroflow.restoration.deconvolve)."""
 
-import warnings
 from pathlib import Path
 
 import numpy as np

@@ -15,7 +15,7 @@ def test_log_records_host_job_and_warnings(tmp_path, monkeypatch):
         log.info("hello")
         with warnings.catch_warnings():
             warnings.simplefilter("always")
-            warnings.warn("master dark skipped", UserWarning)
+            warnings.warn("master dark skipped", UserWarning, stacklevel=1)
     finally:
         sys.stderr.close()
         sys.stderr = stderr

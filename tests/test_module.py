@@ -4,9 +4,9 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import yaml
+from conftest import ROOT, snakemake
 
 from astroflow.io.fits import read_header, read_image
-from conftest import ROOT, snakemake
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,6 @@ import pytest
 from astropy.io import fits
 from scipy.special import erf
 
-from astroflow.io import fits as fitsio
 from astroflow.deepsky.quality import (
     FLAG_EDGE,
     FLAG_SATURATED,
@@ -23,6 +22,7 @@ from astroflow.deepsky.register import (
     transform_matrix,
     warp,
 )
+from astroflow.io import fits as fitsio
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SHAPE = (300, 400)

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import ROOT, snakemake
 
 SLURM_TESTS = ROOT / "tests" / "slurm"

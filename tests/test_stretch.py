@@ -1,7 +1,7 @@
+import imageio.v3 as iio
 import numpy as np
 import pytest
 import tifffile
-import imageio.v3 as iio
 
 from astroflow.io.export import save_map_png, save_preview_png, save_tiff16
 from astroflow.stretch import auto_stretch, mtf
