@@ -16,21 +16,14 @@ from astroflow.io.fits import read_header, read_image
 
 pytestmark = pytest.mark.integration
 TARGET = "simulated-night"
+# the tests measure registered and calibrated frames against the truth: keep them
+RUN_CONFIG = ("--configfile", str(ROOT / "config.yaml"), "--config", "keep_intermediates=True")
 
 
 @pytest.fixture(scope="module")
 def night(tmp_path_factory):
     work = tmp_path_factory.mktemp("simulated") / "work"
-    # the tests measure registered and calibrated frames against the truth: keep them
-    snakemake(
-        work,
-        "--cores",
-        "2",
-        "--configfile",
-        str(ROOT / "config.yaml"),
-        "--config",
-        "keep_intermediates=True",
-    )
+    snakemake(work, "--cores", "2", *RUN_CONFIG)
     return work
 
 
@@ -276,12 +269,11 @@ def test_products_carry_the_stack_header_and_calibrated_frames_lose_camera_level
 
 
 def test_nothing_to_do_after_a_run_and_stacking_change_reruns_only_stack_and_after(night):
-    config = ["--configfile", str(ROOT / "config.yaml")]
-    dry = snakemake(night, "-n", *config)
+    dry = snakemake(night, "-n", *RUN_CONFIG)
     assert "Nothing to be done" in dry.stdout
-    override = night / "kappa.yaml"
+    override = night / "sigma.yaml"
     override.write_text("stacking:\n  sigma_high: 2.5\n")
-    changed = snakemake(night, "-n", "--configfile", str(ROOT / "config.yaml"), str(override))
+    changed = snakemake(night, "-n", "--configfile", str(ROOT / "config.yaml"), str(override), *RUN_CONFIG[2:])
     # the stack, its deconvolution and star removal, and the report's record of the settings and
     # of the runtimes
     assert planned_jobs(changed.stdout) == {

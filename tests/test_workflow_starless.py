@@ -153,7 +153,8 @@ def test_xisf_image_keeps_its_orientation_and_its_keywords_reach_every_product(i
     assert header["AFENCODE"] == "linear" and header["AFBITS"] == 32 and header["BUNIT"] == "ADU"
     assert header["OBJECT"] == "M 42" and header["RA"] == 83.82 and header["NCOMBINE"] == 12
     history = list(header["HISTORY"])
-    assert history[0] == "ImageIntegration: 12 frames" and "image_ingest" in history[-1]
+    # astropy wraps a HISTORY line longer than a card (the source path) over several cards
+    assert history[0] == "ImageIntegration: 12 frames" and "image_ingest" in "".join(history[1:])
     for name in ("starless", "stars", "deconvolved"):
         product = read_header(results / f"{name}.fits")
         for key in ("OBJECT", "RA", "DEC", "FILTER", "EXPTIME", "NCOMBINE", "DATE-OBS", "DATE-END"):
