@@ -31,4 +31,5 @@ test: lint
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=20
 
 clean:
-	rm -rf results resources logs .snakemake benchmarks/*/
+	rm -rf results resources logs .snakemake
+	find benchmarks -mindepth 1 -maxdepth 1 -type d ! -name configs -exec rm -rf {} +
