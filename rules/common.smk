@@ -253,7 +253,7 @@ def benchmark_files(wildcards):
         files += expand(rules.planetary_deconvolve.benchmark, target=list(SEQUENCES))
     if STARLESS["enabled"]:
         files += expand(rules.starless.benchmark, target=list(config["targets"]))
-        if STARLESS["weights"] == "trained":
+        if TRAIN_STARLESS:
             files.append(rules.train_starless.benchmark)
     return files
 
@@ -286,9 +286,16 @@ def starless_shards(split):
     return [f"resources/datasets/starless/{split}/shard_{i:03d}.npz" for i in range(n)]
 
 
+# The network's weights come into play only with method network.
+TRAIN_STARLESS = STARLESS["method"] == "network" and STARLESS["weights"] == "trained"
+
+
 def starless_weights(wildcards):
-    """Weights used for star removal: shipped under models/, or trained by this run."""
-    if STARLESS["weights"] == "trained":
+    """Weights used for star removal: shipped under models/, trained by this run, or none
+    (method classical)."""
+    if STARLESS["method"] == "classical":
+        return []
+    if TRAIN_STARLESS:
         return "results/models/starless.pt"
     return SHIPPED_STARLESS
 
@@ -361,7 +368,7 @@ def target_outputs(target):
 
 def all_outputs():
     outputs = [path for target in config["targets"] for path in target_outputs(target)]
-    if STARLESS["enabled"] and STARLESS["weights"] == "trained":
+    if STARLESS["enabled"] and TRAIN_STARLESS:
         outputs += _outputs(rules.train_starless)
     return outputs + _outputs(rules.runtimes) + _outputs(rules.effective_config)
 

@@ -62,6 +62,8 @@ rule starless:
         runtime=runtime_estimate(10, 60),
     params:
         code=library_code("starless.py"),
+        method=config["starless"]["method"],
+        classical=config["starless"]["classical"],
         tile=config["starless"]["tile"],
         overlap=config["starless"]["overlap"],
         batch=config["starless"]["batch"],

@@ -12,7 +12,7 @@ import torch
 
 from astroflow.io.export import save_linear_png, save_tiff16, save_tiff32
 from astroflow.io.fits import derived_header, read_image, write_image
-from astroflow.restoration.starless import remove_stars
+from astroflow.restoration.starless import classical_star_removal, remove_stars
 from astroflow.restoration.starnet import load_starless, predictor
 from astroflow.stretch import auto_stretch
 from astroflow.workflow.logs import setup_logging
@@ -23,22 +23,27 @@ torch.set_num_threads(snakemake.threads)
 image, header = read_image(snakemake.input.image)
 encoding = header.get("AFENCODE", "linear")
 bits = int(header.get("AFBITS", 32))
-model, meta = load_starless(snakemake.input.weights)
-log.info(
-    "weights %s (%s profile, val PSNR %s dB); %s image %s",
-    snakemake.input.weights,
-    meta.get("profile", "?"),
-    meta.get("val_psnr", "?"),
-    encoding,
-    "x".join(map(str, image.shape)),
-)
-result = remove_stars(
-    image,
-    predictor(model, tile=p.tile, overlap=p.overlap, batch=p.batch),
-    encoding=encoding,
-    target_background=p.target_background,
-)
-history = [f"astroflow starless: weights {snakemake.input.weights}, {encoding} data"]
+shape = "x".join(map(str, image.shape))
+if p.method == "classical":
+    log.info("classical star removal (%s); %s image %s", p.classical, encoding, shape)
+
+    def predict(display):
+        return classical_star_removal(display, **p.classical)[0]
+
+    history = [f"astroflow starless: classical (SEP, ellipses, Telea inpainting {p.classical}), {encoding} data"]
+else:
+    model, meta = load_starless(snakemake.input.weights)
+    log.info(
+        "weights %s (%s profile, val PSNR %s dB); %s image %s",
+        snakemake.input.weights,
+        meta.get("profile", "?"),
+        meta.get("val_psnr", "?"),
+        encoding,
+        shape,
+    )
+    predict = predictor(model, tile=p.tile, overlap=p.overlap, batch=p.batch)
+    history = [f"astroflow starless: weights {snakemake.input.weights}, {encoding} data"]
+result = remove_stars(image, predict, encoding=encoding, target_background=p.target_background)
 write_image(snakemake.output.fits, result.starless, derived_header(header, history))
 recombine = "starless + stars" if encoding == "linear" else "1 - (1 - starless)(1 - stars)"
 stars_header = derived_header(header, history + [f"input = {recombine}"])

@@ -12,7 +12,7 @@ from xisf import XISF
 
 from astroflow.io.export import tiff_scale
 from astroflow.io.fits import read_header, read_image
-from astroflow.restoration.starless import count_sources, screen
+from astroflow.restoration.starless import classical_star_removal, count_sources, screen
 
 pytestmark = pytest.mark.integration
 
@@ -234,3 +234,26 @@ def test_deconvolution_of_an_image_without_stars_falls_back_with_a_warning(image
     finite = np.isfinite(image)
     assert abs(float(np.median(deconvolved[finite])) - float(np.median(image[finite]))) < 1.0
     assert (results / "deconvolution.png").stat().st_size > 0
+
+
+def test_classical_method_switch_needs_no_weights_and_matches_the_baseline(images_run, tmp_path):
+    _, data = images_run
+    work = tmp_path / "work"
+    targets = {"mono16": {"kind": "image", "lights": str(data / "mono16.tif")}}
+    classical = {"threshold_sigma": 4.0, "grow": 2.5, "radius": 4}
+    config = write_config(work, targets, starless={"method": "classical", "classical": classical},
+                          deconvolution={"enabled": False})
+    dry = snakemake(work, "-n", "--configfile", str(config))
+    assert "train_starless" not in dry.stdout
+    snakemake(work, "--cores", "2", "--configfile", str(config))
+    results = work / "results" / "mono16"
+    image, _ = read_image(results / "image.fits")
+    starless, header = read_image(results / "starless.fits")
+    stars, _ = read_image(results / "stars.fits")
+    expected, mask = classical_star_removal(image, **classical)
+    np.testing.assert_array_equal(starless, np.minimum(expected, image))
+    assert mask.any() and np.allclose(screen(starless, stars), image, atol=1e-5)
+    assert count_sources(starless) < count_sources(image)
+    assert any("classical" in str(line) for line in header["HISTORY"])
+    log = (work / "logs" / "starless" / "mono16.log").read_text()
+    assert "classical star removal" in log and "weights" not in log
