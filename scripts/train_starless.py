@@ -56,6 +56,7 @@ history = train(
     seed=p.seed,
     checkpoint=str(checkpoint),
     log=log,
+    ema_decay=s.get("ema"),
 )
 seconds = time.time() - start
 final = history.iloc[-1]

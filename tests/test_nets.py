@@ -448,3 +448,22 @@ def test_worker_processes_do_not_change_the_result(shards):
 def test_training_with_bfloat16_autocast_on_the_cpu(shards):
     history = train(tiny_model(), shards["train"], shards["val"], epochs=1, amp=True, **FAST)
     assert np.isfinite(history[["train_loss", "val_loss", "val_psnr"]].to_numpy()).all()
+
+
+def test_ema_weights_are_the_average_of_the_trajectory(shards, tmp_path):
+    plain = tiny_model()
+    train(plain, shards["train"], shards["val"], epochs=2, **FAST)
+    averaged = tiny_model()
+    history = train(averaged, shards["train"], shards["val"], epochs=2, ema_decay=0.9, **FAST)
+    # same trajectory (same seed), but the returned weights are the moving average
+    assert not weights_equal(plain, averaged)
+    assert np.isfinite(history["val_psnr"]).all()
+    # resuming keeps the average: one epoch, then the second, equals two at once
+    ck = tmp_path / "ema.ck"
+    first = tiny_model()
+    train(first, shards["train"], shards["val"], epochs=2, stop_after=1, checkpoint=ck, ema_decay=0.9, **FAST)
+    resumed = tiny_model()
+    train(resumed, shards["train"], shards["val"], epochs=2, checkpoint=ck, ema_decay=0.9, **FAST)
+    assert weights_equal(resumed, averaged)
+    with pytest.raises(ValueError, match="ema_decay"):
+        train(tiny_model(), shards["train"], shards["val"], epochs=1, ema_decay=1.0, **FAST)

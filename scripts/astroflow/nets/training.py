@@ -44,6 +44,7 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from astroflow.checks import check_float, check_int
 from astroflow.io.atomic import atomic_write
@@ -428,6 +429,7 @@ def train(
     stop_after=None,
     input_key="starry",
     target_key="starless",
+    ema_decay=None,
 ):
     """Train an image-to-image network on ``.npz`` shards; return the per-epoch history.
 
@@ -493,6 +495,11 @@ def train(
         call with ``resume=True`` continues the same schedule.
     input_key, target_key : str, optional
         Array names in the shards.
+    ema_decay : float, optional
+        Keep an exponential moving average of the weights (Polyak & Juditsky 1992; torch's
+        ``AveragedModel`` with ``get_ema_multi_avg_fn``), updated after every optimiser step
+        with this decay (e.g. 0.999); validation then scores the average, and ``model`` ends
+        with the averaged weights. None (default): no average.
 
     Returns
     -------
@@ -522,6 +529,10 @@ def train(
     lr = check_float("lr", lr, 0.0, strict=True)
     weight_decay = check_float("weight_decay", weight_decay, 0.0)
     num_workers = check_int("num_workers", num_workers, 0)
+    if ema_decay is not None:
+        ema_decay = check_float("ema_decay", ema_decay, 0.0, strict=True)
+        if ema_decay >= 1.0:
+            raise ValueError(f"ema_decay must be below 1, got {ema_decay}")
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     amp = (device.type == "cuda") if amp is None else bool(amp)
@@ -572,13 +583,17 @@ def train(
         "steps_per_epoch": steps,
         "warmup_steps": warmup_steps,
         "samples": len(train_ds),
+        "ema_decay": ema_decay,
     }
     history = {c: [] for c in HISTORY_COLUMNS}
+    ema = None
+    if ema_decay is not None:
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
     start_epoch = 0
     checkpoint = Path(checkpoint) if checkpoint is not None else None
     if checkpoint is not None and resume and checkpoint.exists():
         start_epoch, history = _resume(
-            checkpoint, config, model, optimizer, scheduler, scaler, device
+            checkpoint, config, model, optimizer, scheduler, scaler, device, ema
         )
         logger.info("resuming %s after epoch %d of %d", checkpoint, start_epoch, epochs)
 
@@ -635,6 +650,8 @@ def train(
                 else:
                     optimizer.step()
                 scheduler.step()
+                if ema is not None:
+                    ema.update_parameters(model)
                 loss_sum += value.detach() * len(x)
                 seen += len(x)
                 done += 1
@@ -646,7 +663,8 @@ def train(
                     + (f" and resume from {checkpoint}" if checkpoint is not None else "")
                 )
             if val_ds is not None:
-                metrics = _evaluate(model, val_ds, loss_fn, batch_size, device, autocast)
+                scored = ema.module if ema is not None else model
+                metrics = _evaluate(scored, val_ds, loss_fn, batch_size, device, autocast)
             else:
                 metrics = {"loss": math.nan, "psnr": math.nan, "ssim": math.nan}
             row = {
@@ -684,6 +702,7 @@ def train(
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict() if scaler is not None else None,
+                    "ema": ema.state_dict() if ema is not None else None,
                     "history": history,
                     "rng": _rng_state(),
                 }
@@ -691,6 +710,8 @@ def train(
     finally:
         torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags[2:]
+    if ema is not None:
+        model.load_state_dict(ema.module.state_dict())
     model.eval()
     return pd.DataFrame(history, columns=list(HISTORY_COLUMNS))
 
@@ -702,7 +723,7 @@ def _rng_state():
     return state
 
 
-def _resume(path, config, model, optimizer, scheduler, scaler, device):
+def _resume(path, config, model, optimizer, scheduler, scaler, device, ema=None):
     """Load a checkpoint into the training objects; return (completed epochs, history)."""
     try:
         ck = torch.load(path, map_location=device, weights_only=True)
@@ -734,6 +755,8 @@ def _resume(path, config, model, optimizer, scheduler, scaler, device):
     scheduler.load_state_dict(ck["scheduler"])
     if scaler is not None and ck.get("scaler"):
         scaler.load_state_dict(ck["scaler"])
+    if ema is not None:
+        ema.load_state_dict(ck["ema"])
     rng = ck.get("rng") or {}
     if "torch" in rng:
         torch.set_rng_state(rng["torch"].cpu())
