@@ -1,7 +1,30 @@
 # Synthetic training data and network training (GPU jobs where a GPU is given).
 
 
+# Real star stamps cut from real frames: the data folders are settings, not inputs, so that a
+# machine without them still trains (on synthetic PSFs only, as the log says).
+rule star_stamps:
+    output:
+        "resources/datasets/starless/stamps.npz",
+    log:
+        "logs/star_stamps/star_stamps.log",
+    conda:
+        "../envs/stamps.yaml"
+    threads: 1
+    resources:
+        mem_mb=1500,
+        runtime=10,
+    params:
+        code=library_code("star_stamps.py"),
+        sbig=config["training"]["starless"]["stamps"]["sbig"],
+        seestar=config["training"]["starless"]["stamps"]["seestar"],
+    script:
+        "../scripts/star_stamps.py"
+
+
 rule starless_shard:
+    input:
+        stamps="resources/datasets/starless/stamps.npz",
     output:
         "resources/datasets/starless/{split}/shard_{shard}.npz",
     log:

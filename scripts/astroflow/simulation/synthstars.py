@@ -30,10 +30,33 @@ lists them and their ranges; ``Sample.params`` records the values used):
   fringing (per-channel PSF size and lateral shift), colours from 3000-15000 K blackbodies
   (:func:`astroflow.simulate.colour_ratios`), bloated cores of bright stars, halos, 4
   diffraction spikes in "reflector" fields and a saturation level (flat-topped cores);
-* camera -- Poisson shot noise at a random gain plus Gaussian read noise;
+* camera -- Poisson shot noise at a random gain plus Gaussian read noise, added in the linear
+  domain: the noise is stretched with the stars, as in real data;
 * display -- an MTF autostretch (:mod:`astroflow.stretch`; PixInsight STF / Siril) computed
   from the starry image and applied to both, or a linear black/white normalisation standing
   for already-stretched 8/16-bit data; both exactly invertible (:func:`invert_display`).
+
+Realism effects (issue 12: real stars do not look like clean Moffats in a stretched image),
+each on in a drawn fraction of the samples (probabilities in :func:`render_sample`), from a
+random stream of their own, so that :data:`EFFECTS_OFF` gives back exactly the samples of the
+first version:
+
+* bloated saturated cores -- a low saturation level and a few stars far above it: saturation,
+  then the stretch, turn the core white (all channels at 1) and leave the star's colour in the
+  rim;
+* wide halos -- a faint, broad second Moffat of low beta (scattered light);
+* guiding errors -- all star light smeared along a wandering path (trailed, elongated stars);
+* chromatic aberration -- besides the lateral colour and per-channel sizes: constant R/B
+  offsets (atmospheric dispersion) and a bloated blue channel (achromat halos);
+* diffraction spikes of several kinds -- 4 (Newtonian spider, any angle), 6 + 2 minor (JWST),
+  none (refractors);
+* crowded Milky Way fields -- thousands of small, mostly faint stars;
+* bright nebulosity behind the stars -- emission 3-20 x brighter;
+* 8-bit and JPEG files -- the starry input and the starless target through the same encoder
+  (:func:`_encode` says why);
+* real star stamps -- stars cut from real frames (:mod:`astroflow.simulation.starstamps`)
+  pasted instead of synthetic PSFs, resampled, rotated, flipped, coloured per channel, in the
+  linear domain before saturation, noise and stretch (``stamps`` of :func:`render_sample`).
 
 Shards (:func:`make_shard`) hold many samples in one compressed ``.npz`` file.
 """
@@ -42,7 +65,9 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
+import os
 from dataclasses import dataclass, field
 
 import cv2
@@ -53,10 +78,15 @@ from scipy import special
 from astroflow.checks import check_int
 from astroflow.io.atomic import atomic_write
 from astroflow.simulation.night import colour_ratios, moffat_alpha
+from astroflow.simulation.starstamps import StampLibrary, paste_stamp
 from astroflow.stretch import MTFStretch, auto_stretch
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "BACKGROUND_KINDS",
+    "EFFECTS_OFF",
+    "ENCODINGS",
     "PHOTOS",
     "Sample",
     "VERSION",
@@ -145,6 +175,52 @@ _OVERRIDABLE = {
     "gradient",
     "background_blur",
 }
+# Realism effects (issue 12): each on in a drawn fraction of the samples, drawn from a stream of
+# their own (see _draw_effects); EFFECTS_OFF switches them all off.
+EFFECTS_OFF = {
+    "saturated_cores": False,
+    "wide_halo": False,
+    "trail": False,
+    "dispersion": False,
+    "blue_bloat": False,
+    "spike_kind": "newtonian",
+    "crowded": False,
+    "bright_nebula": False,
+    "encoding": "float",
+    "stamps": False,
+}
+ENCODINGS = ("float", "uint8", "jpeg")
+_EFFECT_KEYS = {
+    "heavy_saturation_snr",
+    "heavy_dynamic_range",
+    "heavy_bloat",
+    "wide_halo_fraction",
+    "wide_halo_beta",
+    "wide_halo_fwhm",
+    "trail_length",
+    "trail_angle",
+    "trail_wobble",
+    "trail_seed",
+    "dispersion_px",
+    "dispersion_angle",
+    "blue_bloat_scale",
+    "spike_minor",
+    "crowded_n_stars",
+    "crowded_fwhm",
+    "crowded_flux_slope",
+    "crowded_snr_min",
+    "nebula_boost",
+    "jpeg_quality",
+    "jpeg_subsampling",
+    "stamp_fraction",
+}
+_OVERRIDABLE |= set(EFFECTS_OFF) | _EFFECT_KEYS
+# real star stamps (astroflow.simulation.starstamps)
+_STAMP_NOISE = 0.3  # a pasted stamp brings at most this x the local sky sigma of its own noise
+_STAMP_SCALES = (0.7, 4.0)  # resampling factors allowed (pasted FWHM / stamp FWHM)
+_STAMP_MIN_SNR = 1.0  # fainter stars stay synthetic (their shape is lost in the noise)
+_STAMP_MAX_STARS = 1500  # per sample, the brightest candidates
+_JPEG_SAMPLING = {"420": "IMWRITE_JPEG_SAMPLING_FACTOR_420", "444": "IMWRITE_JPEG_SAMPLING_FACTOR_444"}
 
 
 @dataclass
@@ -154,7 +230,8 @@ class Sample:
     Attributes
     ----------
     starry, starless : numpy.ndarray
-        ``(H, W, C)`` float32 in ``[0, 1]``, display domain: network input and target.
+        ``(H, W, C)`` float32 in ``[0, 1]``, display domain: network input and target (for the
+        ``uint8`` and ``jpeg`` encodings, multiples of 1/255 as decoded from the file).
     footprint : numpy.ndarray
         ``(H, W)`` bool, pixels where the added stars (noise-free, after saturation) exceed
         0.5 x the local background noise sigma in at least one channel (linear domain).
@@ -177,7 +254,8 @@ class Sample:
         it): ``x``, ``y`` (px, pixel centres at integers, x = column), ``flux`` ``(N, C)`` total
         flux per channel after dust and vignetting (ADU), ``fwhm`` (px), ``temperature`` (K),
         ``peak_snr`` (peak over the local background sigma, brightest channel, before
-        saturation).
+        saturation, after trailing), ``stamp`` (index of the real stamp pasted for the star
+        in the library given, -1 for a synthetic PSF).
     objects : list of dict
         Galaxies and nebula knots (part of the starless truth): ``kind``, ``x``, ``y``,
         ``radius`` (px), ``peak_snr`` (after the PSF blur, over the sky sigma).
@@ -200,7 +278,7 @@ class Sample:
 # public API
 
 
-def render_sample(rng, size=256, *, channels=3, kind=None, overrides=None):
+def render_sample(rng, size=256, *, channels=3, kind=None, overrides=None, stamps=None):
     """Render one synthetic starry/starless training pair.
 
     Parameters drawn per sample (``U`` uniform, ``logU`` log-uniform; areas scale with
@@ -239,6 +317,28 @@ def render_sample(rng, size=256, *, channels=3, kind=None, overrides=None):
       percentile and the white point at the ``U(99.5, 99.99)`` percentile, moved where needed
       so that the median lands in ``[0.08, 0.35]``.
 
+    Realism effects (keys of ``Sample.params``; :data:`EFFECTS_OFF` switches them all off):
+
+    * ``saturated_cores`` 30 %: saturation at ``logU(20, 300)`` sky sigmas, dynamic range at
+      least ``logU(1e4, 1e6)``, core bloat at least ``U(0.15, 0.5)``, plus 1-5 stars (per
+      256^2 px) whose peak is ``logU(2, 300)`` x the saturation level;
+    * ``wide_halo`` 50 %: ``logU(1, 10)`` % of the flux in a Moffat of beta ``U(1.2, 2)`` and
+      FWHM ``logU(3, 12)`` x the field FWHM;
+    * ``trail`` 25 %: a path of ``logU(0.5, 4)`` FWHM (at most pad / 2 px) at a random angle,
+      wandering across by up to ``U(0, 0.25)`` x its length, at an uneven speed; it smears
+      the stars and the sky alike (galaxies are trailed too);
+    * ``dispersion`` 30 % (RGB): R and B offset by ``+-U(0.2, 1.5) / 2`` px along a random
+      direction; ``blue_bloat`` 20 % (RGB): B FWHM ``x (1 + U(0.15, 0.5))``;
+    * ``spike_kind`` (when ``spikes``): ``"newtonian"`` 65 % (4), ``"jwst"`` 35 % (6 spikes
+      60 degrees apart and a minor pair of ``U(0.15, 0.5)`` of their strength);
+    * ``crowded`` 15 %: ``logU(1500, 6000)`` stars, FWHM ``logU(1.3, 3.5)`` px, Pareto index
+      ``U(0.9, 1.4)``, faintest peak ``U(0.3, 1.5)`` sky sigmas, at most one star per 2 FWHM^2;
+    * ``bright_nebula`` 30 %: nebulosity ``logU(3, 20)`` x brighter (``nebula_gain``);
+    * ``encoding``: ``"float"`` 70 %, ``"uint8"`` 15 %, ``"jpeg"`` 15 % (quality ``50-95``,
+      chroma 4:2:0 70 % or 4:4:4), applied to both images;
+    * ``stamps`` 60 % (with a library): a fraction ``U(0.3, 1)`` of the stars of peak SNR >= 1
+      near the frame become real stamps where one fits (:func:`_assign_stamps`).
+
     Parameters
     ----------
     rng : numpy.random.Generator or seed
@@ -257,6 +357,11 @@ def render_sample(rng, size=256, *, channels=3, kind=None, overrides=None):
         ``fwhm``, ``psf`` ("moffat" or "airy"), ``spikes``, ``halo``, ``coma``, ``chromatic``,
         ``display`` ("mtf" or "none"), ``n_galaxies``, ``n_knots``); for tests and ablations.
         Every random draw is made whatever the overrides, so the rest of the sample is the same.
+        Overriding a parameter that an effect sets (``saturation_snr``, ``n_stars``, ``fwhm``...)
+        keeps the value given.
+    stamps : StampLibrary or str or os.PathLike or None, optional
+        Real star stamps (:func:`astroflow.simulation.realstars.build_stamp_library`), or the
+        ``.npz`` file of a saved library; ``None`` or an empty library: synthetic PSFs only.
 
     Returns
     -------
@@ -286,16 +391,20 @@ def render_sample(rng, size=256, *, channels=3, kind=None, overrides=None):
 
     if not isinstance(rng, np.random.Generator):
         rng = np.random.default_rng(rng)
-    r_field, r_bg, r_obj, r_star, r_noise = rng.spawn(5)
+    # the first five streams are those of version 1: with EFFECTS_OFF the samples are its samples
+    r_field, r_bg, r_obj, r_star, r_noise, r_effects, r_stamp, r_bright = rng.spawn(8)
     p = _draw_params(r_field, size, channels, kind)
+    p.update(_draw_effects(r_effects, size))
     p.update(overrides)
-    _derive_params(p, size, channels, fixed_count="n_stars" in overrides)
+    _derive_params(p, size, channels, set(overrides))
 
     sky_sigma = math.sqrt(p["sky_adu"] / p["gain"] + (p["read_noise_e"] / p["gain"]) ** 2)
     background, tau = _background(r_bg, p, size)
     objects_layer, objects = _objects(r_obj, p, size, sky_sigma)
     sigma_psf = p["fwhm"] * _FWHM_TO_SIGMA
     objects_layer = _blur(objects_layer, sigma_psf)
+    if p["trail"]:  # guiding errors smear the whole sky, galaxies and nebulae too
+        background, objects_layer = _smear(background, p), _smear(objects_layer, p)
     vig = _vignette(p, *np.meshgrid(np.arange(size), np.arange(size), indexing="xy"), size)
     background = (background + objects_layer) * vig[..., None]
     for obj in objects:
@@ -305,12 +414,15 @@ def render_sample(rng, size=256, *, channels=3, kind=None, overrides=None):
     tau = None if tau is None else _to_channels(tau, channels)
 
     sigma_b = np.sqrt(background / p["gain"] + (p["read_noise_e"] / p["gain"]) ** 2)
-    cat = _star_catalogue(r_star, p, size, channels, tau, sigma_b, sky_sigma)
-    stars = _render_stars(p, cat, size, channels, sky_sigma)
+    cat = _star_catalogue(r_star, p, size, channels, tau, sigma_b, sky_sigma, r_bright)
+    saturation = float(background.max() + p["saturation_snr"] * sky_sigma)
+    library = _stamp_library(stamps)
+    pastes = _assign_stamps(r_stamp, p, cat, library, size, saturation, background)
+    stars = _render_stars(p, cat, size, channels, sky_sigma, pastes, library)
+    _update_catalogue(p, cat, pastes, library)
 
     # camera: Poisson(B g) + Poisson(S g) = Poisson((B + S) g); S is clipped at saturation first
     gain = p["gain"]
-    saturation = float(background.max() + p["saturation_snr"] * sky_sigma)
     p["saturation_adu"] = saturation
     saturated = background + stars >= saturation
     star_light = np.minimum(background + stars, saturation) - background
@@ -325,6 +437,8 @@ def render_sample(rng, size=256, *, channels=3, kind=None, overrides=None):
     linear_starry = starry_lin.astype(np.float32)
     linear_starless = starless_lin.astype(np.float32)
     disp_starry, disp_starless, stretch = _display(p, linear_starry, linear_starless)
+    # 8-bit / JPEG files: both images through the same encoder (see _encode)
+    disp_starry, disp_starless = _encode(p, disp_starry), _encode(p, disp_starless)
     return Sample(
         starry=disp_starry,
         starless=disp_starless,
@@ -380,12 +494,12 @@ def invert_display(display, stretch):
     raise ValueError(f"unknown display transform {stretch.get('kind')!r}")
 
 
-def make_shard(path, n_samples, seed, *, size=256, channels=3):
+def make_shard(path, n_samples, seed, *, size=256, channels=3, stamps=None):
     """Write a shard of synthetic training pairs to a compressed ``.npz`` file.
 
-    Sample ``i`` is ``render_sample(np.random.default_rng([*seed, i]), size, channels=...)``
-    (``[seed, i]`` for an integer seed), so a shard is a deterministic function of
-    ``(seed, size, channels)``: the same arguments give identical arrays.
+    Sample ``i`` is ``render_sample(np.random.default_rng([*seed, i]), size, channels=...,
+    stamps=...)`` (``[seed, i]`` for an integer seed), so a shard is a deterministic function
+    of ``(seed, size, channels, stamps)``: the same arguments give identical arrays.
 
     Parameters
     ----------
@@ -399,6 +513,9 @@ def make_shard(path, n_samples, seed, *, size=256, channels=3):
         Height and width of the samples, px.
     channels : int, optional
         3 (RGB) or 1 (mono).
+    stamps : StampLibrary or str or os.PathLike or None, optional
+        Real star stamps (:mod:`astroflow.simulation.starstamps`), or the ``.npz`` file of a
+        saved library. ``None`` or an empty library: synthetic PSFs only (logged).
 
     Returns
     -------
@@ -406,8 +523,11 @@ def make_shard(path, n_samples, seed, *, size=256, channels=3):
         The file holds ``starry`` and ``starless`` ``(N, C, H, W)`` uint16 (display value
         x 65535, rounded), ``footprint`` ``(N, H, W)`` uint8, ``star_flux`` ``(N,)`` float64
         (ADU) and ``meta``, a JSON string with ``version``, ``seed``, ``size``, ``channels``,
-        ``n_samples``, per-sample ``kind`` and ``stretch`` (see :func:`invert_display`; it
-        applies to the stored values divided by 65535).
+        ``n_samples``, per-sample ``kind``, ``stretch`` (see :func:`invert_display`; it
+        applies to the stored values divided by 65535), ``encoding`` (``"float"``,
+        ``"uint8"`` or ``"jpeg"``: the stretch inverts the 8-bit ones only up to their
+        rounding and compression) and ``stamp_stars`` (stars pasted from real stamps), and
+        ``stamps``, the library's :meth:`StampLibrary.summary` (or None).
 
     Raises
     ------
@@ -420,20 +540,26 @@ def make_shard(path, n_samples, seed, *, size=256, channels=3):
         raise ValueError(f"seed entries must be non-negative, got {seed}")
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
+    library = _stamp_library(stamps)
+    if library is None or len(library) == 0:
+        log.info("no real star stamps given: synthetic PSFs only")
     shape = (n_samples, channels, size, size)
     starry = np.empty(shape, dtype=np.uint16)
     starless = np.empty(shape, dtype=np.uint16)
     footprint = np.empty((n_samples, size, size), dtype=np.uint8)
     star_flux = np.empty(n_samples, dtype=np.float64)
-    kinds, stretches = [], []
+    kinds, stretches, encodings, stamp_stars = [], [], [], []
     for i in range(n_samples):
-        s = render_sample(np.random.default_rng(entropy + [i]), size, channels=channels)
+        rng = np.random.default_rng(entropy + [i])
+        s = render_sample(rng, size, channels=channels, stamps=library)
         starry[i] = _to_uint16(s.starry)
         starless[i] = _to_uint16(s.starless)
         footprint[i] = s.footprint
         star_flux[i] = s.star_flux_linear
         kinds.append(s.kind)
         stretches.append(s.stretch)
+        encodings.append(s.params["encoding"])
+        stamp_stars.append(int((s.stars["stamp"] >= 0).sum()))
     meta = {
         "version": VERSION,
         "seed": entropy[0] if np.isscalar(seed) else entropy,
@@ -444,6 +570,9 @@ def make_shard(path, n_samples, seed, *, size=256, channels=3):
         "scale": 65535,
         "kind": kinds,
         "stretch": stretches,
+        "encoding": encodings,
+        "stamp_stars": stamp_stars,
+        "stamps": None if library is None else library.summary(),
     }
 
     def write(tmp):
@@ -578,16 +707,87 @@ def _draw_params(rng, size, channels, kind):
     return p
 
 
-def _derive_params(p, size, channels, fixed_count):
+def _draw_effects(rng, size):
+    """The realism effects of issue 12, drawn in a fixed order whatever their values (their
+    own stream: the other parameters do not depend on them)."""
+    e = {}
+    # bloated saturated cores: a low saturation level, many bright stars, broader bright cores
+    e["saturated_cores"] = bool(rng.random() < 0.3)
+    e["heavy_saturation_snr"] = _logu(rng, 20.0, 300.0)
+    e["heavy_dynamic_range"] = _logu(rng, 1e4, 1e6)
+    e["heavy_bloat"] = float(rng.uniform(0.15, 0.5))
+    # wide halos: a second, faint Moffat of low beta and large width (scattered light)
+    e["wide_halo"] = bool(rng.random() < 0.5)
+    e["wide_halo_fraction"] = _logu(rng, 0.01, 0.1)
+    e["wide_halo_beta"] = float(rng.uniform(1.2, 2.0))
+    e["wide_halo_fwhm"] = _logu(rng, 3.0, 12.0)  # x the field FWHM
+    # guiding errors: trailed stars along a direction, with a wobble and an uneven speed
+    e["trail"] = bool(rng.random() < 0.25)
+    e["trail_length"] = _logu(rng, 0.5, 4.0)  # x the field FWHM
+    e["trail_angle"] = float(rng.uniform(0, math.pi))
+    e["trail_wobble"] = float(rng.uniform(0.0, 0.25))  # x the length, across the trail
+    e["trail_seed"] = int(rng.integers(2**31))
+    # atmospheric dispersion (constant R / B offsets) and achromat blue halos
+    e["dispersion"] = bool(rng.random() < 0.3)
+    e["dispersion_px"] = float(rng.uniform(0.2, 1.5))  # R to B
+    e["dispersion_angle"] = float(rng.uniform(0, 2 * math.pi))
+    e["blue_bloat"] = bool(rng.random() < 0.2)
+    e["blue_bloat_scale"] = float(rng.uniform(0.15, 0.5))
+    # diffraction spikes, when there are spikes: 4 (Newtonian spider) or 6 + 2 (JWST)
+    e["spike_kind"] = "jwst" if rng.random() < 0.35 else "newtonian"
+    e["spike_minor"] = float(rng.uniform(0.15, 0.5))
+    # crowded Milky Way fields: thousands of small stars, most of them faint
+    e["crowded"] = bool(rng.random() < 0.15)
+    e["crowded_n_stars"] = _logu(rng, 1500.0, 6000.0) * (size / 256.0) ** 2
+    e["crowded_fwhm"] = _logu(rng, 1.3, 3.5)
+    e["crowded_flux_slope"] = float(rng.uniform(0.9, 1.4))
+    e["crowded_snr_min"] = float(rng.uniform(0.3, 1.5))
+    # bright nebulosity behind the stars
+    e["bright_nebula"] = bool(rng.random() < 0.3)
+    e["nebula_boost"] = _logu(rng, 3.0, 20.0)
+    # the file the picture came in: float (16-bit and more), 8-bit, or 8-bit JPEG
+    u = rng.random()
+    e["encoding"] = "float" if u < 0.7 else "uint8" if u < 0.85 else "jpeg"
+    e["jpeg_quality"] = int(rng.integers(50, 96))
+    e["jpeg_subsampling"] = "420" if rng.random() < 0.7 else "444"
+    # real star stamps (when a library is given)
+    e["stamps"] = bool(rng.random() < 0.6)
+    e["stamp_fraction"] = float(rng.uniform(0.3, 1.0))
+    return e
+
+
+def _derive_params(p, size, channels, overridden):
     if p["psf"] not in ("moffat", "airy"):
         raise ValueError(f"psf must be 'moffat' or 'airy', got {p['psf']!r}")
     if p["display"] not in ("mtf", "none"):
         raise ValueError(f"display must be 'mtf' or 'none', got {p['display']!r}")
-    if not fixed_count:  # crowding: at most one star per 6.7 FWHM^2
-        p["n_stars"] = min(p["n_stars"], 0.15 * size * size / p["fwhm"] ** 2)
+    if p["encoding"] not in ENCODINGS:
+        raise ValueError(f"encoding must be one of {ENCODINGS}, got {p['encoding']!r}")
+    if p["spike_kind"] not in ("newtonian", "jwst"):
+        raise ValueError(f"spike_kind must be 'newtonian' or 'jwst', got {p['spike_kind']!r}")
+    if p["jpeg_subsampling"] not in _JPEG_SAMPLING:
+        raise ValueError(f"jpeg_subsampling must be '420' or '444', got {p['jpeg_subsampling']!r}")
+
+    def take(key, value):  # an effect sets a parameter, unless the caller fixed it
+        if key not in overridden:
+            p[key] = value
+
+    if p["saturated_cores"]:
+        take("saturation_snr", p["heavy_saturation_snr"])
+        take("dynamic_range", max(p["dynamic_range"], p["heavy_dynamic_range"]))
+        take("bloat", max(p["bloat"], p["heavy_bloat"]))
+    if p["crowded"]:
+        take("n_stars", p["crowded_n_stars"])
+        take("fwhm", p["crowded_fwhm"])
+        take("flux_slope", p["crowded_flux_slope"])
+        take("snr_min", p["crowded_snr_min"])
+    if "n_stars" not in overridden:  # crowding: at most one star per 6.7 (crowded: 2) FWHM^2
+        density = 0.5 if p["crowded"] else 0.15
+        p["n_stars"] = min(p["n_stars"], density * size * size / p["fwhm"] ** 2)
     p["pad"] = max(16, size // 4)
     if channels == 1:
-        p["chromatic"] = False
+        p["chromatic"] = p["dispersion"] = p["blue_bloat"] = False
+    p["nebula_gain"] = p["nebula_boost"] if p["bright_nebula"] else 1.0
 
 
 def _jsonable(obj):
@@ -743,8 +943,9 @@ def _background(rng, p, size):
     ) / size
     pedestal = sky * (1.0 + p["gradient"] * ramp)[..., None] * np.asarray(p["sky_colour"])
     kind = p["kind"]
+    gain = p.get("nebula_gain", 1.0)  # bright nebulosity (an effect): x 3-20
     if kind == "nebula":
-        content, tau = _nebulosity(rng, p, size, 1.0)
+        content, tau = _nebulosity(rng, p, size, gain)
     elif kind == "photo":
         photo, name = _photograph(rng, size)
         p["photo"] = name
@@ -755,7 +956,7 @@ def _background(rng, p, size):
         content = sky * p["photo_amplitude"] * photo
         tau = None
         if rng.random() < 0.5:
-            nebula, tau = _nebulosity(rng, p, size, rng.uniform(0.2, 1.0))
+            nebula, tau = _nebulosity(rng, p, size, rng.uniform(0.2, 1.0) * gain)
             if tau is not None:
                 content *= np.exp(-tau)
             content += _blur(nebula, p["fwhm"] * _FWHM_TO_SIGMA * p["background_blur"])
@@ -857,7 +1058,7 @@ def _peak_per_flux(p, fwhm):
     return k * k / (4.0 * math.pi)
 
 
-def _star_catalogue(rng, p, size, channels, tau, sigma_b, sky_sigma):
+def _star_catalogue(rng, p, size, channels, tau, sigma_b, sky_sigma, r_bright=None):
     pad = p["pad"]
     area = (size + 2 * pad) ** 2 / size**2
     n = int(rng.poisson(p["n_stars"] * area))
@@ -869,10 +1070,23 @@ def _star_catalogue(rng, p, size, channels, tau, sigma_b, sky_sigma):
     u = rng.random(n)
     flux = f_min * (1.0 - u * (1.0 - p["dynamic_range"] ** -a)) ** (-1.0 / a)
     temperature = np.exp(rng.uniform(math.log(3000.0), math.log(15000.0), n))
-    colour = colour_ratios(temperature) / colour_ratios(p["temperature_ref"])
-    colour = colour if channels == 3 else colour.mean(axis=1, keepdims=True)
     scatter = np.exp(rng.normal(0.0, p["fwhm_scatter"], n))
     behind = rng.random(n) < p["dust_star_fraction"]
+    if p["saturated_cores"] and r_bright is not None:
+        # a few very bright stars in the frame, 2-300 x the saturation level at their peak
+        nb = int(r_bright.integers(1, 6) * max(1.0, (size / 256.0) ** 2))
+        bx, by = r_bright.uniform(0, size - 1, nb), r_bright.uniform(0, size - 1, nb)
+        ratio = np.exp(r_bright.uniform(math.log(2.0), math.log(300.0), nb))
+        bflux = ratio * p["saturation_snr"] * sky_sigma / _peak_per_flux(p, p["fwhm"])
+        bt = np.exp(r_bright.uniform(math.log(3000.0), math.log(15000.0), nb))
+        bscatter = np.exp(r_bright.normal(0.0, p["fwhm_scatter"], nb))
+        x, y, flux = np.concatenate([x, bx]), np.concatenate([y, by]), np.concatenate([flux, bflux])
+        temperature = np.concatenate([temperature, bt])
+        scatter = np.concatenate([scatter, bscatter])
+        behind = np.concatenate([behind, np.zeros(nb, dtype=bool)])
+        p["n_bright_stars"] = nb
+    colour = colour_ratios(temperature) / colour_ratios(p["temperature_ref"])
+    colour = colour if channels == 3 else colour.mean(axis=1, keepdims=True)
     ix = np.clip(np.rint(x), 0, size - 1).astype(np.int64)
     iy = np.clip(np.rint(y), 0, size - 1).astype(np.int64)
     atten = _vignette(p, x, y, size)[:, None] * np.ones((1, channels))
@@ -893,7 +1107,15 @@ def _star_catalogue(rng, p, size, channels, tau, sigma_b, sky_sigma):
         "temperature": temperature,
         "peak_snr": peak / local_sigma,
     }
-    return {"x": x, "y": y, "flux": flux_c, "fwhm": fwhm, "peak": peak, "public": public}
+    return {
+        "x": x,
+        "y": y,
+        "flux": flux_c,
+        "fwhm": fwhm,
+        "peak": peak,
+        "local_sigma": local_sigma,
+        "public": public,
+    }
 
 
 class _Profile:
@@ -954,35 +1176,49 @@ def _stamp_radius(p, peak_adu, fwhm, threshold):
     return np.maximum(r + 1.0, 1.5 * fwhm)
 
 
-def _render_stars(p, cat, size, channels, sky_sigma):
+def _render_stars(p, cat, size, channels, sky_sigma, pastes=None, library=None):
     """Star light ``S`` in the frame, ``(H, W, C)`` float64 ADU, before saturation.
 
     Every star is drawn in a stamp out to where it falls below ``_RENDER_THRESHOLD`` sky
     sigmas (at most ``2 pad`` px, tapered smoothly to zero over the outer quarter); stamps are
     grouped by size and evaluated in vectorised chunks from tabulated profiles. The core
     (1.5 FWHM) is averaged over an ``n x n`` sub-pixel grid (pixel integration) for
-    FWHM < 5 px. Halos and spikes come from :func:`_extended_light`."""
+    FWHM < 5 px. Halos and spikes come from :func:`_extended_light`. The stars that
+    :func:`_assign_stamps` gave a real stamp are pasted instead (:func:`paste_stamp`).
+    Guiding errors (``trail``) then smear all the star light with :func:`_trail_kernel`."""
     pad = p["pad"]
     off = 2 * pad  # canvas origin: stars lie in [-pad, size + pad), stamps reach pad further
     side = size + 4 * pad
     x, y, flux, fwhm = cat["x"], cat["y"], cat["flux"], cat["fwhm"]
+    assign = pastes["stamp"] if pastes is not None else np.full(x.size, -1)
 
-    radius = _stamp_radius(p, cat["peak"], fwhm, _RENDER_THRESHOLD * sky_sigma)
+    size_fwhm = fwhm * (1.0 + p["blue_bloat_scale"]) if p["blue_bloat"] and channels == 3 else fwhm
+    radius = _stamp_radius(p, cat["peak"], size_fwhm, _RENDER_THRESHOLD * sky_sigma)
     radii = np.asarray([r for r in _STAMP_RADII if r < 2 * pad] + [2 * pad])
     bucket = radii[np.minimum(np.searchsorted(radii, radius), len(radii) - 1)]
     reaches = (x + bucket >= 0) & (x - bucket <= size - 1)
     reaches &= (y + bucket >= 0) & (y - bucket <= size - 1)
+    reaches &= assign < 0
 
-    # coma offsets and lateral colour grow with the distance from the optical centre
+    # coma offsets and lateral colour grow with the distance from the optical centre;
+    # atmospheric dispersion moves R and B by constant offsets, an achromat bloats B
     rx = (x - p["optical_cx"]) / (size / math.sqrt(2.0))
     ry = (y - p["optical_cy"]) / (size / math.sqrt(2.0))
-    if channels == 3 and p["chromatic"]:
-        scales = [1.0 + p["chroma_scale"][0], 1.0, 1.0 + p["chroma_scale"][1]]
-        shifts = [p["chroma_shift"], 0.0, -p["chroma_shift"]]
-        passes = [([c], scales[c], shifts[c]) for c in range(3)]
+    if channels == 3 and (p["chromatic"] or p["dispersion"] or p["blue_bloat"]):
+        scales, shifts, consts = [1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [(0.0, 0.0)] * 3
+        if p["chromatic"]:
+            scales = [1.0 + p["chroma_scale"][0], 1.0, 1.0 + p["chroma_scale"][1]]
+            shifts = [p["chroma_shift"], 0.0, -p["chroma_shift"]]
+        if p["blue_bloat"]:
+            scales[2] *= 1.0 + p["blue_bloat_scale"]
+        if p["dispersion"]:
+            d = 0.5 * p["dispersion_px"]
+            dx, dy = d * math.cos(p["dispersion_angle"]), d * math.sin(p["dispersion_angle"])
+            consts = [(dx, dy), (0.0, 0.0), (-dx, -dy)]
+        passes = [([c], scales[c], shifts[c], consts[c]) for c in range(3)]
     else:
-        passes = [(list(range(channels)), 1.0, 0.0)]
-    min_fwhm = float(fwhm.min()) * min(s for _, s, _ in passes) if fwhm.size else 1.0
+        passes = [(list(range(channels)), 1.0, 0.0, (0.0, 0.0))]
+    min_fwhm = float(fwhm.min()) * min(s for _, s, _, _ in passes) if fwhm.size else 1.0
     reach = (2 * pad * math.sqrt(2.0) + 4.0) / math.sqrt(1.0 - p["ellipticity"])
     core = _Profile(p, p["psf"], p["beta"], 0.0)
     core = _Profile(p, p["psf"], p["beta"], reach * float(core.scale_norm(min_fwhm)[0]))
@@ -1015,9 +1251,9 @@ def _render_stars(p, cat, size, channels, sky_sigma):
                 valid = (rows >= 0) & (rows < side) & (cols >= 0) & (cols < side)
                 rows, cols = np.clip(rows, 0, side - 1), np.clip(cols, 0, side - 1)
             idx = (rows * side + cols).ravel()
-            for chans, scale, shift in passes:
-                fx = (cx - ix + shift * rx[sel]).astype(np.float32)[:, None, None]
-                fy = (cy - iy + shift * ry[sel]).astype(np.float32)[:, None, None]
+            for chans, scale, shift, (cdx, cdy) in passes:
+                fx = (cx - ix + shift * rx[sel] + cdx).astype(np.float32)[:, None, None]
+                fy = (cy - iy + shift * ry[sel] + cdy).astype(np.float32)[:, None, None]
                 inv, norm = core.scale_norm(fwhm[sel] * scale)
                 inv = inv.astype(np.float32)[:, None, None]
                 norm = norm.astype(np.float32)[:, None, None]
@@ -1050,10 +1286,71 @@ def _render_stars(p, cat, size, channels, sky_sigma):
                     planes[c] += np.bincount(idx, weights=weights, minlength=side * side)
 
     planes = planes.reshape(channels, side, side)
-    if p["halo"] or p["spikes"]:
+    if p["halo"] or p["spikes"] or p["wide_halo"]:
         planes += _extended_light(p, x + off, y + off, flux, side)
+    if library is not None:
+        canvas = np.moveaxis(planes, 0, -1)  # a view: pasting writes into planes
+        for i in np.flatnonzero(assign >= 0):
+            j = assign[i]
+            paste_stamp(
+                canvas,
+                library.stamps[j],
+                x[i] + off,
+                y[i] + off,
+                flux[i],
+                scale=fwhm[i] / library.fwhm[j],
+                angle=pastes["angle"][i],
+                flip=bool(pastes["flip"][i]),
+                offset=library.offset[j],
+            )
+    if p["trail"]:
+        kernel = _trail_kernel(p)[::-1, ::-1]  # filter2D correlates
+        for c in range(channels):
+            planes[c] = cv2.filter2D(planes[c], cv2.CV_64F, kernel, borderType=cv2.BORDER_CONSTANT)
     stars = planes[:, off : off + size, off : off + size]
     return np.clip(np.moveaxis(stars, 0, -1), 0.0, None)
+
+
+def _trail_kernel(p):
+    """Unit-sum kernel of a guiding error: a path of ``trail_length`` FWHM (at most pad / 2 px)
+    along ``trail_angle``, wandering across by up to ``trail_wobble`` x its length (a Brownian
+    bridge), travelled at an uneven speed (lognormal dwell times), splatted bilinearly."""
+    length = min(p["trail_length"] * p["fwhm"], 0.5 * p["pad"])
+    rng = np.random.default_rng(p["trail_seed"])
+    n = max(8, int(math.ceil(4.0 * length)))
+    along = np.linspace(-0.5, 0.5, n) * length
+    walk = np.cumsum(rng.normal(0.0, 1.0, n))
+    walk -= np.linspace(walk[0], walk[-1], n)
+    walk *= p["trail_wobble"] * length / max(float(np.abs(walk).max()), 1e-9)
+    dwell = np.exp(rng.normal(0.0, 0.4, n))
+    ca, sa = math.cos(p["trail_angle"]), math.sin(p["trail_angle"])
+    xs, ys = along * ca - walk * sa, along * sa + walk * ca
+    half = int(math.ceil(max(np.abs(xs).max(), np.abs(ys).max()))) + 1
+    kernel = np.zeros((2 * half + 1, 2 * half + 1))
+    x0, y0 = np.floor(xs + half).astype(int), np.floor(ys + half).astype(int)
+    tx, ty = xs + half - x0, ys + half - y0
+    for dy_, wy in ((0, 1 - ty), (1, ty)):
+        for dx_, wx in ((0, 1 - tx), (1, tx)):
+            np.add.at(kernel, (y0 + dy_, x0 + dx_), dwell * wx * wy)
+    return kernel / kernel.sum()
+
+
+def _smear(image, p):
+    """An ``(H, W, C)`` sky image convolved with the trail kernel (mirrored at the edges)."""
+    kernel = _trail_kernel(p)[::-1, ::-1]
+    out = cv2.filter2D(image.astype(np.float64), cv2.CV_64F, kernel, borderType=cv2.BORDER_REFLECT)
+    return out.reshape(image.shape)
+
+
+def _trail_peak_factor(p):
+    """Peak of a Gaussian star of the field FWHM after trailing, over its peak before."""
+    sigma = p["fwhm"] * _FWHM_TO_SIGMA
+    kernel = _trail_kernel(p)
+    half = kernel.shape[0] // 2 + int(math.ceil(4 * sigma)) + 1
+    g = np.arange(-half, half + 1)
+    star = np.exp(-0.5 * (g[None, :] ** 2 + g[:, None] ** 2) / sigma**2)
+    smeared = cv2.filter2D(star, cv2.CV_64F, kernel[::-1, ::-1], borderType=cv2.BORDER_CONSTANT)
+    return float(smeared.max() / star.max())
 
 
 def _extended_light(p, x, y, flux, side):
@@ -1076,11 +1373,24 @@ def _extended_light(p, x, y, flux, side):
         amp = p["spike_strength"] * _peak_per_flux(p, fwhm)
         width = max(0.5, p["spike_width_fwhm"] * fwhm)
         d0 = fwhm
-        for angle in (p["spike_angle"], p["spike_angle"] + math.pi / 2):
+        a0 = p["spike_angle"]
+        if p["spike_kind"] == "jwst":  # hexagonal segments: 6 spikes, and 2 minor ones (strut)
+            lines = [(a0, 1.0), (a0 + math.pi / 3, 1.0), (a0 + 2 * math.pi / 3, 1.0)]
+            lines.append((a0 + math.pi / 2, p["spike_minor"]))
+        else:  # a Newtonian's 4-vane spider
+            lines = [(a0, 1.0), (a0 + math.pi / 2, 1.0)]
+        for angle, strength in lines:
             along = xx * math.cos(angle) + yy * math.sin(angle)
             across = -xx * math.sin(angle) + yy * math.cos(angle)
-            kernel += amp * np.exp(-0.5 * (across / width) ** 2) / (1.0 + (along / d0) ** 2)
-    kernel *= np.clip((pad - rr) / (0.25 * pad), 0.0, 1.0)
+            line = amp * np.exp(-0.5 * (across / width) ** 2) / (1.0 + (along / d0) ** 2)
+            kernel += line if strength == 1.0 else strength * line
+    taper = np.clip((pad - rr) / (0.25 * pad), 0.0, 1.0)
+    kernel *= taper
+    if p["wide_halo"]:  # a faint, broad Moffat of low beta: light scattered in the optics
+        beta = p["wide_halo_beta"]
+        alpha = moffat_alpha(p["wide_halo_fwhm"] * fwhm, beta)
+        wide = (1.0 + (rr / alpha) ** 2) ** -beta * taper
+        kernel += p["wide_halo_fraction"] * wide / wide.sum()
     # bilinear point sources
     x0, y0 = np.floor(x).astype(np.int64), np.floor(y).astype(np.int64)
     tx, ty = x - x0, y - y0
@@ -1093,6 +1403,84 @@ def _extended_light(p, x, y, flux, side):
     spec = sfft.rfft2(points.reshape(channels, side, side), axes=(-2, -1))
     spec *= sfft.rfft2(kernel)[None]
     return sfft.irfft2(spec, s=(side, side), axes=(-2, -1))
+
+
+def _stamp_library(stamps):
+    """``stamps`` as a StampLibrary (None, a library, or the path of a saved one)."""
+    if stamps is None or isinstance(stamps, StampLibrary):
+        return stamps
+    if isinstance(stamps, (str, os.PathLike)):
+        path = os.path.abspath(os.fspath(stamps))
+        st = os.stat(path)
+        return _load_library(path, st.st_mtime_ns, st.st_size)
+    raise TypeError(f"stamps must be a StampLibrary, a path or None, got {type(stamps).__name__}")
+
+
+@functools.lru_cache(maxsize=4)
+def _load_library(path, mtime_ns, size):  # cached per file version
+    return StampLibrary.load(path)
+
+
+def _assign_stamps(rng, p, cat, library, size, saturation, background):
+    """Which stars become real stamps (index into the library, -1: synthetic), with a random
+    rotation and flip each.
+
+    With ``p["stamps"]``, each star near the frame of peak SNR >= ``_STAMP_MIN_SNR`` is a
+    candidate with probability ``stamp_fraction`` (the ``_STAMP_MAX_STARS`` brightest
+    candidates at most). It takes a stamp drawn uniformly among those that fit: resampling
+    factor (star FWHM / stamp FWHM) in ``_STAMP_SCALES``; the stamp's own noise, pasted at the
+    star's flux, below ``_STAMP_NOISE`` x the local sky sigma; saturated stamps for stars that
+    saturate (their plateau scaled above the saturation level), unsaturated ones for the others.
+    A star without a fitting stamp stays synthetic. The draws are made whatever the library."""
+    n = cat["x"].size
+    u_use, u_pick = rng.random(n), rng.random(n)
+    angle, flip = rng.uniform(0.0, 2.0 * math.pi, n), rng.random(n) < 0.5
+    out = {"stamp": np.full(n, -1, dtype=np.int64), "angle": angle, "flip": flip}
+    if library is None or len(library) == 0 or not p["stamps"] or n == 0:
+        return out
+    x, y = cat["x"], cat["y"]
+    snr = cat["public"]["peak_snr"]
+    cand = (u_use < p["stamp_fraction"]) & (snr >= _STAMP_MIN_SNR)
+    cand &= (x > -8) & (x < size + 7) & (y > -8) & (y < size + 7)
+    idx = np.flatnonzero(cand)
+    if idx.size > _STAMP_MAX_STARS:
+        idx = idx[np.argsort(-snr[idx], kind="stable")[:_STAMP_MAX_STARS]]
+    if idx.size == 0:
+        return out
+    ix = np.clip(np.rint(x[idx]), 0, size - 1).astype(np.int64)
+    iy = np.clip(np.rint(y[idx]), 0, size - 1).astype(np.int64)
+    sat_excess = saturation - background[iy, ix].max(axis=1)  # star light that saturates
+    flux = cat["flux"][idx].max(axis=1)
+    ratio = cat["fwhm"][idx][:, None] / library.fwhm[None, :]
+    ok = (ratio >= _STAMP_SCALES[0]) & (ratio <= _STAMP_SCALES[1])
+    ok &= flux[:, None] * library.noise[None, :] <= (
+        _STAMP_NOISE * cat["local_sigma"][idx][:, None] * ratio**2
+    )
+    saturating = cat["peak"][idx] >= sat_excess
+    ok &= library.saturated[None, :] == saturating[:, None]
+    ok &= ~library.saturated[None, :] | (
+        flux[:, None] * library.peak[None, :] >= 1.2 * sat_excess[:, None] * ratio**2
+    )
+    count = ok.sum(axis=1)
+    has = count > 0
+    k = np.minimum((u_pick[idx] * count).astype(np.int64), np.maximum(count - 1, 0))
+    pick = np.argmax(np.cumsum(ok, axis=1) > k[:, None], axis=1)
+    out["stamp"][idx[has]] = pick[has]
+    return out
+
+
+def _update_catalogue(p, cat, pastes, library):
+    """Peak SNRs of pasted stars and after trailing; which stars are real stamps."""
+    public = cat["public"]
+    assign = pastes["stamp"]
+    public["stamp"] = assign.copy()
+    pasted = np.flatnonzero(assign >= 0)
+    if pasted.size:
+        scale = cat["fwhm"][pasted] / library.fwhm[assign[pasted]]
+        peak = cat["flux"][pasted].max(axis=1) * library.peak[assign[pasted]] / scale**2
+        public["peak_snr"][pasted] = peak / cat["local_sigma"][pasted]
+    if p["trail"]:
+        public["peak_snr"] = public["peak_snr"] * _trail_peak_factor(p)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1131,6 +1519,36 @@ def _display(p, starry, starless):
         out_starry = ((starry.astype(np.float64) - black) * scale).astype(np.float32)
         out_starless = ((starless.astype(np.float64) - black) * scale).astype(np.float32)
     return (np.clip(out_starry, 0.0, 1.0), np.clip(out_starless, 0.0, 1.0), stretch)
+
+
+def _encode(p, image):
+    """The display image as stored in a file of ``p["encoding"]``: unchanged (``float``),
+    rounded to 8 bits (``uint8``), or 8 bits through a JPEG encoder and decoder of quality
+    ``jpeg_quality`` and chroma subsampling ``jpeg_subsampling`` (OpenCV's libjpeg).
+
+    The starry input and the starless target go through the same encoder: away from the stars
+    both are the same 8-bit values (and the same JPEG blocks, which are coded independently),
+    so the network learns to remove the stars, and their compression artefacts, but to keep the
+    artefacts of the background, as they are part of everything else."""
+    if p["encoding"] == "float":
+        return image
+    u8 = np.rint(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+    if p["encoding"] == "jpeg":
+        params = [
+            cv2.IMWRITE_JPEG_QUALITY,
+            int(p["jpeg_quality"]),
+            cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
+            getattr(cv2, _JPEG_SAMPLING[p["jpeg_subsampling"]]),
+        ]
+        if u8.shape[2] == 3:
+            ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(u8[..., ::-1]), params)
+            u8 = cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1]
+        else:
+            ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(u8[..., 0]), params)
+            u8 = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)[..., None]
+        if not ok:  # pragma: no cover - OpenCV always encodes 8-bit images
+            raise RuntimeError("JPEG encoding failed")
+    return (u8.astype(np.float32) * np.float32(1.0 / 255.0)).astype(np.float32)
 
 
 def _to_uint16(image):
