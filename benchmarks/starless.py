@@ -6,7 +6,9 @@ synthetic test set; inference time for a 4096x4096 RGB image; star counts on the
 The test set is drawn with a seed no training shard uses (training shards take
 [seed, crc32(split), shard]). Metrics (astroflow.starless.starless_metrics, display domain):
 PSNR and SSIM against the true starless image, the fraction of the added star flux left inside
-the true star footprints, and the change outside them. Not run by the tests.
+the true star footprints, and the change outside them; the network as shipped (with the
+no-holes clamp of astroflow.restoration.starnet.clamp_holes) and without the clamp. Real
+images, without a truth: benchmarks/starless_real.py. Not run by the tests.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def main():
     torch.set_num_threads(args.threads)
     model, meta = load_starless(args.weights, device="cpu")
     predict = predictor(model, tile=256, overlap=32, batch=4)
+    raw = predictor(model, tile=256, overlap=32, batch=4, no_holes=False)
     print(f"weights {args.weights}: {meta.get('profile')} profile, settings {meta.get('settings')}")
 
     rows = []
@@ -53,6 +56,7 @@ def main():
         outputs = {
             "untouched input": starry,
             "classical (sep mask + Telea inpaint)": classical_star_removal(starry)[0],
+            "astroflow network (no clamp)": remove_stars(starry, raw, encoding="display").starless,
             "astroflow network": remove_stars(starry, predict, encoding="display").starless,
         }
         for method, out in outputs.items():

@@ -1,0 +1,635 @@
+"""Measures of star removal on real images, which need no starless truth.
+
+A real image has no known starless version, so :func:`astroflow.restoration.starless.starless_metrics`
+cannot judge a method on it. These measures compare the starless image with the input alone,
+each in units of the input's noise, and each aimed at one defect a user sees:
+
+* residual sources (:func:`residual_sources`): what SEP (Barbary 2016; Bertin & Arnouts 1996)
+  still detects at 5 sigma after star removal, against what it detects before;
+* hole depth (:func:`hole_depth`): where a bright star was, the starless image should sit on the
+  local sky; a method that subtracts more than the star added leaves a dark hole, a negative depth;
+* ring energy (:func:`ring_energy`): excess light left in an annulus 1-3 FWHM around each star
+  (a halo the method did not remove), also per channel, as coloured rings are;
+* change outside (:func:`outside_change`): away from every star, a star remover should leave the
+  image as it was.
+
+:func:`star_removal_measures` runs all four. The local-background and noise estimates are the
+usual ones of aperture photometry (IRAF's ``phot``, photutils' ``ApertureStats``): the median of
+an annulus for the sky and the normalised median absolute deviation (MAD x 1.4826) for the noise.
+
+Domain
+------
+Every measure works on display data in ``[0, 1]``, as a user looks at the result and as the
+network sees it: display-encoded 8/16-bit images are divided by their full scale, linear data
+(ADU) are stretched with :func:`astroflow.restoration.starless.network_stretch` (the invertible
+MTF autostretch of :func:`astroflow.stretch.auto_stretch` that clips nothing, with which
+:func:`~astroflow.restoration.starless.remove_stars` gives linear data to the network); input
+and starless image are stretched with the *input's* stretch, so that they compare
+(:func:`measurement_pair`). Mono images are ``(H, W)`` or ``(H, W, 1)``, colour ones
+``(H, W, 3)``; stars are detected on the grey image, the mean of the channels.
+
+Noise
+-----
+The noise sigma is the pixel-to-pixel noise: the normalised MAD of the residual of the input
+from its 5x5 median filter (:func:`noise_map`), globally (:func:`noise_sigma`) or in each star's
+background annulus, divided by 0.954, the ratio of that MAD to the noise for white Gaussian
+noise (measured on 4 million samples). It ignores nebulosity, gradients and stars larger than
+a few pixels, which a plain MAD of the pixel values counts as noise; for noise correlated
+between neighbouring pixels (a processed or resampled image) it is smaller than the spread of
+a pixel value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import sep
+
+from astroflow.restoration.starless import network_stretch
+
+__all__ = [
+    "StarCatalog",
+    "detect",
+    "grey",
+    "hole_depth",
+    "measurement_pair",
+    "noise_map",
+    "noise_sigma",
+    "outside_change",
+    "residual_sources",
+    "ring_energy",
+    "star_removal_measures",
+    "to_display",
+]
+
+MAD_TO_SIGMA = 1.4826
+# 1.4826 MAD of noise_map(white Gaussian noise) / its sigma (4e6 samples: 0.9542)
+RESIDUAL_MAD = 0.954
+
+
+def _channels(image):
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim == 2:
+        return image[:, :, None]
+    if image.ndim == 3 and image.shape[2] in (1, 3):
+        return image
+    raise ValueError(f"image must be (H, W), (H, W, 1) or (H, W, 3), got shape {image.shape}")
+
+
+def _check_finite(image, name):
+    if not np.isfinite(image).all():
+        raise ValueError(f"{name} holds NaN or infinite pixels (fill or crop them first)")
+
+
+def to_display(image, *, encoding, bits=None, stretch=None):
+    """The display-domain version of an image that the measures work on.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        ``(H, W)``, ``(H, W, 1)`` or ``(H, W, 3)``, any real dtype, finite.
+    encoding : {"display", "linear"}
+        ``"display"``: stretched values, either already in ``[0, 1]`` (float, ``bits`` None) or
+        integers of ``bits`` bits (0..255 for 8, 0..65535 for 16); ``"linear"``: linear ADU.
+    bits : int or None, optional
+        Display data only: the bit depth of integer-valued data (8 or 16), which is divided by
+        ``2**bits - 1``; None for data already in ``[0, 1]`` (uint8 and uint16 arrays are taken
+        as 8 and 16 bits).
+    stretch : astroflow.stretch.MTFStretch or None, optional
+        Linear data only: the stretch to apply; None computes
+        :func:`~astroflow.restoration.starless.network_stretch` (target background 0.2) of
+        ``image`` itself.
+
+    Returns
+    -------
+    display : numpy.ndarray
+        ``(H, W, C)`` float32 in ``[0, 1]``, C = 1 or 3.
+    stretch : astroflow.stretch.MTFStretch or None
+        The stretch used (linear data), else None.
+
+    Raises
+    ------
+    ValueError
+        An unknown encoding or bit depth, a shape that is not an image, or non-finite pixels.
+    """
+    if encoding not in ("display", "linear"):
+        raise ValueError(f"unknown encoding {encoding!r} (display or linear)")
+    raw = np.asarray(image)
+    if bits is None and raw.dtype == np.uint8:
+        bits = 8
+    elif bits is None and raw.dtype == np.uint16:
+        bits = 16
+    data = _channels(raw)
+    _check_finite(data, "image")
+    if encoding == "linear":
+        stretch = stretch if stretch is not None else network_stretch(data)
+        return stretch.apply(data), stretch
+    if bits is not None:
+        if bits not in (8, 16):
+            raise ValueError(f"display data must be 8 or 16 bits, got {bits}")
+        data = data / np.float32(2**bits - 1)
+    return np.clip(data, 0.0, 1.0).astype(np.float32), None
+
+
+def measurement_pair(starry, starless, *, encoding, bits=None):
+    """Input and starless image in one display domain: the input's scale or stretch for both.
+
+    Parameters
+    ----------
+    starry, starless : numpy.ndarray
+        The input and a method's starless image, same shape and encoding (see
+        :func:`to_display`).
+    encoding : {"display", "linear"}
+    bits : int or None, optional
+        As in :func:`to_display`.
+
+    Returns
+    -------
+    starry, starless : numpy.ndarray
+        ``(H, W, C)`` float32 in ``[0, 1]``.
+
+    Raises
+    ------
+    ValueError
+        Shapes that differ, and as :func:`to_display`.
+    """
+    if np.shape(starry) != np.shape(starless):
+        raise ValueError(f"input {np.shape(starry)} and starless {np.shape(starless)} differ in shape")
+    before, stretch = to_display(starry, encoding=encoding, bits=bits)
+    after, _ = to_display(starless, encoding=encoding, bits=bits, stretch=stretch)
+    return before, after
+
+
+def grey(image):
+    """Mean of the channels.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        ``(H, W)`` or ``(H, W, C)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(H, W)`` float32, C-contiguous (as SEP needs).
+    """
+    image = np.asarray(image, dtype=np.float32)
+    return np.ascontiguousarray(image if image.ndim == 2 else image.mean(axis=2), dtype=np.float32)
+
+
+def noise_map(plane):
+    """High-pass residual of one plane, whose spread is the pixel noise.
+
+    Parameters
+    ----------
+    plane : numpy.ndarray
+        ``(H, W)`` float, finite.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(H, W)`` float32: ``plane`` minus its 5x5 median filter (OpenCV, edges replicated).
+    """
+    plane = np.ascontiguousarray(plane, dtype=np.float32)
+    return plane - cv2.medianBlur(plane, 5)
+
+
+def _mad_sigma(values):
+    """Noise sigma from values of :func:`noise_map` (normalised MAD / RESIDUAL_MAD)."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return float("nan")
+    return float(MAD_TO_SIGMA * np.median(np.abs(values - np.median(values))) / RESIDUAL_MAD)
+
+
+def noise_sigma(plane, floor=1e-4):
+    """Robust pixel noise of one plane.
+
+    Parameters
+    ----------
+    plane : numpy.ndarray
+        ``(H, W)`` float, finite (units of the data; display data in ``[0, 1]``).
+    floor : float, optional
+        Smallest value returned, so that a flat or coarsely quantised image does not give a
+        zero noise.
+
+    Returns
+    -------
+    float
+        ``max(1.4826 MAD(noise_map(plane)) / 0.954, floor)``.
+    """
+    return max(_mad_sigma(noise_map(plane)), floor)
+
+
+@dataclass
+class StarCatalog:
+    """Stars detected on an input, with the sizes the per-star measures use.
+
+    Attributes
+    ----------
+    x, y : numpy.ndarray
+        float64, centres (px, SEP barycentres; x along columns).
+    peak : numpy.ndarray
+        float64, brightest pixel above SEP's background, grey display units.
+    fwhm : numpy.ndarray
+        float64, px: diameter of the disc whose area is that of the star's pixels above half its
+        peak (the FWHM of a round star, also of a flat-topped saturated one), at least 1.
+    flux : numpy.ndarray
+        float64, SEP isophotal flux (grey display units x px).
+    mask : numpy.ndarray
+        bool ``(H, W)``: SEP's segmentation of every detection.
+    noise : float
+        Global pixel noise of the grey input (:func:`noise_sigma`).
+    rms : float
+        SEP's global background RMS of the grey input (the detection threshold's unit).
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    peak: np.ndarray
+    fwhm: np.ndarray
+    flux: np.ndarray
+    mask: np.ndarray
+    noise: float
+    rms: float
+
+    def __len__(self):
+        return len(self.x)
+
+    def select(self, keep):
+        """The catalogue of the stars where ``keep`` (bool or index array) is true."""
+        return StarCatalog(self.x[keep], self.y[keep], self.peak[keep], self.fwhm[keep], self.flux[keep],
+                           self.mask, self.noise, self.rms)
+
+
+def _extract(plane, threshold_sigma, min_area, rms=None):
+    background = sep.Background(plane)
+    rms = background.globalrms if rms is None else rms
+    data = plane - background.back()
+    # SEP's limits are process-wide; raised (never lowered) so that a crowded field of a large
+    # image does not overflow them (SEP's defaults: 300 000 pixels, 1024 sub-objects).
+    sep.set_extract_pixstack(max(sep.get_extract_pixstack(), plane.size))
+    sep.set_sub_object_limit(max(sep.get_sub_object_limit(), 4096))
+    objects, seg = sep.extract(data, threshold_sigma, err=rms, minarea=min_area, segmentation_map=True)
+    return objects, seg, data, float(background.globalrms)
+
+
+def detect(image, *, threshold_sigma=5.0, min_area=4):
+    """Detect the stars of a display-domain image with SEP and measure their sizes.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        ``(H, W)`` or ``(H, W, C)`` display data (any units; the grey image is used), finite.
+    threshold_sigma : float, optional
+        Detection threshold in units of SEP's global background RMS.
+    min_area : int, optional
+        Minimum connected pixels above the threshold.
+
+    Returns
+    -------
+    StarCatalog
+        Brightest (largest isophotal flux) first.
+
+    Raises
+    ------
+    ValueError
+        Non-finite pixels.
+    """
+    plane = grey(image)
+    _check_finite(plane, "image")
+    objects, seg, data, rms = _extract(plane, threshold_sigma, min_area)
+    n = len(objects)
+    if n:
+        inside = seg > 0
+        labels = seg[inside] - 1
+        half = data[inside] >= 0.5 * objects["peak"][labels]
+        area = np.bincount(labels[half], minlength=n).astype(np.float64)
+        fwhm = np.maximum(2.0 * np.sqrt(area / np.pi), 1.0)
+    else:
+        fwhm = np.zeros(0)
+    order = np.argsort(-objects["flux"], kind="stable") if n else np.zeros(0, int)
+    return StarCatalog(
+        x=np.asarray(objects["x"], np.float64)[order],
+        y=np.asarray(objects["y"], np.float64)[order],
+        peak=np.asarray(objects["peak"], np.float64)[order],
+        fwhm=fwhm[order],
+        flux=np.asarray(objects["flux"], np.float64)[order],
+        mask=seg > 0,
+        noise=noise_sigma(plane),
+        rms=rms,
+    )
+
+
+def residual_sources(starry, starless, *, threshold_sigma=5.0, min_area=4):
+    """Sources SEP detects before and after star removal, at one threshold for both.
+
+    Parameters
+    ----------
+    starry, starless : numpy.ndarray
+        ``(H, W)`` or ``(H, W, C)`` display data of one scale (:func:`measurement_pair`);
+        stars are detected on the grey image, after SEP's background map of each is subtracted.
+    threshold_sigma : float, optional
+        Detection threshold in units of SEP's global background RMS of the *input*, used for
+        both images (the starless image's own RMS, lower once the stars are gone, would lower
+        the threshold after).
+    min_area : int, optional
+        Minimum connected pixels.
+
+    Returns
+    -------
+    dict
+        ``sources_before``, ``sources_after`` (int), ``removed_fraction``
+        (``1 - after / before``; NaN without sources before) and ``threshold`` (the absolute
+        threshold, grey display units).
+
+    Raises
+    ------
+    ValueError
+        Non-finite pixels.
+    """
+    before, after = grey(starry), grey(starless)
+    _check_finite(before, "input")
+    _check_finite(after, "starless image")
+    objects, _, _, rms = _extract(before, threshold_sigma, min_area)
+    residual, _, _, _ = _extract(after, threshold_sigma, min_area, rms=rms)
+    n0, n1 = len(objects), len(residual)
+    return {
+        "sources_before": n0,
+        "sources_after": n1,
+        "removed_fraction": 1.0 - n1 / n0 if n0 else float("nan"),
+        "threshold": threshold_sigma * rms,
+    }
+
+
+def _annulus_pixels(shape, x, y, r_in, r_out):
+    """Index arrays (rows, cols) of pixels with r_in <= distance < r_out from (x, y)."""
+    h, w = shape
+    r = int(np.ceil(r_out))
+    y0, y1 = max(int(np.floor(y)) - r, 0), min(int(np.floor(y)) + r + 2, h)
+    x0, x1 = max(int(np.floor(x)) - r, 0), min(int(np.floor(x)) + r + 2, w)
+    yy, xx = np.mgrid[y0:y1, x0:x1]
+    d2 = (yy - y) ** 2 + (xx - x) ** 2
+    keep = (d2 >= r_in**2) & (d2 < r_out**2)
+    return yy[keep], xx[keep]
+
+
+def _radii(fwhm, core, ring, sky):
+    """Core radius, ring annulus and sky annulus (px) for a star of this FWHM."""
+    r_core = max(core * fwhm, 1.0)
+    ring_in, ring_out = max(ring[0] * fwhm, r_core), max(ring[1] * fwhm, r_core + 2.0)
+    sky_in = max(sky[0] * fwhm, ring_out + 1.0)
+    sky_out = max(sky[1] * fwhm, sky_in + 3.0)
+    return r_core, (ring_in, ring_out), (sky_in, sky_out)
+
+
+def _per_star(starry, starless, stars, core, ring, sky, min_sky_pixels=12):
+    """Core mean, ring mean, sky level and sky noise of the starless image, per star and channel.
+
+    Returns arrays (N, C): core, ring, sky, noise (NaN where too few sky pixels).
+    """
+    before, after = _channels(starry), _channels(starless)
+    _check_finite(before, "input")
+    _check_finite(after, "starless image")
+    n, c = len(stars), before.shape[2]
+    residual = np.stack([noise_map(before[:, :, k]) for k in range(c)], axis=2)
+    floor = [0.5 * noise_sigma(before[:, :, k]) for k in range(c)]
+    out = {key: np.full((n, c), np.nan) for key in ("core", "ring", "sky", "noise")}
+    for i in range(n):
+        r_core, (ring_in, ring_out), (sky_in, sky_out) = _radii(stars.fwhm[i], core, ring, sky)
+        x, y = stars.x[i], stars.y[i]
+        sy, sx = _annulus_pixels(after.shape[:2], x, y, sky_in, sky_out)
+        if sy.size < min_sky_pixels:
+            continue
+        cy, cx = _annulus_pixels(after.shape[:2], x, y, 0.0, r_core)
+        if cy.size == 0:  # cannot happen for a centre inside the image (r_core >= 1 px)
+            continue
+        ry, rx = _annulus_pixels(after.shape[:2], x, y, ring_in, ring_out)
+        for k in range(c):
+            level = float(np.median(after[sy, sx, k]))
+            out["sky"][i, k] = level
+            out["noise"][i, k] = max(_mad_sigma(residual[sy, sx, k]), floor[k])
+            out["core"][i, k] = float(after[cy, cx, k].mean())
+            out["ring"][i, k] = float(after[ry, rx, k].mean()) if ry.size else np.nan
+    return out
+
+
+def _bright(stars, min_peak_sigma, max_stars):
+    keep = np.flatnonzero(stars.peak >= min_peak_sigma * stars.noise)[:max_stars]
+    return stars.select(keep)
+
+
+def hole_depth(starry, starless, stars=None, *, min_peak_sigma=10.0, max_stars=50, core=0.5,
+               sky=(4.0, 6.0), worst_percentile=5.0):
+    """How far below the local sky the starless image falls where each bright star was.
+
+    For each bright star of the input and each channel, the mean of the starless image over
+    the star's core (a disc of radius ``core`` x FWHM, at least 1 px) less the local sky, the
+    median of the starless image in an annulus ``sky[0]``-``sky[1]`` FWHM from the centre,
+    divided by the local noise, the noise sigma of the input's high-pass residual
+    (:func:`noise_map`) in that annulus (at least half the channel's global noise). A star's
+    depth is that of its darkest channel: a hole in one channel of a colour image is a
+    coloured hole (a white star on red nebulosity over-subtracted in red leaves a blue-grey
+    spot). A perfect removal gives about 0, a hole (more subtracted than the star added) a
+    negative depth, light left behind a positive one.
+
+    Parameters
+    ----------
+    starry, starless : numpy.ndarray
+        ``(H, W)`` or ``(H, W, C)`` display data of one scale (:func:`measurement_pair`), finite.
+    stars : StarCatalog or None, optional
+        Stars of the input (:func:`detect`); detected here when None.
+    min_peak_sigma : float, optional
+        Bright stars: peak above SEP's background at least this many global noise sigmas...
+    max_stars : int, optional
+        ... and the ``max_stars`` brightest of those by flux (stretched images compress the
+        peaks of bright stars, so a count, not a peak level, says which stars are bright; in a
+        galaxy field the nucleus may be among them).
+    core : float, optional
+        Core radius in FWHM.
+    sky : tuple of float, optional
+        Inner and outer radius of the sky annulus in FWHM (at least 3 px wide, outside the ring
+        annulus of :func:`ring_energy`).
+    worst_percentile : float, optional
+        Percentile reported as the worst hole.
+
+    Returns
+    -------
+    dict
+        In noise sigmas (NaN without bright stars): ``hole_median`` and ``hole_worst`` (the
+        ``worst_percentile`` percentile) of the darkest-channel depth, ``hole_grey_median`` of
+        the depth of the grey image; ``hole_stars``: bright stars measured; ``hole_depths``:
+        float64 ``(N,)`` darkest-channel depth per star, brightest first.
+
+    Raises
+    ------
+    ValueError
+        Non-finite pixels or shapes that are not images.
+    """
+    stars = detect(starry) if stars is None else stars
+    bright = _bright(stars, min_peak_sigma, max_stars)
+    before, after = _channels(starry), _channels(starless)
+    g = _per_star(grey(before), grey(after), bright, core, (core, core), sky)
+    depth_grey = ((g["core"] - g["sky"]) / g["noise"])[:, 0]
+    if before.shape[2] > 1:
+        m = _per_star(before, after, bright, core, (core, core), sky)
+        depth = np.min((m["core"] - m["sky"]) / m["noise"], axis=1)
+    else:
+        depth = depth_grey
+    ok = np.isfinite(depth) & np.isfinite(depth_grey)
+    depth, depth_grey = depth[ok], depth_grey[ok]
+    nan = float("nan")
+    return {
+        "hole_median": float(np.median(depth)) if depth.size else nan,
+        "hole_worst": float(np.percentile(depth, worst_percentile)) if depth.size else nan,
+        "hole_grey_median": float(np.median(depth_grey)) if depth.size else nan,
+        "hole_stars": int(depth.size),
+        "hole_depths": depth,
+    }
+
+
+def ring_energy(starry, starless, stars=None, *, min_peak_sigma=10.0, max_stars=500, ring=(1.0, 3.0),
+                sky=(4.0, 6.0)):
+    """Light the starless image keeps (or lacks) in an annulus around each star.
+
+    For each star of the input with a peak of at least ``min_peak_sigma`` noise sigmas, the
+    mean of the starless image over the annulus ``ring[0]``-``ring[1]`` FWHM from the centre
+    less the local sky (median of the starless image ``sky[0]``-``sky[1]`` FWHM out), in units
+    of the local noise (as :func:`hole_depth`); computed on the grey image and on each channel.
+    A halo left behind is a positive excess, a dark ring a negative one.
+
+    Parameters
+    ----------
+    starry, starless : numpy.ndarray
+        ``(H, W)`` or ``(H, W, C)`` display data of one scale (:func:`measurement_pair`), finite.
+    stars : StarCatalog or None, optional
+        Stars of the input (:func:`detect`); detected here when None.
+    min_peak_sigma : float, optional
+        Stars measured: peak at least this many global noise sigmas above SEP's background.
+    max_stars : int, optional
+        At most this many, the brightest by flux.
+    ring, sky : tuple of float, optional
+        Inner and outer radii in FWHM of the ring and of the sky annulus.
+
+    Returns
+    -------
+    dict
+        Medians over the stars, in noise sigmas (NaN without stars): ``ring_excess``, of the grey
+        image; ``ring_channel_max``, of each star's largest per-channel excess (equal to
+        ``ring_excess`` for mono, larger where a ring is coloured); ``ring_abs``, of the absolute
+        grey excess (rings of either sign); ``ring_stars``: stars measured.
+
+    Raises
+    ------
+    ValueError
+        Non-finite pixels or shapes that are not images.
+    """
+    stars = detect(starry) if stars is None else stars
+    chosen = _bright(stars, min_peak_sigma, max_stars)
+    g = _per_star(grey(starry), grey(starless), chosen, 0.5, ring, sky)
+    excess = ((g["ring"] - g["sky"]) / g["noise"])[:, 0]
+    before, after = _channels(starry), _channels(starless)
+    if before.shape[2] > 1:
+        per = _per_star(before, after, chosen, 0.5, ring, sky)
+        channel_max = np.max((per["ring"] - per["sky"]) / per["noise"], axis=1)
+    else:
+        channel_max = excess
+    ok = np.isfinite(excess) & np.isfinite(channel_max)
+    nan = float("nan")
+    return {
+        "ring_excess": float(np.median(excess[ok])) if ok.any() else nan,
+        "ring_channel_max": float(np.median(channel_max[ok])) if ok.any() else nan,
+        "ring_abs": float(np.median(np.abs(excess[ok]))) if ok.any() else nan,
+        "ring_stars": int(ok.sum()),
+    }
+
+
+def outside_change(starry, starless, stars=None, *, grow=2.0, min_grow=3):
+    """How much the starless image differs from the input away from every star.
+
+    Parameters
+    ----------
+    starry, starless : numpy.ndarray
+        ``(H, W)`` or ``(H, W, C)`` display data of one scale (:func:`measurement_pair`), finite.
+    stars : StarCatalog or None, optional
+        Stars of the input (:func:`detect`); detected here when None.
+    grow : float, optional
+        SEP's segmentation of every detection is dilated by ``grow`` x the median FWHM of the
+        stars (px), at least ``min_grow`` px.
+    min_grow : int, optional
+        Smallest dilation (px).
+
+    Returns
+    -------
+    dict
+        On the grey image outside the dilated star masks, in units of the global noise sigma:
+        ``outside_rms`` (RMS of starless - input), ``outside_max`` (largest absolute
+        difference), ``outside_bias`` (mean difference); ``outside_fraction``: the fraction of
+        the image they cover. NaN where the masks cover everything.
+
+    Raises
+    ------
+    ValueError
+        Non-finite pixels, or shapes that differ.
+    """
+    before, after = grey(starry), grey(starless)
+    if before.shape != after.shape:
+        raise ValueError(f"input {before.shape} and starless {after.shape} differ in shape")
+    _check_finite(before, "input")
+    _check_finite(after, "starless image")
+    stars = detect(before) if stars is None else stars
+    radius = max(int(np.ceil(grow * np.median(stars.fwhm))) if len(stars) else 0, min_grow)
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    masked = cv2.dilate(stars.mask.astype(np.uint8), disc) > 0
+    outside = ~masked
+    nan = float("nan")
+    if not outside.any():
+        return {"outside_rms": nan, "outside_max": nan, "outside_bias": nan, "outside_fraction": 0.0}
+    diff = (after - before)[outside].astype(np.float64) / stars.noise
+    return {
+        "outside_rms": float(np.sqrt(np.mean(diff**2))),
+        "outside_max": float(np.abs(diff).max()),
+        "outside_bias": float(diff.mean()),
+        "outside_fraction": float(outside.mean()),
+    }
+
+
+def star_removal_measures(starry, starless, *, encoding, bits=None, threshold_sigma=5.0):
+    """All the real-image measures of one star removal.
+
+    Parameters
+    ----------
+    starry, starless : numpy.ndarray
+        The input and the method's starless image, same shape, ``(H, W)``, ``(H, W, 1)`` or
+        ``(H, W, 3)``, finite; in the input's own encoding.
+    encoding : {"display", "linear"}
+        See :func:`to_display`; linear data are stretched with the input's network stretch.
+    bits : int or None, optional
+        See :func:`to_display`.
+    threshold_sigma : float, optional
+        SEP detection threshold (the input's background RMS) of the sources and stars.
+
+    Returns
+    -------
+    dict
+        The scalars of :func:`residual_sources`, :func:`hole_depth`, :func:`ring_energy` and
+        :func:`outside_change` (not the per-star arrays), and ``noise``, the global noise sigma
+        of the grey input in display units.
+
+    Raises
+    ------
+    ValueError
+        As the functions it calls.
+    """
+    before, after = measurement_pair(starry, starless, encoding=encoding, bits=bits)
+    stars = detect(before, threshold_sigma=threshold_sigma)
+    result = {"noise": stars.noise}
+    result.update(residual_sources(before, after, threshold_sigma=threshold_sigma))
+    holes = hole_depth(before, after, stars)
+    holes.pop("hole_depths")
+    result.update(holes)
+    result.update(ring_energy(before, after, stars))
+    result.update(outside_change(before, after, stars))
+    return result

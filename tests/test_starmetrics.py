@@ -1,0 +1,297 @@
+"""Real-image measures of star removal (astroflow.restoration.starmetrics) and the network's
+no-holes clamp (astroflow.restoration.starnet.clamp_holes): known answers on synthetic fields,
+and a regression on the real Cave Nebula."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import SHARED_DATA, needs_shared_data
+
+from astroflow.io.imagefile import display_scale, read_finished_image
+from astroflow.restoration.starless import network_stretch, remove_stars, screen
+from astroflow.restoration.starmetrics import (
+    detect,
+    hole_depth,
+    measurement_pair,
+    noise_sigma,
+    outside_change,
+    residual_sources,
+    ring_energy,
+    star_removal_measures,
+    to_display,
+)
+from astroflow.restoration.starnet import clamp_holes, load_starless, masked_background, predictor
+
+SKY, SIGMA, FWHM = 0.2, 0.01, 3.0
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def star_field(channels=1, amp=0.5, size=192, seed=0):
+    """Sky + white noise (display units) and 16 round Gaussian stars 48 px apart.
+
+    Returns the star-free noisy sky, the starry image (both (H, W, C) float32) and the distance
+    of each pixel to the nearest star centre.
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size].astype(np.float64)
+    centres = [(24 + 48 * i + 0.3, 24 + 48 * j - 0.2) for i in range(4) for j in range(4)]
+    s = FWHM / 2.3548
+    stars = sum(amp * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * s * s)) for y, x in centres)
+    dist = np.min([np.hypot(yy - y, xx - x) for y, x in centres], axis=0)
+    sky = SKY + rng.normal(0.0, SIGMA, (size, size, channels))
+    return sky.astype(np.float32), (sky + stars[:, :, None]).astype(np.float32), dist
+
+
+def annuli(shape, stars, r_in, r_out):
+    """bool (H, W): within [r_in, r_out) FWHM of any catalogued star (its own measured FWHM)."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    mask = np.zeros(shape[:2], bool)
+    for x, y, f in zip(stars.x, stars.y, stars.fwhm):
+        d = np.hypot(yy - y, xx - x)
+        mask |= (d >= r_in * f) & (d < r_out * f)
+    return mask
+
+
+# --- the measures -------------------------------------------------------------------------
+
+
+def test_noise_sigma_is_the_white_noise_sigma_under_structure():
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:400, :400]
+    nebula = 0.3 + 0.1 * np.sin(xx / 30.0) * np.cos(yy / 40.0)
+    plane = nebula + rng.normal(0, 0.02, nebula.shape)
+    assert noise_sigma(plane) == pytest.approx(0.02, rel=0.03)
+    assert noise_sigma(np.full((50, 50), 0.5)) == 1e-4  # the floor, not zero
+
+
+def test_hole_of_known_depth_gives_that_negative_depth():
+    sky, starry, dist = star_field()
+    holed = sky.copy()
+    holed[dist < 4] -= 8 * SIGMA
+    result = hole_depth(starry, holed)
+    assert result["hole_stars"] == 16
+    assert result["hole_median"] == pytest.approx(-8.0, abs=0.6)
+    assert result["hole_worst"] < result["hole_median"]
+    # a perfect removal sits on the sky; an untouched star is far above it
+    assert abs(hole_depth(starry, sky)["hole_median"]) < 0.5
+    assert hole_depth(starry, starry)["hole_median"] > 20
+
+
+def test_a_hole_in_one_channel_is_a_hole():
+    sky, starry, dist = star_field(channels=3)
+    holed = sky.copy()
+    holed[dist < 4, 0] -= 8 * SIGMA  # red over-subtracted: a blue-green spot
+    result = hole_depth(starry, holed)
+    # darkest channel: -8 (slightly more, the minimum of three noisy channels)
+    assert result["hole_median"] == pytest.approx(-8.0, abs=1.0)
+    # grey: -8/3 sigma of one channel = -8/sqrt(3) sigma of the grey image's noise
+    assert result["hole_grey_median"] == pytest.approx(-8 / np.sqrt(3), abs=0.7)
+
+
+def test_ring_of_known_amplitude_gives_that_energy():
+    sky, starry, _ = star_field()
+    stars = detect(starry)
+    ringed = sky.copy()
+    ringed[annuli(sky.shape, stars, 1.0, 3.0)] += 5 * SIGMA
+    result = ring_energy(starry, ringed, stars)
+    assert result["ring_stars"] == 16
+    assert result["ring_excess"] == pytest.approx(5.0, abs=0.3)
+    assert result["ring_channel_max"] == result["ring_excess"]  # mono
+    assert abs(ring_energy(starry, sky, stars)["ring_excess"]) < 0.3
+
+
+def test_a_coloured_ring_shows_in_the_channel_maximum():
+    sky, starry, _ = star_field(channels=3)
+    stars = detect(starry)
+    ringed = sky.copy()
+    ringed[annuli(sky.shape, stars, 1.0, 3.0), 2] += 5 * SIGMA  # a blue ring
+    result = ring_energy(starry, ringed, stars)
+    assert result["ring_channel_max"] == pytest.approx(5.0, abs=0.5)
+    assert result["ring_excess"] == pytest.approx(5 / np.sqrt(3), abs=0.4)
+
+
+def test_unchanged_and_perfect_outputs():
+    sky, starry, _ = star_field(channels=3)
+    same = outside_change(starry, starry)
+    assert same["outside_rms"] == 0.0 and same["outside_max"] == 0.0 and same["outside_bias"] == 0.0
+    assert 0.5 < same["outside_fraction"] < 1.0
+    # a perfect removal changes nothing outside the (dilated) star masks either
+    assert outside_change(starry, sky)["outside_max"] < 0.5
+    # a change of the whole image is seen, in noise sigmas of the grey image
+    shifted = outside_change(starry, starry + 3 * SIGMA)
+    assert shifted["outside_bias"] == pytest.approx(3 * np.sqrt(3), rel=0.1)
+    kept = residual_sources(starry, starry)
+    assert kept["sources_before"] == kept["sources_after"] == 16 and kept["removed_fraction"] == 0.0
+    gone = residual_sources(starry, sky)
+    assert gone["sources_after"] == 0 and gone["removed_fraction"] == 1.0
+
+
+def test_encodings_give_one_display_domain():
+    sky, starry, dist = star_field(channels=3)
+    as8 = np.round(np.clip(starry, 0, 1) * 255).astype(np.uint8)
+    display, stretch = to_display(as8, encoding="display")
+    assert stretch is None and np.allclose(display, as8 / 255.0)
+    assert np.allclose(to_display(as8.astype(np.float32), encoding="display", bits=8)[0], display)
+    # linear data: the starless image takes the input's stretch, so a hole stays a hole
+    linear_sky, linear = 1000 + 5000 * (sky - SKY), 1000 + 5000 * (starry - SKY)
+    holed = linear_sky.copy()
+    holed[dist < 4] -= 200.0  # 4 sigma of 5000 * 0.01
+    before, after = measurement_pair(linear, holed, encoding="linear")
+    assert np.allclose(before, network_stretch(linear).apply(linear))
+    measures = star_removal_measures(linear, holed, encoding="linear")
+    # (the MTF stretch changes depths in sigma: it is steeper below the sky than above)
+    assert measures["hole_median"] < -2.5 and measures["sources_after"] == 0
+    assert abs(star_removal_measures(linear, linear_sky, encoding="linear")["hole_median"]) < 1.0
+    mono = star_removal_measures(linear[:, :, 0], holed[:, :, 0], encoding="linear")
+    assert mono["hole_median"] == pytest.approx(mono["hole_grey_median"]) and mono["hole_median"] < -2.5
+
+
+def test_bad_input_is_a_clear_error():
+    sky, starry, _ = star_field()
+    with pytest.raises(ValueError, match="unknown encoding"):
+        to_display(starry, encoding="log")
+    with pytest.raises(ValueError, match="8 or 16 bits"):
+        to_display(starry, encoding="display", bits=12)
+    with pytest.raises(ValueError, match="differ in shape"):
+        measurement_pair(starry, starry[:10], encoding="display")
+    bad = starry.copy()
+    bad[3, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        star_removal_measures(bad, starry, encoding="display")
+    with pytest.raises(ValueError, match="shape"):
+        to_display(np.zeros((8, 8, 2)), encoding="display")
+
+
+def test_no_stars_give_nan_not_an_error():
+    flat = SKY + np.random.default_rng(0).normal(0, SIGMA, (96, 96)).astype(np.float32)
+    result = star_removal_measures(flat, flat, encoding="display")
+    assert result["sources_before"] == 0 and np.isnan(result["removed_fraction"])
+    assert result["hole_stars"] == 0 and np.isnan(result["hole_median"]) and np.isnan(result["ring_excess"])
+
+
+# --- the no-holes clamp -------------------------------------------------------------------
+
+
+def test_masked_background_fills_a_masked_disc_from_around_it():
+    rng = np.random.default_rng(2)
+    yy, xx = np.mgrid[:160, :160]
+    plane = 0.2 + 0.001 * xx + 0.0005 * yy
+    image = (plane + rng.normal(0, SIGMA, plane.shape))[:, :, None].astype(np.float32)
+    hole = np.hypot(yy - 80, xx - 80) < 20
+    image[hole] = 0.9  # a star the background must ignore
+    background = masked_background(image, ~hole)[:, :, 0]
+    assert np.abs(background[hole] - plane[hole]).max() < 0.015
+    assert np.abs(background[hole] - plane[hole]).mean() < 0.005
+    assert np.abs(background[~hole] - plane[~hole]).mean() < 0.003
+
+
+def digging_network(display, sky=SKY, depth=0.1, sigmas=5.0):
+    """A stand-in network that removes every star and digs a hole where it was."""
+    star = display > np.median(display, axis=(0, 1)) + sigmas * SIGMA
+    star = star.any(axis=2, keepdims=True)
+    return np.where(star, sky - depth, display).astype(np.float32)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_clamp_fills_a_dug_hole_to_the_sky(channels):
+    sky, starry, dist = star_field(channels=channels, amp=0.7)
+    display = np.clip(starry, 0, 1)
+    answer = digging_network(display)
+    assert hole_depth(display, answer)["hole_median"] < -8  # the network's hole, -0.1 = -10 sigma
+    out = clamp_holes(display, answer)
+    core = dist < 2.5
+    # no hole: at the sky (a smooth local estimate of it) wherever a star was
+    assert out[core].min() > SKY - 3 * SIGMA / 4
+    assert abs(hole_depth(display, out)["hole_median"]) < 1.0
+    # only ever raised, never brighter than the input, and far from the stars left as it was
+    assert (out >= answer).all() and (out <= display + 1e-6).all()
+    far = dist > 12
+    assert np.array_equal(out[far], answer[far])
+    assert clamp_holes(display, answer, distrust=2.0)[core].min() > SKY - 3 * SIGMA / 4
+
+
+def test_distrust_draws_the_other_channels_of_a_one_channel_hole_down():
+    sky, starry, dist = star_field(channels=3, amp=0.7)
+    display = np.clip(starry, 0, 1)
+    # red dug, green and blue keep half the star
+    answer = np.concatenate([sky[:, :, :1], sky[:, :, 1:] + 0.5 * (display - sky)[:, :, 1:]], axis=2)
+    answer[dist < 4, 0] -= 0.1
+    core = dist < 2.0  # where half the star is above 10 sigma
+    independent = clamp_holes(display, answer)  # the default: channels raised independently
+    assert independent[core, 0].min() > SKY - 3 * SIGMA / 4
+    assert np.array_equal(independent[core, 1:], answer[core, 1:])  # left as they were
+    out = clamp_holes(display, answer, distrust=2.0)
+    assert np.abs(out[core] - SKY).max() < 3 * SIGMA / 4  # all three on the sky
+
+
+@pytest.mark.parametrize("encoding", ["display", "linear"])
+def test_removal_with_the_clamp_still_recombines_exactly(encoding):
+    sky, starry, _ = star_field(channels=3, amp=0.7)
+    image = np.clip(starry, 0, 1) if encoding == "display" else 1000 + 5000 * (starry - SKY)
+
+    def predict(display):
+        # the digging network in the display domain the image is given to it in
+        return clamp_holes(display, digging_network(display, sky=float(np.median(display)), sigmas=10))
+
+    result = remove_stars(image, predict, encoding=encoding)
+    if encoding == "display":
+        assert np.allclose(screen(result.starless, result.stars), image, atol=1e-5)
+    else:
+        assert np.allclose(result.starless + result.stars, image, rtol=0, atol=1e-2)
+    assert (result.stars >= 0).all()
+    measures = star_removal_measures(image, result.starless, encoding=encoding)
+    # (the stand-in keeps the stars' wings below 10 sigma: a faint residue may be detected)
+    assert measures["hole_worst"] > -1.5 and measures["sources_after"] <= 2
+
+
+class DiggingNet(torch.nn.Module):
+    """A torch stand-in for the shipped network, digging a hole at every star."""
+
+    arch = {"in_channels": 3, "out_channels": 3}
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        return torch.where(x > SKY + 5 * SIGMA, torch.full_like(x, SKY - 0.1), x)
+
+
+def test_predictor_clamps_by_default_and_can_be_told_not_to():
+    sky, starry, dist = star_field(channels=3, amp=0.7)
+    display = np.clip(starry, 0, 1)
+    model = DiggingNet().eval()
+    raw = predictor(model, tile=64, overlap=8, batch=2, no_holes=False)(display)
+    clamped = predictor(model, tile=64, overlap=8, batch=2)(display)
+    core = dist < 2.5
+    assert raw[core].max() < SKY - 0.09
+    assert clamped[core].min() > SKY - 3 * SIGMA / 4
+
+
+# --- the shipped network on the real Cave Nebula --------------------------------------------
+
+
+@needs_shared_data("cave-nebula")
+def test_cave_nebula_crop_has_no_holes_with_the_clamp():
+    image, bits = read_finished_image(SHARED_DATA / "cave-nebula" / "cave_nebula_starry_color.png")
+    # rows 256-511, columns 0-511: white stars on red nebulosity, where the shipped network
+    # over-subtracts red and leaves blue-grey spots
+    crop = np.ascontiguousarray(image[256:512, :512] / display_scale(bits))
+    model, _ = load_starless(ROOT / "models" / "starless.pt", device="cpu")
+    raw = remove_stars(crop, predictor(model, no_holes=False), encoding="display")
+    shipped = remove_stars(crop, predictor(model), encoding="display")
+    assert np.allclose(screen(shipped.starless, shipped.stars), crop, atol=1e-5)
+    before = star_removal_measures(crop, raw.starless, encoding="display")
+    after = star_removal_measures(crop, shipped.starless, encoding="display")
+    print(f"raw network: {before}\nwith the clamp: {after}")
+    # Measured (torch 2.13 CPU): 149 sources before; without the clamp 14 after, hole depth
+    # median +0.55, worst (5th percentile of the 50 brightest stars) -5.6 sigma; with it 20
+    # after (the star light the network left in green and blue, no longer offset by the red
+    # hole), median +1.9, worst -0.22 sigma.
+    assert 130 <= before["sources_before"] <= 170
+    assert before["hole_worst"] < -3.0  # the shipped weights' defect the clamp is for
+    assert after["hole_worst"] > -1.5
+    assert after["hole_median"] > -0.5
+    assert before["sources_after"] <= 25 and after["sources_after"] <= 30
