@@ -24,10 +24,10 @@ import torch
 from astroflow.io.imagefile import display_scale, read_finished_image
 from astroflow.restoration.starless import (
     classical_star_removal,
-    count_sources,
     remove_stars,
     starless_metrics,
 )
+from astroflow.restoration.starmetrics import count_sources
 from astroflow.restoration.starnet import load_starless, predictor
 from astroflow.simulation.synthstars import render_sample
 

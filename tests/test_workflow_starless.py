@@ -12,7 +12,8 @@ from xisf import XISF
 
 from astroflow.io.export import tiff_scale
 from astroflow.io.fits import read_header, read_image
-from astroflow.restoration.starless import classical_star_removal, count_sources, screen
+from astroflow.restoration.starless import classical_star_removal, screen
+from astroflow.restoration.starmetrics import count_sources
 
 pytestmark = pytest.mark.integration
 

@@ -36,7 +36,6 @@ from astroflow.stretch import MTFStretch, auto_stretch
 __all__ = [
     "StarRemoval",
     "classical_star_removal",
-    "count_sources",
     "network_stretch",
     "remove_stars",
     "screen",
@@ -179,30 +178,6 @@ def remove_stars(image, predict, *, encoding, target_background=0.2):
     if mono:
         starless, stars = starless[:, :, 0], stars[:, :, 0]
     return StarRemoval(starless, stars, encoding, stretch, n_nan)
-
-
-def count_sources(image, threshold_sigma=5.0, min_area=4):
-    """Compact sources SEP finds in an image: the before/after figure of star removal.
-
-    Parameters
-    ----------
-    image : numpy.ndarray
-        ``(H, W)`` or ``(H, W, C)`` (any units; the luminance is used); must be finite.
-    threshold_sigma : float, optional
-        Detection threshold above SEP's background RMS.
-    min_area : int, optional
-        Minimum connected pixels.
-
-    Returns
-    -------
-    int
-        Number of SEP extractions (Barbary 2016).
-    """
-    image = np.asarray(image, dtype=np.float32)
-    lum = np.ascontiguousarray(image if image.ndim == 2 else image.mean(axis=2))
-    background = sep.Background(lum)
-    data = lum - background.back()
-    return len(sep.extract(data, threshold_sigma, err=background.globalrms, minarea=min_area))
 
 
 def classical_star_removal(display, *, threshold_sigma=3.0, grow=2.0, radius=5):

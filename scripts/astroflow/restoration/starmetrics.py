@@ -51,6 +51,7 @@ from astroflow.restoration.starless import network_stretch
 
 __all__ = [
     "StarCatalog",
+    "count_sources",
     "detect",
     "grey",
     "hole_depth",
@@ -321,6 +322,27 @@ def detect(image, *, threshold_sigma=5.0, min_area=4):
         noise=noise_sigma(plane),
         rms=rms,
     )
+
+
+def count_sources(image, threshold_sigma=5.0, min_area=4):
+    """Compact sources SEP finds in an image, above its own background RMS.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        ``(H, W)`` or ``(H, W, C)`` (any units; the grey image is used), finite.
+    threshold_sigma : float, optional
+        Detection threshold above SEP's global background RMS.
+    min_area : int, optional
+        Minimum connected pixels.
+
+    Returns
+    -------
+    int
+        Number of SEP extractions (Barbary 2016). :func:`residual_sources` compares two images
+        at the input's threshold instead.
+    """
+    return len(_extract(grey(image), threshold_sigma, min_area)[0])
 
 
 def residual_sources(starry, starless, *, threshold_sigma=5.0, min_area=4):

@@ -9,6 +9,7 @@ jobs, which only load a saved library, need none of those readers.
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -25,24 +26,15 @@ def _fits_files(folder, recursive=False):
     return sorted(p for p in files if p.is_file() and readable(p.name, ["fits"]))
 
 
-def _median_frame(files):
-    from astroflow.io.ingest import read_frame
-
-    frames, exptime = [], None
-    for f in files:
-        data, meta = read_frame(f)
-        frames.append(data)
-        exptime = meta.get("EXPTIME", exptime)
-    return np.median(np.stack(frames), axis=0).astype(np.float32), exptime
-
-
 def sbig_frames(folder, *, max_lights=None, saturation_adu=64000.0):
     """Calibrated mono lights of a CCD night folder (``light/``, ``dark/``, ``flat/``, ``bias/``).
 
-    Each light is dark-subtracted with the median of the darks (taken at the lights' exposure)
-    and divided by the median flat, made from the flats minus the median bias and the dark
-    current scaled to the flats' exposure, normalised to a median of 1. A missing ``dark/``,
-    ``flat/`` or ``bias/`` folder skips that step.
+    The frames go through the workflow's own calibration: ingested
+    (:func:`astroflow.io.ingest.ingest_frame`, into a temporary folder), combined into masters
+    (:func:`~astroflow.calibration.calibrate.master_bias`, ``master_dark``, ``master_flat``;
+    median, no clipping) and applied by :func:`~astroflow.calibration.calibrate.calibrate_light`
+    (dark scaled by exposure, flat normalised to 1). A missing ``dark/``, ``flat/`` or ``bias/``
+    folder skips that step.
 
     Parameters
     ----------
@@ -58,33 +50,46 @@ def sbig_frames(folder, *, max_lights=None, saturation_adu=64000.0):
     (numpy.ndarray, numpy.ndarray)
         ``(H, W)`` float32 calibrated light (ADU) and ``(H, W)`` bool saturated pixels.
     """
-    from astroflow.io.ingest import read_frame
+    from astroflow.calibration.calibrate import calibrate_light, master_bias, master_dark, master_flat
+    from astroflow.io.fits import read_image
+    from astroflow.io.ingest import ingest_frame
 
     folder = Path(folder)
     lights = _fits_files(folder / "light")[:max_lights]
     if not lights:
         return
-    bias = dark = flat = None
-    t_dark = None
-    if (folder / "bias").is_dir() and _fits_files(folder / "bias"):
-        bias, _ = _median_frame(_fits_files(folder / "bias"))
-    if (folder / "dark").is_dir() and _fits_files(folder / "dark"):
-        dark, t_dark = _median_frame(_fits_files(folder / "dark"))
-    if (folder / "flat").is_dir() and _fits_files(folder / "flat"):
-        flat, t_flat = _median_frame(_fits_files(folder / "flat"))
-        if bias is not None:
-            flat = flat - bias
-            if dark is not None and t_dark and t_flat:
-                flat = flat - (dark - bias) * (float(t_flat) / float(t_dark))
-        flat = flat / float(np.median(flat))
-        flat = np.clip(flat, 0.1, None)
-    for path in lights:
-        raw, _ = read_frame(path)
-        saturated = raw >= saturation_adu
-        cal = raw - (dark if dark is not None else (bias if bias is not None else 0.0))
-        if flat is not None:
-            cal = cal / flat
-        yield cal.astype(np.float32), saturated
+    combine = {"method": "median", "sigma_low": None, "sigma_high": None}
+    with tempfile.TemporaryDirectory(prefix="astroflow-stamps-") as tmp:
+
+        def ingested(kind, files):
+            out = []
+            for i, path in enumerate(files):
+                out.append(Path(tmp) / kind / f"{i:04d}.fits")
+                ingest_frame(path, kind, out[-1])
+            return out
+
+        masters = {}
+        for kind in ("bias", "dark", "flat"):
+            files = _fits_files(folder / kind) if (folder / kind).is_dir() else []
+            if not files:
+                continue
+            paths = ingested(kind, files)
+            if kind == "bias":
+                masters["bias"] = master_bias(paths, **combine)
+            elif kind == "dark":
+                masters["dark"] = master_dark(paths, masters.get("bias"), **combine)
+            else:
+                masters["flat"] = master_flat(paths, masters.get("bias"), masters.get("dark"), **combine)
+        for path in ingested("light", lights):
+            raw, header = read_image(path)
+            calibrated, _ = calibrate_light(
+                raw,
+                header,
+                master_bias=masters.get("bias"),
+                master_dark=masters.get("dark"),
+                master_flat=masters.get("flat"),
+            )
+            yield calibrated.astype(np.float32), raw >= saturation_adu
 
 
 def superpixel_debayer(cfa, pattern):
