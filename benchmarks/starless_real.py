@@ -6,6 +6,8 @@ the classical baseline, measured without a starless truth.
 Images (from ../shared/data; nothing is copied into the repository):
 
 * ``cave``: the Cave Nebula PNG, a stretched 8-bit colour image with many stars (display data);
+* ``hubble``: the Hubble Deep Field as shipped inside scikit-image (``skimage.data``), a real
+  8-bit colour field of galaxies and a few stars (display data);
 * ``sbig-light``: one SBIG STL-1001E light (the night's first), linear mono, minus the median of
   the ten 20 s darks (same exposure, so bias included; no flat);
 * ``sbig-stack``: a quick stack of the first ``--stack`` such lights (all 13 by default):
@@ -43,11 +45,10 @@ import argparse
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from astroflow.calibration.debayer import debayer
 from astroflow.deepsky.quality import detect_stars
@@ -55,9 +56,9 @@ from astroflow.deepsky.register import RegistrationError, find_transform, warp
 from astroflow.io.imagefile import display_scale, read_finished_image
 from astroflow.io.ingest import read_frame
 from astroflow.restoration.starless import classical_star_removal, remove_stars
-from astroflow.restoration.starmetrics import detect, grey, measurement_pair, star_removal_measures
+from astroflow.restoration.starmetrics import crop_windows, measurement_pair, star_removal_measures
 from astroflow.restoration.starnet import clamp_holes, load_starless, predictor
-from astroflow.stretch import auto_stretch
+from astroflow.workflow.plots import comparison_crops
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -111,6 +112,13 @@ def quick_stack(frames):
 def load_cave():
     image, bits = read_finished_image(DATA / "cave-nebula" / "cave_nebula_starry_color.png")
     return image / display_scale(bits), "display", "Cave Nebula PNG, 8-bit RGB, display"
+
+
+def load_hubble():
+    import skimage.data
+
+    image = skimage.data.hubble_deep_field().astype(np.float32) / 255.0
+    return image, "display", "Hubble Deep Field (scikit-image's copy), 8-bit RGB, display"
 
 
 def load_sbig(n):
@@ -172,67 +180,13 @@ def run_methods(image, encoding, raw_predict):
     return results, seconds
 
 
-def crop_windows(display, size):
-    """Centres (y, x) of two bright-star crops (the brightest detection and the next one a crop
-    away: the brightest may be a galaxy's nucleus), a crowded-field and a nebulosity crop."""
-    h, w = display.shape[:2]
-    half = size // 2
-    stars = detect(display)
-
-    def clamp(y, x):
-        return int(np.clip(y, half, max(h - half, half))), int(np.clip(x, half, max(w - half, half)))
-
-    inside = np.flatnonzero((stars.x > 8) & (stars.x < w - 8) & (stars.y > 8) & (stars.y < h - 8))
-    windows = {}
-    if inside.size:
-        first = inside[0]
-        windows["bright"] = clamp(stars.y[first], stars.x[first])
-        away = inside[np.hypot(stars.x[inside] - stars.x[first], stars.y[inside] - stars.y[first]) > size]
-        if away.size:
-            windows["bright2"] = clamp(stars.y[away[0]], stars.x[away[0]])
-    counts = np.zeros((h, w), np.float32)
-    counts[np.clip(stars.y.astype(int), 0, h - 1), np.clip(stars.x.astype(int), 0, w - 1)] = 1
-    density = cv2.boxFilter(counts, -1, (size, size), normalize=False, borderType=cv2.BORDER_CONSTANT)
-    density[:half], density[h - half :], density[:, :half], density[:, w - half :] = -1, -1, -1, -1
-    windows["crowded"] = clamp(*np.unravel_index(int(np.argmax(density)), density.shape))
-    # Nebulosity: the most large-scale structure (local spread of the smoothed, star-free grey).
-    g = cv2.medianBlur(grey(display), 5)
-    g = cv2.GaussianBlur(g, (0, 0), 4)
-    mean = cv2.boxFilter(g, -1, (size, size))
-    spread = cv2.boxFilter(g * g, -1, (size, size)) - mean**2
-    spread[:half], spread[h - half :], spread[:, :half], spread[:, w - half :] = -1, -1, -1, -1
-    windows["nebula"] = clamp(*np.unravel_index(int(np.argmax(spread)), spread.shape))
-    return windows
-
-
-def to_rgb8(panel):
-    panel = np.clip(panel, 0.0, 1.0)
-    if panel.shape[2] == 1:
-        panel = np.repeat(panel, 3, axis=2)
-    return np.round(panel * 255).astype(np.uint8)
-
-
 def save_crops(out, name, encoding, before, starless, size=128, zoom=2):
-    windows = crop_windows(before, size)
-    labels = ["input", *starless]
-    for kind, (y, x) in windows.items():
-        rows, cols = slice(max(y - size // 2, 0), y + size // 2), slice(max(x - size // 2, 0), x + size // 2)
-        panels = [before[rows, cols]] + [image[rows, cols] for image in starless.values()]
-        if encoding == "linear":  # one more stretch, of the input crop, for all panels
-            stretch = auto_stretch(panels[0], target_background=0.25)
-            panels = [stretch.apply(p) for p in panels]
-        tiles = []
-        for label, panel in zip(labels, panels):
-            tile = Image.fromarray(to_rgb8(panel)).resize(
-                (panel.shape[1] * zoom, panel.shape[0] * zoom), Image.NEAREST
-            )
-            ImageDraw.Draw(tile).text((4, 2), label, fill=(255, 255, 0))
-            tiles.append(np.asarray(tile))
-        gap = np.full((tiles[0].shape[0], 4, 3), 255, np.uint8)
-        row = np.concatenate(sum(([t, gap] for t in tiles), [])[:-1], axis=1)
+    panels = {"input": before, **starless}
+    for kind, centre in crop_windows(before, size).items():
+        row = comparison_crops(panels, centre, size, zoom=zoom, restretch=encoding == "linear")
         path = out / f"{name}_{kind}.png"
         Image.fromarray(row).save(path)
-        print(f"  {path} (centre x={x}, y={y})")
+        print(f"  {path} (centre x={centre[1]}, y={centre[0]})")
 
 
 def main():
@@ -241,7 +195,7 @@ def main():
     parser.add_argument("--weights", default=str(ROOT / "models" / "starless.pt"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--stack", type=int, default=13, help="lights per SBIG / Seestar quick stack")
-    parser.add_argument("--images", default="cave,sbig-light,sbig-stack,m94-light,m94-stack",
+    parser.add_argument("--images", default="cave,hubble,sbig-light,sbig-stack,m94-light,m94-stack",
                         help="comma-separated subset")
     args = parser.parse_args()
     out = Path(args.out)
@@ -254,6 +208,7 @@ def main():
     print(f"weights {args.weights}: {meta.get('profile')} profile; {args.threads} CPU threads")
     loaders = {
         "cave": load_cave,
+        "hubble": load_hubble,
         "sbig-light": lambda: load_sbig(1),
         "sbig-stack": lambda: load_sbig(args.stack),
         "m94-light": lambda: load_m94(1),

@@ -49,6 +49,11 @@ rule starless:
             caption="../report/stars.rst",
             category="{target}",
         ),
+        crops=report(
+            "results/{target}/starless_crops.png",
+            caption="../report/starless_crops.rst",
+            category="{target}",
+        ),
     log:
         "logs/starless/{target}.log",
     benchmark:

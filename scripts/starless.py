@@ -9,13 +9,16 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 import torch
+from PIL import Image
 
 from astroflow.io.export import save_linear_png, save_tiff16, save_tiff32
 from astroflow.io.fits import derived_header, read_image, write_image
 from astroflow.restoration.starless import classical_star_removal, remove_stars
+from astroflow.restoration.starmetrics import crop_windows, measurement_pair, star_removal_measures
 from astroflow.restoration.starnet import load_starless, predictor
 from astroflow.stretch import auto_stretch
 from astroflow.workflow.logs import setup_logging
+from astroflow.workflow.plots import comparison_crops
 
 log = setup_logging(snakemake.log[0])
 p = snakemake.params
@@ -65,3 +68,21 @@ else:
     save_linear_png(snakemake.output.png, result.starless, levels=(0.0, 1.0), bits=bits)
     save_linear_png(snakemake.output.stars_png, result.stars, levels=(0.0, 1.0), bits=bits)
 log.info("%d NaN pixels kept as NaN", result.n_nan)
+
+# What a user checks first, with the measures that need no truth (astroflow.restoration.starmetrics):
+# crops of the brightest stars, the most crowded field and the most nebulosity, input | starless.
+finite = np.nan_to_num(image, nan=float(np.nanmedian(image)))
+starless_finite = np.where(np.isnan(result.starless), finite, result.starless)
+before, after = measurement_pair(finite, starless_finite, encoding=encoding)
+size = int(min(128, *before.shape[:2]))
+rows = [
+    comparison_crops({f"input ({kind})": before, "starless": after}, centre, size, restretch=encoding == "linear")
+    for kind, centre in crop_windows(before, size).items()
+]
+spacer = np.full((4, rows[0].shape[1], 3), 255, np.uint8)
+Image.fromarray(np.concatenate(sum(([r, spacer] for r in rows), [])[:-1], axis=0)).save(snakemake.output.crops)
+measures = star_removal_measures(finite, starless_finite, encoding=encoding)
+log.info(
+    "measures without truth (display domain, noise sigmas): %s",
+    ", ".join(f"{k} {v:.3g}" for k, v in measures.items() if isinstance(v, (int, float))),
+)

@@ -152,6 +152,7 @@ def test_report_embeds_the_images_the_config_and_the_runtimes(night):
         f"results/{TARGET}/deconvolution.png": "image/png",
         f"results/{TARGET}/starless.png": "image/png",
         f"results/{TARGET}/stars.png": "image/png",
+        f"results/{TARGET}/starless_crops.png": "image/png",
         f"results/{TARGET}/frames.csv": "text/csv",
         "results/runtimes.png": "image/png",
         "results/runtimes.tsv": "text/tab-separated-values",

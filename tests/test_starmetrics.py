@@ -12,6 +12,7 @@ from conftest import SHARED_DATA, needs_shared_data
 from astroflow.io.imagefile import display_scale, read_finished_image
 from astroflow.restoration.starless import network_stretch, remove_stars, screen
 from astroflow.restoration.starmetrics import (
+    crop_windows,
     detect,
     hole_depth,
     measurement_pair,
@@ -23,6 +24,7 @@ from astroflow.restoration.starmetrics import (
     to_display,
 )
 from astroflow.restoration.starnet import clamp_holes, load_starless, masked_background, predictor
+from astroflow.workflow.plots import comparison_crops
 
 SKY, SIGMA, FWHM = 0.2, 0.01, 3.0
 ROOT = Path(__file__).resolve().parents[1]
@@ -268,6 +270,31 @@ def test_predictor_clamps_by_default_and_can_be_told_not_to():
     core = dist < 2.5
     assert raw[core].max() < SKY - 0.09
     assert clamped[core].min() > SKY - 3 * SIGMA / 4
+
+
+# --- the crops of the report ------------------------------------------------------------
+
+
+def test_crops_find_the_brightest_star_the_crowd_and_the_nebula():
+    rng = np.random.default_rng(3)
+    size, h, w = 64, 256, 384
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    image = SKY + rng.normal(0, SIGMA, (h, w)).astype(np.float32)
+    image += 0.3 * np.exp(-((yy - 200) ** 2 + (xx - 300) ** 2) / (2 * 25.0**2))  # nebula
+    image += 0.7 * np.exp(-((yy - 60) ** 2 + (xx - 320) ** 2) / 2.0)  # the brightest star
+    for y, x in rng.uniform([10, 10], [54, 54], (25, 2)) + [20, 30]:  # a crowd near (52, 62)
+        image += 0.15 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / 2.0)
+    image = image[..., None]
+    windows = crop_windows(image, size)
+    assert np.hypot(windows["bright"][0] - 60, windows["bright"][1] - 320) < 3
+    assert np.hypot(windows["crowded"][0] - 52, windows["crowded"][1] - 62) < 20
+    assert np.hypot(windows["nebula"][0] - 200, windows["nebula"][1] - 300) < 40
+    assert all(size // 2 <= y <= h - size // 2 and size // 2 <= x <= w - size // 2 for y, x in windows.values())
+    row = comparison_crops({"input": image, "starless": np.zeros_like(image)}, windows["bright"], size, zoom=2)
+    assert row.shape == (2 * size, 2 * 2 * size + 4, 3) and row.dtype == np.uint8
+    left, right = row[:, : 2 * size], row[:, 2 * size + 4 :]
+    assert left[20:].max() > 200 and right[20:].max() == 0  # the star shows; the black panel stays black
+    assert (row[:, 2 * size : 2 * size + 4] == 255).all()
 
 
 # --- the shipped network on the real Cave Nebula --------------------------------------------

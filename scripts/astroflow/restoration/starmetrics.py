@@ -52,6 +52,7 @@ from astroflow.restoration.starless import network_stretch
 __all__ = [
     "StarCatalog",
     "count_sources",
+    "crop_windows",
     "detect",
     "grey",
     "hole_depth",
@@ -655,3 +656,57 @@ def star_removal_measures(starry, starless, *, encoding, bits=None, threshold_si
     result.update(ring_energy(before, after, stars))
     result.update(outside_change(before, after, stars))
     return result
+
+
+def crop_windows(display, size):
+    """Centres of the crops that show a star remover's defects: bright stars, a crowded field,
+    nebulosity.
+
+    Parameters
+    ----------
+    display : numpy.ndarray
+        ``(H, W, C)`` float32 display data in ``[0, 1]`` (:func:`measurement_pair`), the input.
+    size : int
+        Crop side, px.
+
+    Returns
+    -------
+    dict
+        ``{name: (y, x)}`` (px, crop centres kept ``size / 2`` inside the image where it is large
+        enough) for ``"bright"`` (the brightest SEP detection, :func:`detect`), ``"bright2"`` (the
+        brightest one at least a crop away, absent when there is none: the brightest may be a
+        galaxy's nucleus), ``"crowded"`` (the most detections in a crop) and ``"nebula"`` (the
+        most large-scale structure: the largest local variance of the median-filtered,
+        Gaussian-smoothed grey image, where stars are gone); the first two are absent when
+        nothing is detected away from the edges.
+    """
+    h, w = display.shape[:2]
+    half = size // 2
+    stars = detect(display)
+
+    def inside_image(y, x):
+        return int(np.clip(y, half, max(h - half, half))), int(np.clip(x, half, max(w - half, half)))
+
+    compact = stars.fwhm < size / 4  # not a nebula's or a galaxy's broad glow
+    inside = np.flatnonzero((stars.x > 8) & (stars.x < w - 8) & (stars.y > 8) & (stars.y < h - 8) & compact)
+    windows = {}
+    if inside.size:
+        first = inside[0]
+        windows["bright"] = inside_image(stars.y[first], stars.x[first])
+        away = inside[np.hypot(stars.x[inside] - stars.x[first], stars.y[inside] - stars.y[first]) > size]
+        if away.size:
+            windows["bright2"] = inside_image(stars.y[away[0]], stars.x[away[0]])
+
+    def edges_off(field):
+        field[:half], field[h - half :], field[:, :half], field[:, w - half :] = -1, -1, -1, -1
+        return field
+
+    counts = np.zeros((h, w), np.float32)
+    counts[np.clip(stars.y.astype(int), 0, h - 1), np.clip(stars.x.astype(int), 0, w - 1)] = 1
+    density = edges_off(cv2.boxFilter(counts, -1, (size, size), normalize=False, borderType=cv2.BORDER_CONSTANT))
+    windows["crowded"] = inside_image(*np.unravel_index(int(np.argmax(density)), density.shape))
+    g = cv2.GaussianBlur(cv2.medianBlur(np.ascontiguousarray(grey(display)), 5), (0, 0), 4)
+    mean = cv2.boxFilter(g, -1, (size, size))
+    spread = edges_off(cv2.boxFilter(g * g, -1, (size, size)) - mean**2)
+    windows["nebula"] = inside_image(*np.unravel_index(int(np.argmax(spread)), spread.shape))
+    return windows

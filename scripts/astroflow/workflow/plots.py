@@ -333,3 +333,55 @@ def deconvolution_plot(history, *, title=""):
     ax.legend(loc="upper right")
     fig.suptitle(f"{title}: {kind}" if title else kind)
     return fig
+
+
+def comparison_crops(panels, centre, size, *, zoom=2, restretch=False, gap=4):
+    """One row of labelled crops of several versions of an image, side by side.
+
+    Parameters
+    ----------
+    panels : dict
+        ``{label: image}``, images ``(H, W, C)`` (C = 1 or 3) float32 display data in ``[0, 1]``,
+        all of one shape; the first is the reference (the input).
+    centre : tuple of int
+        ``(y, x)`` of the crop, px.
+    size : int
+        Crop side, px (cut where the image ends).
+    zoom : int, optional
+        Nearest-neighbour enlargement, so that single pixels show.
+    restretch : bool, optional
+        Stretch every crop with one MTF autostretch (:func:`astroflow.stretch.auto_stretch`) of
+        the first: for linear data shown in a display stretch whose faint levels are dark, so
+        that dark holes show as black.
+    gap : int, optional
+        White columns between the crops, px.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(size * zoom, n * size * zoom + (n - 1) * gap, 3)`` uint8 RGB, each crop labelled in
+        its top-left corner.
+    """
+    from PIL import Image, ImageDraw
+
+    from astroflow.stretch import auto_stretch
+
+    y, x = centre
+    rows, cols = slice(max(y - size // 2, 0), y + size // 2), slice(max(x - size // 2, 0), x + size // 2)
+    crops = [np.asarray(image, dtype=np.float32)[rows, cols] for image in panels.values()]
+    if restretch:
+        stretch = auto_stretch(crops[0], target_background=0.25)
+        crops = [stretch.apply(c) for c in crops]
+    tiles = []
+    for label, crop in zip(panels, crops):
+        crop = np.clip(np.nan_to_num(crop), 0.0, 1.0)
+        if crop.ndim == 2:
+            crop = crop[..., None]
+        if crop.shape[2] == 1:
+            crop = np.repeat(crop, 3, axis=2)
+        tile = Image.fromarray(np.round(crop * 255).astype(np.uint8))
+        tile = tile.resize((crop.shape[1] * zoom, crop.shape[0] * zoom), Image.NEAREST)
+        ImageDraw.Draw(tile).text((4, 2), label, fill=(255, 255, 0))
+        tiles.append(np.asarray(tile))
+    spacer = np.full((tiles[0].shape[0], gap, 3), 255, np.uint8)
+    return np.concatenate(sum(([t, spacer] for t in tiles), [])[:-1], axis=1)
