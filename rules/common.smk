@@ -280,6 +280,12 @@ STARLESS_PROFILE = STARLESS_TRAINING[STARLESS_TRAINING["profile"]]
 SHIPPED_STARLESS = str(WORKFLOW_DIR / "models" / "starless.pt")
 
 
+def starless_init(wildcards):
+    """The weights a training run starts from: the shipped ones (profile key init: shipped, to
+    fine-tune them on new data) or none (random initialisation)."""
+    return {"init": SHIPPED_STARLESS} if STARLESS_PROFILE.get("init") == "shipped" else {}
+
+
 def starless_shards(split):
     """The synthetic data shards of the star-removal training profile in use."""
     n = STARLESS_PROFILE[f"{split}_shards"]

@@ -49,6 +49,7 @@ rule starless_shard:
 
 rule train_starless:
     input:
+        unpack(starless_init),
         train=starless_shards("train"),
         val=starless_shards("val"),
     output:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from astroflow.nets.training import plot_history, train
-from astroflow.nets.unet import ResUNet, count_parameters, save_weights
+from astroflow.nets.unet import ResUNet, count_parameters, load_weights, save_weights
 from astroflow.workflow.logs import setup_logging
 
 log = setup_logging(snakemake.log[0])
@@ -26,6 +26,12 @@ torch.set_num_threads(snakemake.threads)
 torch.manual_seed(p.seed)
 model = ResUNet(in_channels=3, out_channels=3, base=s["base"], depth=s["depth"])
 device = "cuda" if torch.cuda.is_available() else "cpu"
+init = getattr(snakemake.input, "init", None)
+if init:
+    # Fine-tuning: start from the shipped weights, which must be of this very architecture.
+    start_from, _ = load_weights(init, expected=model.arch)
+    model.load_state_dict(start_from.state_dict())
+    log.info("starting from the weights %s", init)
 log.info(
     "profile %s: ResUNet base %d depth %d, %d parameters, on %s",
     p.profile,
@@ -36,7 +42,7 @@ log.info(
 )
 # A job killed mid-training resumes from its checkpoint; a checkpoint of other settings (the job
 # reruns because they changed) is stale and removed.
-run_key = json.dumps([s, p.seed, list(snakemake.input.train), list(snakemake.input.val)])
+run_key = json.dumps([s, p.seed, list(snakemake.input.train), list(snakemake.input.val), init])
 checkpoint = Path(f"{snakemake.output.weights}.{hashlib.sha1(run_key.encode()).hexdigest()[:12]}.checkpoint")
 for stale in checkpoint.parent.glob(Path(snakemake.output.weights).name + ".*checkpoint"):
     if stale != checkpoint:
@@ -70,6 +76,7 @@ meta = {
     "torch": torch.__version__,
     "train_shards": len(snakemake.input.train),
     "val_shards": len(snakemake.input.val),
+    "init": init,
     "steps": int(history["steps"].sum()),
     "wall_s": round(seconds, 1),
     "val_psnr": float(final["val_psnr"]),
