@@ -283,7 +283,9 @@ SHIPPED_STARLESS = str(WORKFLOW_DIR / "models" / "starless.pt")
 def starless_init(wildcards):
     """The weights a training run starts from: the shipped ones (profile key init: shipped, to
     fine-tune them on new data) or none (random initialisation)."""
-    return {"init": SHIPPED_STARLESS} if STARLESS_PROFILE.get("init") == "shipped" else {}
+    return (
+        {"init": SHIPPED_STARLESS} if STARLESS_PROFILE.get("init") == "shipped" else {}
+    )
 
 
 def starless_shards(split):
