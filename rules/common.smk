@@ -294,6 +294,16 @@ def starless_shards(split):
     return [f"resources/datasets/starless/{split}/shard_{i:03d}.npz" for i in range(n)]
 
 
+FLATFIELD_TRAINING = config["training"]["flatfield"]
+FLATFIELD_PROFILE = FLATFIELD_TRAINING[FLATFIELD_TRAINING["profile"]]
+
+
+def flatfield_shards(split):
+    """The synthetic data shards of the flat-correction training profile in use."""
+    n = FLATFIELD_PROFILE[f"{split}_shards"]
+    return [f"resources/datasets/flatfield/{split}/shard_{i:03d}.npz" for i in range(n)]
+
+
 # The network's weights come into play only with method network.
 TRAIN_STARLESS = STARLESS["method"] == "network" and STARLESS["weights"] == "trained"
 

@@ -79,3 +79,63 @@ rule train_starless:
         seed=config["training"]["starless"]["seed"],
     script:
         "../scripts/train_starless.py"
+
+
+rule flatfield_shard:
+    output:
+        "resources/datasets/flatfield/{split}/shard_{shard}.npz",
+    log:
+        "logs/flatfield_shard/{split}-{shard}.log",
+    wildcard_constraints:
+        split="train|val",
+        shard=r"\d+",
+    conda:
+        "../envs/starless.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=30,
+    params:
+        code=library_code("flatfield_shard.py"),
+        seed=FLATFIELD_TRAINING["seed"],
+        size=FLATFIELD_TRAINING["sample_size"],
+        grid=FLATFIELD_TRAINING["grid"],
+        samples=FLATFIELD_TRAINING["samples_per_shard"],
+    script:
+        "../scripts/flatfield_shard.py"
+
+
+rule train_flatfield:
+    input:
+        train=flatfield_shards("train"),
+        val=flatfield_shards("val"),
+    output:
+        weights="results/models/flatfield.pt",
+        metrics="results/models/flatfield.json",
+        history="results/models/flatfield_history.csv",
+        curves=report(
+            "results/models/flatfield_curves.png",
+            caption="../report/training.rst",
+            category="models",
+        ),
+    log:
+        "logs/train_flatfield/train_flatfield.log",
+    benchmark:
+        "benchmarks/train_flatfield/train_flatfield.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=4000,
+        runtime=600,
+    params:
+        code=library_code("train_flatfield.py"),
+        profile=FLATFIELD_TRAINING["profile"],
+        settings=FLATFIELD_PROFILE,
+        seed=FLATFIELD_TRAINING["seed"],
+        size=FLATFIELD_TRAINING["sample_size"],
+        grid=FLATFIELD_TRAINING["grid"],
+        sbig=FLATFIELD_TRAINING["sbig"],
+    script:
+        "../scripts/train_flatfield.py"

@@ -53,6 +53,7 @@ from astroflow.nets.metrics import SSIM_SIGMA, SSIM_WINDOW, as_batch, psnr, ssim
 __all__ = [
     "HISTORY_COLUMNS",
     "CompositeLoss",
+    "FlatFieldLoss",
     "ShardDataset",
     "plot_history",
     "train",
@@ -359,6 +360,54 @@ class CompositeLoss(nn.Module):
             f"l1_weight={self.l1_weight}, ssim_weight={self.ssim_weight}, "
             f"fft_weight={self.fft_weight}"
         )
+
+
+class FlatFieldLoss(nn.Module):
+    """Loss of the flat-correction network: L1 on the fields plus a physics-consistency term.
+
+    ``prediction`` and ``target`` are ``(N, 3, H, W)``: flat ``F``, zero-mean gradient ``G`` and
+    clean image ``C`` (:class:`astroflow.nets.unet.FlatFieldNet`'s output,
+    :func:`astroflow.simulation.flatfield.grid_pair`'s target).  The loss is::
+
+        flat_weight |F' - F| + gradient_weight |G' - G| + physics_weight |C F' + G' - (C F + G)|
+
+    (means over pixels): the last, FlatAI's physics-consistency term, asks that the predicted
+    flat and gradient reproduce the input from the true clean image, which weighs an error of
+    the flat by the brightness it multiplies.  It is 0 for the truth.
+
+    Parameters
+    ----------
+    flat_weight, gradient_weight, physics_weight : float, optional
+        Weights of the terms (>= 0).
+    """
+
+    def __init__(self, flat_weight=1.0, gradient_weight=1.0, physics_weight=1.0):
+        super().__init__()
+        self.weights = {
+            name: check_float(f"{name}_weight", value, 0.0)
+            for name, value in (("flat", flat_weight), ("gradient", gradient_weight), ("physics", physics_weight))
+        }
+
+    def terms(self, prediction, target):
+        """The unweighted terms ``{"flat", "gradient", "physics"}`` (scalar tensors)."""
+        if prediction.ndim != 4 or prediction.shape[1] != 3 or prediction.shape != target.shape:
+            raise ValueError(
+                f"FlatFieldLoss takes two (N, 3, H, W) tensors, got {tuple(prediction.shape)} and "
+                f"{tuple(target.shape)}"
+            )
+        flat_p, grad_p = prediction[:, :1], prediction[:, 1:2]
+        flat, grad, clean = target[:, :1], target[:, 1:2], target[:, 2:3]
+        return {
+            "flat": (flat_p - flat).abs().mean(),
+            "gradient": (grad_p - grad).abs().mean(),
+            "physics": (clean * flat_p + grad_p - (clean * flat + grad)).abs().mean(),
+        }
+
+    def forward(self, prediction, target):
+        return sum(self.weights[k] * v for k, v in self.terms(prediction, target).items())
+
+    def extra_repr(self):
+        return ", ".join(f"{k}_weight={v}" for k, v in self.weights.items())
 
 
 # --------------------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from astroflow.io.atomic import atomic_write
 
 __all__ = [
     "ARCHITECTURES",
+    "FlatFieldNet",
     "ResBlock",
     "ResUNet",
     "WeightsError",
@@ -256,8 +257,72 @@ class ResUNet(nn.Module):
         return x - out if self.residual_output else out
 
 
+class FlatFieldNet(nn.Module):
+    """Flat-field and sky-gradient network on a frame-scale grid (FlatAI's image model).
+
+    The input is a whole frame shrunk to a grid (:func:`astroflow.calibration.flatgrid.to_grid`)
+    and divided by its median, ``x = clean x flat + gradient``.  A :class:`ResUNet` (one input
+    channel ``clip(x - 1, -1, 3)``, two output channels, no residual output) predicts the two
+    artifact fields, not the clean image, so that nothing finer than the fields can change:
+
+    * ``flat = exp(a) / mean(exp(a))`` -- mean 1, at the grid's resolution (dust donuts);
+    * ``gradient = g - mean(g)`` with ``g`` the second output averaged over
+      ``grad_pool x grad_pool`` cells and interpolated back bilinearly -- smoother than the flat,
+      and zero-mean because a constant additive light cannot be told from sky;
+    * ``clean = (x - gradient) / flat``.
+
+    Parameters
+    ----------
+    base, depth, blocks : int, optional
+        As in :class:`ResUNet`.
+    grad_pool : int, optional
+        Cells averaged into one gradient control point (>= 1; the grid side must be a multiple).
+
+    Attributes
+    ----------
+    arch : dict
+        ``"name": "FlatFieldNet"`` and the constructor arguments (see :func:`save_weights`).
+
+    Notes
+    -----
+    ``forward(x)`` takes ``(N, 1, H, W)`` float (median about 1) and returns ``(N, 3, H, W)``:
+    flat, gradient, clean, the layout of the targets of
+    :func:`astroflow.simulation.flatfield.grid_pair`.
+
+    References: FlatAI (a U-Net trained on synthetic flat-field artifacts with the image model
+    ``observed = true x flat + gradient``); Ronneberger et al. (2015) and He et al. (2016) for
+    the U-Net of residual blocks.
+    """
+
+    def __init__(self, base=16, depth=4, blocks=1, grad_pool=4):
+        super().__init__()
+        check_int("grad_pool", grad_pool, 1)
+        self.arch = {"name": "FlatFieldNet", "base": base, "depth": depth, "blocks": blocks, "grad_pool": grad_pool}
+        self.grad_pool = grad_pool
+        self.net = ResUNet(1, 2, base=base, depth=depth, blocks=blocks, residual_output=False)
+        # start from flat = 1 and gradient = 0, the answer "no artifact"
+        nn.init.zeros_(self.net.head.weight)
+        nn.init.zeros_(self.net.head.bias)
+
+    def forward(self, x):
+        if x.ndim != 4 or x.shape[1] != 1:
+            raise ValueError(f"FlatFieldNet expects a tensor (N, 1, H, W), got shape {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        if h % self.grad_pool or w % self.grad_pool:
+            raise ValueError(f"the grid ({h}x{w}) must be a multiple of grad_pool {self.grad_pool}")
+        raw = self.net((x - 1.0).clamp(-1.0, 3.0))
+        flat = torch.exp(raw[:, :1])
+        flat = flat / flat.mean(dim=(2, 3), keepdim=True)
+        g = raw[:, 1:]
+        if self.grad_pool > 1:
+            g = F.avg_pool2d(g, self.grad_pool)
+            g = F.interpolate(g, size=(h, w), mode="bilinear", align_corners=False)
+        gradient = g - g.mean(dim=(2, 3), keepdim=True)
+        return torch.cat([flat, gradient, (x - gradient) / flat], dim=1)
+
+
 #: Architectures that :func:`build_model` and :func:`load_weights` can rebuild, by ``arch["name"]``.
-ARCHITECTURES = {"ResUNet": ResUNet}
+ARCHITECTURES = {"ResUNet": ResUNet, "FlatFieldNet": FlatFieldNet}
 
 
 def build_model(arch):

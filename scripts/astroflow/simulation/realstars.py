@@ -26,7 +26,7 @@ def _fits_files(folder, recursive=False):
     return sorted(p for p in files if p.is_file() and readable(p.name, ["fits"]))
 
 
-def sbig_frames(folder, *, max_lights=None, saturation_adu=64000.0):
+def sbig_frames(folder, *, max_lights=None, saturation_adu=64000.0, use_flat=True):
     """Calibrated mono lights of a CCD night folder (``light/``, ``dark/``, ``flat/``, ``bias/``).
 
     The frames go through the workflow's own calibration: ingested
@@ -44,6 +44,9 @@ def sbig_frames(folder, *, max_lights=None, saturation_adu=64000.0):
         Use only the first lights (sorted by name).
     saturation_adu : float, optional
         Raw level (ADU) from which a pixel counts as saturated.
+    use_flat : bool, optional
+        Divide by the master flat (when there is a ``flat/`` folder); False calibrates with bias
+        and dark only.
 
     Yields
     ------
@@ -69,7 +72,7 @@ def sbig_frames(folder, *, max_lights=None, saturation_adu=64000.0):
             return out
 
         masters = {}
-        for kind in ("bias", "dark", "flat"):
+        for kind in ("bias", "dark", "flat") if use_flat else ("bias", "dark"):
             files = _fits_files(folder / kind) if (folder / kind).is_dir() else []
             if not files:
                 continue
