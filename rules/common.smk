@@ -174,16 +174,42 @@ def flat_masters(wildcards):
     return masters
 
 
-def light_masters(wildcards):
-    """The masters that exist for a target (input function of calibrate_light)."""
+FLATLESS = config["calibration"]["flatless"]
+
+
+def uses_sky_flat(target):
+    """Whether a target's lights get a sky flat: deep-sky, no flat frames, flatless sky or auto.
+
+    Whether the sky flat is accepted is known only when rule sky_flat runs: a refused one is a
+    placeholder that calibrate_light passes over.
+    """
+    return not has_type(target, "flat") and FLATLESS in ("sky", "auto")
+
+
+def calibration_masters(wildcards):
+    """Master bias, dark and hot pixel map of a target, those that exist (input of sky_flat)."""
     target = wildcards.target
     masters = optional_bias(wildcards)
     if has_type(target, "dark"):
         masters["dark"] = f"results/{target}/masters/dark.fits"
         masters["hot_pixels"] = f"results/{target}/masters/hot_pixels.fits"
+    return masters
+
+
+def light_masters(wildcards):
+    """The masters that exist for a target (input function of calibrate_light): the flat is the
+    master flat, else the sky flat where the target uses one."""
+    target = wildcards.target
+    masters = calibration_masters(wildcards)
     if has_type(target, "flat"):
         masters["flat"] = f"results/{target}/masters/flat.fits"
+    elif uses_sky_flat(target):
+        masters["flat"] = f"results/{target}/masters/sky_flat.fits"
     return masters
+
+
+def light_frames(wildcards):
+    return ingested(wildcards.target, "light")
 
 
 def calibrated_lights(wildcards):
@@ -233,6 +259,8 @@ def benchmark_files(wildcards):
         for kind, producer in masters.items():
             if kind in types:
                 files += expand(producer.benchmark, target=target, kind=kind)
+        if uses_sky_flat(target):
+            files += expand(rules.sky_flat.benchmark, target=target)
         lights = list(types["light"])
         files += expand(rules.calibrate_light.benchmark, target=target, frame=lights)
         files += expand(rules.register.benchmark, target=target)
@@ -251,6 +279,7 @@ def benchmark_files(wildcards):
         single = [t for t in config["targets"] if t not in SEQUENCES]
         files += expand(rules.deconvolve.benchmark, target=single)
         files += expand(rules.planetary_deconvolve.benchmark, target=list(SEQUENCES))
+    files += expand(rules.background.benchmark, target=list(config["targets"]))
     if STARLESS["enabled"]:
         files += expand(rules.starless.benchmark, target=list(config["targets"]))
         if TRAIN_STARLESS:
@@ -281,11 +310,13 @@ SHIPPED_STARLESS = str(WORKFLOW_DIR / "models" / "starless.pt")
 
 
 def starless_init(wildcards):
-    """The weights a training run starts from: the shipped ones (profile key init: shipped, to
-    fine-tune them on new data) or none (random initialisation)."""
-    return (
-        {"init": SHIPPED_STARLESS} if STARLESS_PROFILE.get("init") == "shipped" else {}
-    )
+    """The weights a training run starts from (profile key init): shipped (models/starless.pt), a
+    file (relative to the workflow's folder) to fine-tune on new data, or none (random).
+    """
+    init = STARLESS_PROFILE.get("init")
+    if not init:
+        return {}
+    return {"init": SHIPPED_STARLESS if init == "shipped" else str(WORKFLOW_DIR / init)}
 
 
 def starless_shards(split):
@@ -318,11 +349,38 @@ def starless_weights(wildcards):
     return SHIPPED_STARLESS
 
 
-def starless_input(wildcards):
-    """The image star removal works on: a target's stack, or its one image."""
+def background_input(wildcards):
+    """The image gradient removal and colour calibration work on: a target's stack, or its one image."""
     if wildcards.target in IMAGES:
         return f"results/{wildcards.target}/image.fits"
     return f"results/{wildcards.target}/stack.fits"
+
+
+def starless_input(wildcards):
+    """The image star removal and deconvolution work on: the corrected stack or image (rule background)."""
+    return f"results/{wildcards.target}/corrected.fits"
+
+
+def target_kind(target):
+    return config["targets"][target]["kind"]
+
+
+def background_settings(wildcards):
+    """The background settings of a target, enabled only for the kinds listed in background.kinds."""
+    settings = dict(config["background"])
+    settings["enabled"] = (
+        settings["enabled"] and target_kind(wildcards.target) in settings["kinds"]
+    )
+    return settings
+
+
+def colour_settings(wildcards):
+    """The colour settings of a target, enabled only for the kinds listed in colour.kinds."""
+    settings = dict(config["colour"])
+    settings["enabled"] = (
+        settings["enabled"] and target_kind(wildcards.target) in settings["kinds"]
+    )
+    return settings
 
 
 def image_source(wildcards):
@@ -373,6 +431,9 @@ def target_outputs(target):
             outputs += _outputs(rules.master_dark, target=target, kind="dark")
         if has_type(target, "flat"):
             outputs += _outputs(rules.master_flat, target=target)
+        elif uses_sky_flat(target):
+            outputs += _outputs(rules.sky_flat, target=target)
+    outputs += _outputs(rules.background, target=target)
     if DECONVOLUTION["enabled"]:
         producer = (
             rules.planetary_deconvolve if target in SEQUENCES else rules.deconvolve

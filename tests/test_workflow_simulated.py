@@ -278,6 +278,7 @@ def test_nothing_to_do_after_a_run_and_stacking_change_reruns_only_stack_and_aft
     # of the runtimes
     assert planned_jobs(changed.stdout) == {
         "stack": 1,
+        "background": 1,
         "deconvolve": 1,
         "deconvolution_plot": 1,
         "starless": 1,

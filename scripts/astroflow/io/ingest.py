@@ -221,6 +221,7 @@ def _read_raw(path):
             white = int(raw.white_level)
             other = raw.other
             exposure, iso, stamp = float(other.shutter_speed), float(other.iso_speed), other.timestamp
+            camera_wb = [float(v) for v in raw.camera_whitebalance[:3]]
     except rawpy.LibRawError as exc:
         raise UnreadableFrameError(
             f"{path}: cannot read camera RAW ({type(exc).__name__}: {_libraw_message(exc)})"
@@ -237,6 +238,11 @@ def _read_raw(path):
         for (dy, dx), level in zip(((0, 0), (0, 1), (1, 0), (1, 1)), cell_black, strict=True):
             meta[f"BLACK{dy}{dx}"] = level
     meta["WHITELVL"] = white
+    # The camera's as-shot white balance (R, G, B multipliers, green = 1): the alternative to a
+    # white balance from the stars in colour calibration (astroflow.restoration.colour).
+    if all(v > 0 for v in camera_wb):
+        for key, value in zip(("CAMWBR", "CAMWBG", "CAMWBB"), camera_wb, strict=True):
+            meta[key] = (round(value / camera_wb[1], 6), "camera white-balance multiplier (LibRaw), G = 1")
     # EXIF first: its exposure is the exact rational; LibRaw's values fill what EXIF lacks.
     meta.update(_exif_meta(_tiff_exif(path)))
     if "EXPTIME" not in meta and exposure > 0:

@@ -1,0 +1,111 @@
+"""Entry script of rule background: a stack or image -> background.fits and corrected.{fits,tif,png},
+corrected_f32.tif (gradient removal, then colour calibration of RGB images).
+
+Gradient removal: :func:`astroflow.restoration.background.fit_background`; colour calibration:
+:func:`astroflow.restoration.colour.calibrate_colour`. A stage that is off (or not for this
+target's kind) leaves the image as it is; with both off ``corrected`` is a copy of the input and
+``background.fits`` is zero.
+"""
+
+import logging
+import warnings
+
+import numpy as np
+
+from astroflow.io.export import save_linear_png, save_preview_png, save_tiff16, save_tiff32
+from astroflow.io.fits import derived_header, read_image, write_image
+from astroflow.restoration.background import fit_background, signal_mask
+from astroflow.restoration.colour import ColourWarning, calibrate_colour
+from astroflow.workflow.logs import setup_logging
+
+log = setup_logging(snakemake.log[0])
+p = snakemake.params
+path = snakemake.input.image
+image, header = read_image(path)
+encoding = header.get("AFENCODE", "linear")
+bits = int(header.get("AFBITS", 32))
+bg, cc = p.background, p.colour
+history, cards = [], {}
+corrected = image.astype(np.float32)
+background = np.zeros_like(corrected)
+if bg["enabled"]:
+    result = fit_background(
+        image,
+        model=bg["model"],
+        mode=bg["mode"],
+        grid=bg["grid"],
+        degree=bg["degree"],
+        smoothing=bg["smoothing"].get(bg["model"], 0.0),
+        threshold_sigma=bg["threshold_sigma"],
+        grow=bg["grow"],
+        reject_sigma=bg["reject_sigma"],
+        min_fraction=bg["min_fraction"],
+        min_samples=bg["min_samples"],
+        name=path,
+    )
+    corrected, background = result.corrected, result.background
+    log.info(
+        "background: %s model (%s), %d of %d grid samples used, %d rejected as signal, %.0f%% of pixels masked",
+        bg["model"], bg["mode"], result.n_samples, result.n_grid, result.n_rejected, 100 * result.masked_fraction,
+    )
+    history.append(
+        f"astroflow background: {bg['model']} model ({bg['mode']}), {result.n_samples} of {result.n_grid} "
+        f"samples ({result.n_rejected} rejected), pedestal {np.round(result.pedestal, 4).tolist()} kept"
+    )
+    cards.update(BGMODEL=bg["model"], BGMODE=bg["mode"], BGNSAMP=result.n_samples, BGNREJ=result.n_rejected,
+                 BGGRID=f"{result.grid_shape[0]}x{result.grid_shape[1]}")
+else:
+    log.info("background removal off for this target")
+    cards["BGMODEL"] = "none"
+rgb = corrected.ndim == 3 and corrected.shape[2] == 3
+if cc["enabled"] and rgb:
+    white_balance = cc["white_balance"]
+    if encoding != "linear" and white_balance != "none":
+        log.warning("%s is display-encoded (%s): star fluxes are not linear, no white balance "
+                    "(background neutralisation only)", path, encoding)
+        white_balance = "none"
+    grey = corrected.mean(axis=2)
+    mask = signal_mask(grey, threshold_sigma=bg["threshold_sigma"], grow=bg["grow"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ColourWarning)
+        colour = calibrate_colour(
+            corrected,
+            neutralise=cc["neutralise_background"],
+            white_balance=white_balance,
+            header=header,
+            mask=mask,
+            threshold_sigma=cc["threshold_sigma"],
+            saturation=cc["saturation"],
+            min_stars=cc["min_stars"],
+            name=path,
+        )
+    for w in caught:
+        log.warning("%s", w.message)
+    corrected = colour.image
+    factors = np.round(colour.factors, 5)
+    log.info("colour: sky %s %s, white balance %s %s (%d stars)", np.round(colour.sky, 4).tolist(),
+             "neutralised" if cc["neutralise_background"] else "kept", colour.method, factors.tolist(),
+             colour.n_stars)
+    history.append(
+        f"astroflow colour: background {'neutralised' if cc['neutralise_background'] else 'kept'}, "
+        f"white balance {colour.method} R,G,B x {factors.tolist()} ({colour.n_stars} stars)"
+    )
+    cards.update(CCNEUTRL=bool(cc["neutralise_background"]), CCWB=colour.method, CCWBR=float(factors[0]),
+                 CCWBG=float(factors[1]), CCWBB=float(factors[2]), CCNSTARS=colour.n_stars)
+else:
+    log.info("colour calibration %s", "off for this target" if rgb else "skipped: not an RGB image")
+    cards["CCWB"] = "none"
+if not history:
+    history.append("astroflow background: no gradient removal or colour calibration (a copy)")
+out_header = derived_header(header, history)
+out_header.update(cards)
+write_image(snakemake.output.fits, corrected, out_header)
+write_image(snakemake.output.background, background, derived_header(header, history[:1]))
+out = snakemake.output
+save_tiff16(out.tif, corrected, description="astroflow corrected", encoding=encoding)
+save_tiff32(out.tif32, corrected, description="astroflow corrected", encoding=encoding)
+if encoding == "linear":
+    save_preview_png(out.png, corrected, **p.preview)
+else:
+    save_linear_png(out.png, corrected, levels=(0.0, 1.0), bits=bits)
+logging.shutdown()
