@@ -98,6 +98,41 @@ rule master_flat:
         "../scripts/master_flat.py"
 
 
+rule sky_flat:
+    input:
+        unpack(calibration_masters),
+        lights=light_frames,
+    output:
+        flat="results/{target}/masters/sky_flat.fits",
+        summary="results/{target}/masters/sky_flat.json",
+    log:
+        "logs/sky_flat/{target}.log",
+    benchmark:
+        "benchmarks/sky_flat/{target}.tsv"
+    wildcard_constraints:
+        target=DEEP_SKY_TARGETS,
+    conda:
+        "../envs/calibrate.yaml"
+    threads: 1
+    resources:
+        mem_mb=memory_estimate(config["calibration"]["memory_mb"] + 800, 0),
+        runtime=runtime_estimate(10, 20),
+    params:
+        code=library_code("sky_flat.py"),
+        memory_mb=config["calibration"]["memory_mb"],
+        min_lights=config["calibration"]["sky_flat"]["min_lights"],
+        min_dither_px=config["calibration"]["sky_flat"]["min_dither_px"],
+        smooth_px=config["calibration"]["sky_flat"]["smooth_px"],
+        mask_sigma=config["calibration"]["sky_flat"]["mask_sigma"],
+        mask_grow_px=config["calibration"]["sky_flat"]["mask_grow_px"],
+        combine=config["calibration"]["sky_flat"]["combine"],
+        iterations=config["calibration"]["sky_flat"]["iterations"],
+        gradient_order=config["calibration"]["sky_flat"]["gradient_order"],
+        nebula_sigma=config["calibration"]["sky_flat"]["nebula_sigma"],
+    script:
+        "../scripts/sky_flat.py"
+
+
 rule calibrate_light:
     input:
         unpack(light_masters),
@@ -119,5 +154,6 @@ rule calibrate_light:
         cosmetic=config["calibration"]["cosmetic"],
         cosmetic_sigma=config["calibration"]["cosmetic_sigma"],
         debayer_method=config["calibration"]["debayer_method"],
+        flatless=config["calibration"]["flatless"],
     script:
         "../scripts/calibrate_light.py"

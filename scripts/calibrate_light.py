@@ -2,6 +2,7 @@
 
 from astroflow.calibration.calibrate import calibrate_light, calibrated_header, cosmetic_correction
 from astroflow.calibration.debayer import debayer
+from astroflow.calibration.skyflat import SKY_FLAT_TYPE
 from astroflow.io.fits import REASON_KEY, is_rejected, read_header, read_image, write_image, write_rejected
 from astroflow.workflow.logs import setup_logging
 
@@ -16,14 +17,31 @@ else:
     light, header = read_image(snakemake.input.light)
     masters = {
         f"master_{kind}": read_image(snakemake.input[kind])
-        for kind in ("bias", "dark", "flat")
+        for kind in ("bias", "dark")
         if kind in keys
     }
+    flat_used = "none"
+    if "flat" in keys:
+        flat_header = read_header(snakemake.input.flat)
+        if is_rejected(flat_header):
+            # a sky flat the lights could not make (rule sky_flat): calibrated without a flat
+            log.warning("%s: %s", snakemake.input.flat, flat_header[REASON_KEY])
+        else:
+            masters["master_flat"] = read_image(snakemake.input.flat)
+            flat_used = "sky" if flat_header.get("FLATTYPE") == SKY_FLAT_TYPE else "real"
     for kind in ("bias", "dark", "flat"):
-        if kind not in keys:
+        if f"master_{kind}" not in masters:
             log.warning("no master %s: %s correction skipped", kind, kind)
+    if flat_used == "none" and p.flatless in ("network", "auto"):
+        log.warning("flat-correction network not yet available: %s calibrated without a flat", snakemake.input.light)
     data, history = calibrate_light(light, header, **masters)
     header = calibrated_header(header)
+    header["FLATUSED"] = (flat_used, "flat field: real (flat frames), sky (from the lights), none")
+    if flat_used == "sky":
+        flat_header = masters["master_flat"][1]
+        history.append(
+            f"flat: sky flat from {flat_header['NCOMBINE']} lights, median shift {flat_header['DITHERPX']} px"
+        )
     pattern = header.get("BAYERPAT")
     if p.cosmetic:
         hot = read_image(snakemake.input.hot_pixels)[0] if "hot_pixels" in keys else None

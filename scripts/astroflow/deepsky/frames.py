@@ -25,7 +25,7 @@ HEADER_COLUMNS = {
 }
 
 
-def frames_table(ingested_paths, registration):
+def frames_table(ingested_paths, registration, calibrated_paths=None):
     """One row per input frame: provenance, quality, transform, used or rejected and why.
 
     Parameters
@@ -36,12 +36,17 @@ def frames_table(ingested_paths, registration):
     registration : pandas.DataFrame
         The table written by the register rule (``registration.csv``): one row per light with
         ``frame``, ``status``, ``reason`` and the quality and transform columns.
+    calibrated_paths : sequence of str or os.PathLike, optional
+        Calibrated lights (``results/{target}/calibrated/{frame}.fits``); their ``FLATUSED``
+        keyword fills the ``flat`` column.
 
     Returns
     -------
     pandas.DataFrame
         Columns ``frame``, ``type``, the provenance columns of :data:`HEADER_COLUMNS`, ``status``
-        (``used`` or ``rejected``), ``reason``, then the registration columns for lights. A light
+        (``used`` or ``rejected``), ``reason``, ``flat`` (for calibrated lights: ``real`` from flat
+        frames, ``sky`` from the lights, ``none``; empty otherwise), then the registration
+        columns for lights. A light
         rejected at ingest keeps the ingest reason; calibration frames are ``used`` unless
         unreadable.
     """
@@ -58,10 +63,16 @@ def frames_table(ingested_paths, registration):
             row["status"], row["reason"] = "used", ""
         rows.append(row)
     table = pd.DataFrame(rows)
+    flats = {}
+    for path in calibrated_paths or ():
+        header = read_header(path)
+        if not is_rejected(header):
+            flats[Path(path).stem] = header.get("FLATUSED", "")
+    is_light = table["type"] == "light"
+    table["flat"] = [flats.get(f, "") if light else "" for f, light in zip(table["frame"], is_light)]
     reg = registration.rename(columns={"status": "reg_status", "reason": "reg_reason"})
     reg = reg.assign(type="light")
     table = table.merge(reg, on=["frame", "type"], how="left")
-    is_light = table["type"] == "light"
     late = is_light & (table["status"] == "used") & (table["reg_status"] == "rejected")
     table.loc[late, "status"] = "rejected"
     table.loc[late, "reason"] = table.loc[late, "reg_reason"]
