@@ -178,6 +178,7 @@ def test_weights_round_trip_and_wrong_kind(tiny, tmp_path):
 def test_shipped_weights_reduce_the_error_on_held_out_frames():
     model, meta = load_flatnet(SHIPPED)
     assert meta["task"] == "flatfield" and model.grid == meta["grid"]
-    scores = heldout_metrics(model, [[990, 0], [990, 1], [990, 2]], size=512)
-    assert scores["residual_rms"] < 0.7 * scores["residual_rms_uncorrected"]
-    assert scores["flat_rms"] < scores["flat_rms_uncorrected"]
+    scores = heldout_metrics(model, [[990, i] for i in range(6)], size=512)
+    # medians over 6 frames (measured: residual 0.057 against 0.082 of the sky, flat 2.9 % against 3.9 %)
+    assert scores["residual_rms"] < 0.85 * scores["residual_rms_uncorrected"]
+    assert scores["flat_rms"] < 0.85 * scores["flat_rms_uncorrected"]

@@ -216,7 +216,8 @@ def heldout_metrics(model, seeds, *, size=512, grid=None, block=16):
         ``flat_rms_uncorrected``, of ``1 / flat - 1``); ``region_flux_ratio``: median over frames
         of the flux the correction keeps of the faint region, ``sum(corrected_with -
         corrected_without) / sum(region)`` inside 2.5 sigma of its centre (1 is perfect);
-        ``frames``: how many.
+        ``per_frame``: the per-frame values of each (keys ``residual``, ``residual_none``,
+        ``flat``, ``flat_none``, ``region``); ``frames``: how many.
     """
     from astroflow.simulation.flatfield import render_sample
 
@@ -255,6 +256,7 @@ def heldout_metrics(model, seeds, *, size=512, grid=None, block=16):
         "flat_rms": med["flat"],
         "flat_rms_uncorrected": med["flat_none"],
         "region_flux_ratio": med["region"],
+        "per_frame": {k: [r[k] for r in rows] for k in rows[0]},
         "frames": len(rows),
     }
 
