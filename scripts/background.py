@@ -14,7 +14,7 @@ import numpy as np
 
 from astroflow.io.export import save_linear_png, save_preview_png, save_tiff16, save_tiff32
 from astroflow.io.fits import derived_header, read_image, write_image
-from astroflow.restoration.background import fit_background, signal_mask
+from astroflow.restoration.background import BackgroundWarning, fit_background, signal_mask
 from astroflow.restoration.colour import ColourWarning, calibrate_colour
 from astroflow.workflow.logs import setup_logging
 
@@ -29,20 +29,24 @@ history, cards = [], {}
 corrected = image.astype(np.float32)
 background = np.zeros_like(corrected)
 if bg["enabled"]:
-    result = fit_background(
-        image,
-        model=bg["model"],
-        mode=bg["mode"],
-        grid=bg["grid"],
-        degree=bg["degree"],
-        smoothing=bg["smoothing"].get(bg["model"], 0.0),
-        threshold_sigma=bg["threshold_sigma"],
-        grow=bg["grow"],
-        reject_sigma=bg["reject_sigma"],
-        min_fraction=bg["min_fraction"],
-        min_samples=bg["min_samples"],
-        name=path,
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", BackgroundWarning)
+        result = fit_background(
+            image,
+            model=bg["model"],
+            mode=bg["mode"],
+            grid=bg["grid"],
+            degree=bg["degree"],
+            smoothing=bg["smoothing"].get(bg["model"], 0.0),
+            threshold_sigma=bg["threshold_sigma"],
+            grow=bg["grow"],
+            reject_sigma=bg["reject_sigma"],
+            min_fraction=bg["min_fraction"],
+            min_samples=bg["min_samples"],
+            name=path,
+        )
+    for w in caught:
+        log.warning("%s", w.message)
     corrected, background = result.corrected, result.background
     log.info(
         "background: %s model (%s), %d of %d grid samples used, %d rejected as signal, %.0f%% of pixels masked",
@@ -58,12 +62,13 @@ else:
     log.info("background removal off for this target")
     cards["BGMODEL"] = "none"
 rgb = corrected.ndim == 3 and corrected.shape[2] == 3
-if cc["enabled"] and rgb:
+if cc["enabled"] and rgb and encoding != "linear":
+    # A stretched, finished image was colour-balanced by its maker, and its "background" is
+    # often nebula (the Cave Nebula image: neutralising it turned the red nebula grey-green).
+    log.warning("%s is display-encoded (%s): its colour is left as it is (colour calibration needs "
+                "linear data)", path, encoding)
+if cc["enabled"] and rgb and encoding == "linear":
     white_balance = cc["white_balance"]
-    if encoding != "linear" and white_balance != "none":
-        log.warning("%s is display-encoded (%s): star fluxes are not linear, no white balance "
-                    "(background neutralisation only)", path, encoding)
-        white_balance = "none"
     grey = corrected.mean(axis=2)
     mask = signal_mask(grey, threshold_sigma=bg["threshold_sigma"], grow=bg["grow"])
     with warnings.catch_warnings(record=True) as caught:
@@ -97,6 +102,14 @@ else:
     cards["CCWB"] = "none"
 if not history:
     history.append("astroflow background: no gradient removal or colour calibration (a copy)")
+if encoding != "linear":
+    # Display data live in [0, 1]: an offset or a channel scaling can push clipped highlights or
+    # the darkest shadows past the ends, which later stages (star removal's screen blend) and
+    # the 8/16-bit exports cannot represent.
+    outside = int(np.count_nonzero((corrected < 0) | (corrected > 1)))
+    if outside:
+        log.info("%d pixel values outside [0, 1] of the display data clipped", outside)
+        corrected = np.clip(corrected, 0.0, 1.0)
 out_header = derived_header(header, history)
 out_header.update(cards)
 write_image(snakemake.output.fits, corrected, out_header)

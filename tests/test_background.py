@@ -1,10 +1,12 @@
 """Gradient removal (astroflow.restoration.background) and colour calibration (colour) on
 synthetic skies with a known background, stars and a faint extended blob."""
 
+import warnings
+
 import numpy as np
 import pytest
 
-from astroflow.restoration.background import TooFewSamples, fit_background
+from astroflow.restoration.background import BackgroundWarning, TooFewSamples, fit_background
 from astroflow.restoration.colour import ColourWarning, calibrate_colour, camera_factors, sky_levels
 from astroflow.simulation.night import render_stars
 
@@ -52,7 +54,9 @@ def blob_ratio(image, fitted, background, blob):
 @pytest.mark.parametrize("model", ["polynomial", "rbf", "spline"])
 def test_gradient_removed_and_blob_kept(model):
     image, background, blob = sky_scene(1)
-    result = fit_background(image, model=model, mode="subtract", smoothing=SMOOTHING[model], **SETTINGS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BackgroundWarning)  # a sky with a gradient and a blob: no warning
+        result = fit_background(image, model=model, mode="subtract", smoothing=SMOOTHING[model], **SETTINGS)
     error = result.background - background
     # the gradient spans 38 ADU; the model follows it to under 0.25 ADU, the noise of one sample
     # box's median (5 ADU per pixel, about 700 free pixels a box); measured 0.15-0.19
@@ -104,6 +108,21 @@ def test_too_few_sky_samples_is_a_clear_error():
     image[:, 60:] = np.nan
     with pytest.raises(TooFewSamples, match=r"nebula\.fits: only \d+ of 176 .* needs at least 16"):
         fit_background(image, model="rbf", mode="subtract", smoothing=0.1, name="nebula.fits", **SETTINGS)
+
+
+@pytest.mark.parametrize("model", ["polynomial", "rbf", "spline"])
+def test_frame_filling_nebula_is_not_eaten_silently(model):
+    """A smooth nebula filling the frame passes every mask and rejection (it looks like a gradient) and is
+    fitted away; the fit must say so, naming the image, rather than return a flat sky without a word."""
+    image, background, _ = sky_scene(7, shape=(200, 300), blob=0.0)
+    yy, xx = np.mgrid[0:200, 0:300].astype(float)
+    nebula = 150.0 * np.exp(-((xx - 150) ** 2 + (yy - 100) ** 2) / (2 * 105.0**2))
+    with pytest.warns(BackgroundWarning, match=r"nebula\.fits: the fitted .* looks like extended signal.*inside"):
+        result = fit_background((image + nebula).astype(np.float32), model=model, mode="subtract",
+                                smoothing=SMOOTHING[model], name="nebula.fits", **SETTINGS)
+    inside = nebula > 75.0
+    kept = ((background - result.background)[inside] + nebula[inside]).sum() / nebula[inside].sum()
+    assert kept < 0.3  # the model did eat it: the warning is what tells the user
 
 
 @pytest.mark.parametrize("shape", [(1, 500), (500, 1), (1, 500, 3)])
