@@ -96,7 +96,8 @@ def test_cave_nebula_loses_its_stars_and_recombines_exactly(images_run):
     _, header = read_image(results / "image.fits")
     # star removal works on the gradient-removed, colour-calibrated image (rule background)
     image, corrected_header = read_image(results / "corrected.fits")
-    assert (results / "background.fits").exists() and corrected_header["BGMODEL"] == "rbf"
+    # (image targets: no gradient removal by default, and display data keep their colour)
+    assert (results / "background.fits").exists() and corrected_header["BGMODEL"] == "none"
     starless, _ = read_image(results / "starless.fits")
     stars, _ = read_image(results / "stars.fits")
     assert header["AFENCODE"] == "display" and header["AFBITS"] == 8
@@ -228,7 +229,7 @@ def test_deconvolution_of_an_image_without_stars_falls_back_with_a_warning(image
     work, _ = images_run
     results = work / "results" / "linear"
     log = (work / "logs" / "deconvolve" / "linear.log").read_text()
-    assert "no star to measure the PSF on" in log and "image.fits" in log
+    assert "no star to measure the PSF on" in log and "corrected.fits" in log
     assert "gaussian-fallback" in log
     image, _ = read_image(results / "image.fits")
     deconvolved, header = read_image(results / "deconvolved.fits")
@@ -252,7 +253,7 @@ def test_classical_method_switch_needs_no_weights_and_matches_the_baseline(image
     assert "train_starless" not in dry.stdout
     snakemake(work, "--cores", "2", "--configfile", str(config))
     results = work / "results" / "mono16"
-    image, _ = read_image(results / "image.fits")
+    image, _ = read_image(results / "corrected.fits")  # star removal reads the corrected image
     starless, header = read_image(results / "starless.fits")
     stars, _ = read_image(results / "stars.fits")
     expected, mask = classical_star_removal(image, **classical)
