@@ -180,7 +180,7 @@ FLATLESS = config["calibration"]["flatless"]
 def uses_sky_flat(target):
     """Whether a target's lights get a sky flat: deep-sky, no flat frames, flatless sky or auto.
 
-    Whether the sky flat is accepted is known only when rule sky_flat runs: a refused one is a
+    Whether the sky flat is accepted is known only when the sky_flat job runs; a refused one is a
     placeholder that calibrate_light passes over.
     """
     return not has_type(target, "flat") and FLATLESS in ("sky", "auto")
@@ -205,7 +205,16 @@ def light_masters(wildcards):
         masters["flat"] = f"results/{target}/masters/flat.fits"
     elif uses_sky_flat(target):
         masters["flat"] = f"results/{target}/masters/sky_flat.fits"
+    if uses_flat_network(target):
+        masters["flatnet"] = SHIPPED_FLATFIELD
     return masters
+
+
+def uses_flat_network(target):
+    """Whether a target's lights may need the flat-correction network: no flat frames and
+    flatless network, or auto (used there only where the sky flat is refused, at run time).
+    """
+    return not has_type(target, "flat") and FLATLESS in ("network", "auto")
 
 
 def light_frames(wildcards):
@@ -325,6 +334,7 @@ def starless_shards(split):
     return [f"resources/datasets/starless/{split}/shard_{i:03d}.npz" for i in range(n)]
 
 
+SHIPPED_FLATFIELD = str(WORKFLOW_DIR / "models" / "flatfield.pt")
 FLATFIELD_TRAINING = config["training"]["flatfield"]
 FLATFIELD_PROFILE = FLATFIELD_TRAINING[FLATFIELD_TRAINING["profile"]]
 

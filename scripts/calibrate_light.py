@@ -32,8 +32,6 @@ else:
     for kind in ("bias", "dark", "flat"):
         if f"master_{kind}" not in masters:
             log.warning("no master %s: %s correction skipped", kind, kind)
-    if flat_used == "none" and p.flatless in ("network", "auto"):
-        log.warning("flat-correction network not yet available: %s calibrated without a flat", snakemake.input.light)
     data, history = calibrate_light(light, header, **masters)
     header = calibrated_header(header)
     header["FLATUSED"] = (flat_used, "flat field: real (flat frames), sky (from the lights), none")
@@ -43,6 +41,7 @@ else:
             f"flat: sky flat from {flat_header['NCOMBINE']} lights, median shift {flat_header['DITHERPX']} px"
         )
     pattern = header.get("BAYERPAT")
+    network = flat_used == "none" and "flatnet" in keys
     if p.cosmetic:
         hot = read_image(snakemake.input.hot_pixels)[0] if "hot_pixels" in keys else None
         data, n_hot, n_cold = cosmetic_correction(data, pattern, hot, sigma=p.cosmetic_sigma)
@@ -53,5 +52,21 @@ else:
         history.append(f"astroflow debayer: {pattern}, {p.debayer_method}")
         header["DEBAYER"] = (pattern, "CFA pattern before debayering")
         del header["BAYERPAT"]
+    if network:
+        # No flat frames and no (accepted) sky flat: the flat-correction network estimates the
+        # light's flat and gradient from the light itself (after debayering: one field per colour).
+        from astroflow.calibration.flatnet import correct, load_flatnet
+
+        model, _ = load_flatnet(snakemake.input.flatnet)
+        try:
+            data, flat, _ = correct(data, model)
+        except ValueError as err:  # too small, NaN pixels, no positive sky: this light only
+            log.warning("%s: flat-correction network not applied: %s", snakemake.input.light, err)
+        else:
+            flat_used = "network"
+            header["FLATUSED"] = (flat_used, "flat field: real (flat frames), sky (from the lights), network, none")
+            span = f"{flat.min():.3f}..{flat.max():.3f}"
+            history.append(f"astroflow flat network: {snakemake.input.flatnet}, flat {span}")
+            log.info("flat-correction network %s: flat %.3f..%.3f", snakemake.input.flatnet, flat.min(), flat.max())
     write_image(snakemake.output[0], data, header, history)
     log.info("%s calibrated", snakemake.input.light)

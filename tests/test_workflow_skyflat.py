@@ -28,7 +28,8 @@ def test_sky_flat_is_made_and_used_then_refused_for_too_few_lights(tmp_path):
     log = (work / "logs" / "sky_flat" / f"{TARGET}.log").read_text()
     assert "sky flat from 6 lights, median shift between two lights" in log
 
-    # Refusal is a run-time outcome: the placeholder says why, and the lights go without a flat.
+    # Refusal is a run-time outcome: the placeholder says why, and with flatless auto the
+    # flat-correction network takes over for each light.
     light = f"results/{TARGET}/calibrated/light_001.fits"
     few = tmp_path / "few.yaml"
     few.write_text("calibration:\n  sky_flat:\n    min_lights: 50\n")
@@ -36,7 +37,13 @@ def test_sky_flat_is_made_and_used_then_refused_for_too_few_lights(tmp_path):
     header = read_header(results / "masters" / "sky_flat.fits")
     assert is_rejected(header) and "fewer than min_lights = 50" in header["AFREASON"]
     assert not json.loads((results / "masters" / "sky_flat.json").read_text())["accepted"]
-    assert read_header(work / light)["FLATUSED"] == "none"
+    assert read_header(work / light)["FLATUSED"] == "network"
     log = (work / "logs" / "calibrate_light" / TARGET / "light_001.log").read_text()
     assert "sky flat refused: only 6 light(s)" in log
-    assert "flat-correction network not yet available" in log
+    assert "flat-correction network" in log and "models/flatfield.pt" in log
+
+    # flatless none: no sky flat, no network, the lights go without a flat.
+    none = tmp_path / "none.yaml"
+    none.write_text("calibration:\n  flatless: none\n")
+    snakemake(work, light, "--cores", "2", *CONFIG, str(none))
+    assert read_header(work / light)["FLATUSED"] == "none"
