@@ -215,9 +215,11 @@ def heldout_metrics(model, seeds, *, size=512, grid=None, block=16):
         ``flat_rms``: median RMS of the block-averaged ``flat_pred / flat - 1`` (and
         ``flat_rms_uncorrected``, of ``1 / flat - 1``); ``region_flux_ratio``: median over frames
         of the flux the correction keeps of the faint region, ``sum(corrected_with -
-        corrected_without) / sum(region)`` inside 2.5 sigma of its centre (1 is perfect);
-        ``per_frame``: the per-frame values of each (keys ``residual``, ``residual_none``,
-        ``flat``, ``flat_none``, ``region``); ``frames``: how many.
+        corrected_without) / sum(region)`` inside 2.5 sigma of its centre (1 is perfect), and
+        ``region_flux_ratio_uncorrected``, the same of the observed frames (the flat's mean over
+        the region); ``per_frame``: the per-frame values of each (keys ``residual``,
+        ``residual_none``, ``flat``, ``flat_none``, ``region``, ``region_none``); ``frames``: how
+        many.
     """
     from astroflow.simulation.flatfield import render_sample
 
@@ -247,6 +249,7 @@ def heldout_metrics(model, seeds, *, size=512, grid=None, block=16):
                 "flat": rms(flat / with_region.flat - 1.0),
                 "flat_none": rms(1.0 / with_region.flat - 1.0),
                 "region": float((corrected - corrected_without)[disc].sum() / region[disc].sum()),
+                "region_none": float((with_region.observed - without.observed)[disc].sum() / region[disc].sum()),
             }
         )
     med = {k: float(np.median([r[k] for r in rows])) for k in rows[0]}
@@ -256,6 +259,7 @@ def heldout_metrics(model, seeds, *, size=512, grid=None, block=16):
         "flat_rms": med["flat"],
         "flat_rms_uncorrected": med["flat_none"],
         "region_flux_ratio": med["region"],
+        "region_flux_ratio_uncorrected": med["region_none"],
         "per_frame": {k: [r[k] for r in rows] for k in rows[0]},
         "frames": len(rows),
     }
