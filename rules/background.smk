@@ -4,6 +4,7 @@
 
 rule background:
     input:
+        unpack(background_flatnet),
         image=background_input,
     output:
         background="results/{target}/background.fits",

@@ -366,6 +366,14 @@ def background_input(wildcards):
     return f"results/{wildcards.target}/stack.fits"
 
 
+def background_flatnet(wildcards):
+    """The flat-correction network for an image target (calibration.flatless network or auto:
+    a finished image has no lights for a sky flat); the script skips display-encoded images."""
+    if wildcards.target in IMAGES and FLATLESS in ("network", "auto"):
+        return {"flatnet": SHIPPED_FLATFIELD}
+    return {}
+
+
 def starless_input(wildcards):
     """The image star removal and deconvolution work on: the corrected stack or image (rule background)."""
     return f"results/{wildcards.target}/corrected.fits"

@@ -26,6 +26,25 @@ encoding = header.get("AFENCODE", "linear")
 bits = int(header.get("AFBITS", 32))
 bg, cc = p.background, p.colour
 history, cards = [], {}
+if "flatnet" in snakemake.input.keys():
+    # A finished image has no flat frames and no lights to make a sky flat from: the
+    # flat-correction network (calibration.flatless network or auto) estimates its flat and
+    # gradient from the image itself, before the gradient model.
+    if encoding != "linear":
+        log.info("flat-correction network skipped: %s is display-encoded (it needs linear data)", path)
+    else:
+        from astroflow.calibration.flatnet import correct, load_flatnet
+
+        model, _ = load_flatnet(snakemake.input.flatnet)
+        try:
+            image, flat, _ = correct(image, model)
+        except ValueError as err:  # NaN pixels, no positive sky, smaller than the network's grid
+            log.warning("%s: flat-correction network not applied: %s", path, err)
+        else:
+            span = f"{flat.min():.3f}..{flat.max():.3f}"
+            log.info("flat-correction network %s: flat %s", snakemake.input.flatnet, span)
+            history.append(f"astroflow flat network: {snakemake.input.flatnet}, flat {span}")
+            cards["FLATUSED"] = "network"
 corrected = image.astype(np.float32)
 background = np.zeros_like(corrected)
 if bg["enabled"]:

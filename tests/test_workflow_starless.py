@@ -231,6 +231,9 @@ def test_deconvolution_of_an_image_without_stars_falls_back_with_a_warning(image
     log = (work / "logs" / "deconvolve" / "linear.log").read_text()
     assert "no star to measure the PSF on" in log and "corrected.fits" in log
     assert "gaussian-fallback" in log
+    # flatless auto offers linear image targets the flat network; NaN pixels keep it off, said so
+    background_log = (work / "logs" / "background" / "linear.log").read_text()
+    assert "flat-correction network not applied: the image holds NaN" in background_log
     image, _ = read_image(results / "image.fits")
     deconvolved, header = read_image(results / "deconvolved.fits")
     assert deconvolved.shape == image.shape
