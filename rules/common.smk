@@ -368,7 +368,8 @@ def background_input(wildcards):
 
 def background_flatnet(wildcards):
     """The flat-correction network for an image target (calibration.flatless network or auto:
-    a finished image has no lights for a sky flat); the script skips display-encoded images."""
+    a finished image has no lights for a sky flat); the script skips display-encoded images.
+    """
     if wildcards.target in IMAGES and FLATLESS in ("network", "auto"):
         return {"flatnet": SHIPPED_FLATFIELD}
     return {}
