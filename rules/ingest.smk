@@ -23,7 +23,6 @@ rule ingest_frame:
 rule frames_table:
     input:
         frames=ingested_frames,
-        calibrated=calibrated_lights,
         registration="results/{target}/registration.csv",
     output:
         report(

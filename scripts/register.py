@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from astroflow.deepsky.register import register_frames
+from astroflow.io.fits import is_rejected, read_header
 from astroflow.workflow.logs import setup_logging
 
 log = setup_logging(snakemake.log[0])
@@ -18,6 +19,13 @@ table = register_frames(
     max_fwhm_ratio=p.max_fwhm_ratio,
     weighting=p.weighting,
 )
+# How each light was flat-fielded (calibrate_light's FLATUSED), for frames.csv: the calibrated
+# lights are temporary, and frames_table must not need them again.
+flats = {}
+for path in snakemake.input:
+    header = read_header(path)
+    flats[Path(path).stem] = "" if is_rejected(header) else header.get("FLATUSED", "")
+table["flat"] = [flats.get(frame, "") for frame in table["frame"]]
 table.to_csv(snakemake.output[0], index=False)
 for row in table.itertuples():
     if row.status == "rejected":

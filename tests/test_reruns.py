@@ -36,8 +36,9 @@ DOWNSTREAM_OF_REGISTER = {
 def with_report(jobs, config_changed):
     """What follows the stack and the report rules add: deconvolution (and its plot) and star
     removal follow a new stack, runtimes follows every benchmarked job (all these changes rerun
-    the stack), effective_config follows any setting."""
-    after_stack = {"deconvolve": 1, "deconvolution_plot": 1, "starless": 1}
+    the stack), effective_config follows any setting. Gradient removal (background) sits between
+    the stack and both."""
+    after_stack = {"background": 1, "deconvolve": 1, "deconvolution_plot": 1, "starless": 1}
     jobs = {**jobs, **after_stack} if "stack" in jobs else dict(jobs)
     return {**jobs, "runtimes": 1, **({"effective_config": 1} if config_changed else {})}
 

@@ -78,7 +78,7 @@ def test_starless_stack_has_far_fewer_stars_and_recombines_exactly(night):
     """Star removal on the real linear stack: starless + stars = stack, and SEP finds few stars."""
     from astroflow.deepsky.quality import detect_stars
 
-    stack, _ = read_image(results(night, "stack.fits"))
+    stack, _ = read_image(results(night, "corrected.fits"))  # the gradient-removed stack
     starless, _ = read_image(results(night, "starless.fits"))
     stars, _ = read_image(results(night, "stars.fits"))
     # (the stack is NaN where no frame covers the field, and so are both results)

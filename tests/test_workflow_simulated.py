@@ -248,6 +248,12 @@ def test_products_carry_the_stack_header_and_calibrated_frames_lose_camera_level
     assert pd.Timestamp(stack["DATE-END"]) == ends.max()
     assert pd.Timestamp(stack["DATE-OBS"]) == pd.to_datetime(used["date_obs"]).min()
     history = list(stack["HISTORY"])
+    # corrected: the stack's history, then gradient removal and colour calibration
+    corrected = read_header(results(night, "corrected.fits"))
+    assert list(corrected["HISTORY"])[: len(history)] == history
+    assert str(corrected["HISTORY"][len(history)]).startswith("astroflow background:")
+    assert str(corrected["HISTORY"][len(history) + 1]).startswith("astroflow colour:")
+    history = list(corrected["HISTORY"])
     steps = {
         "deconvolved": "astroflow deconvolve:",
         "starless": "astroflow starless:",

@@ -25,7 +25,7 @@ HEADER_COLUMNS = {
 }
 
 
-def frames_table(ingested_paths, registration, calibrated_paths=None):
+def frames_table(ingested_paths, registration):
     """One row per input frame: provenance, quality, transform, used or rejected and why.
 
     Parameters
@@ -35,18 +35,16 @@ def frames_table(ingested_paths, registration, calibrated_paths=None):
         placeholders included.
     registration : pandas.DataFrame
         The table written by the register rule (``registration.csv``): one row per light with
-        ``frame``, ``status``, ``reason`` and the quality and transform columns.
-    calibrated_paths : sequence of str or os.PathLike, optional
-        Calibrated lights (``results/{target}/calibrated/{frame}.fits``); their ``FLATUSED``
-        keyword fills the ``flat`` column.
+        ``frame``, ``status``, ``reason``, ``flat`` (the calibrated light's ``FLATUSED``) and
+        the quality and transform columns.
 
     Returns
     -------
     pandas.DataFrame
         Columns ``frame``, ``type``, the provenance columns of :data:`HEADER_COLUMNS`, ``status``
-        (``used`` or ``rejected``), ``reason``, ``flat`` (for calibrated lights: ``real`` from flat
-        frames, ``sky`` from the lights, ``none``; empty otherwise), then the registration
-        columns for lights. A light
+        (``used`` or ``rejected``), ``reason``, then the registration columns for lights, among
+        them ``flat`` (``real`` from flat frames, ``sky`` from the lights, ``network``, ``none``;
+        empty for lights rejected before calibration and for other frames). A light
         rejected at ingest keeps the ingest reason; calibration frames are ``used`` unless
         unreadable.
     """
@@ -63,13 +61,7 @@ def frames_table(ingested_paths, registration, calibrated_paths=None):
             row["status"], row["reason"] = "used", ""
         rows.append(row)
     table = pd.DataFrame(rows)
-    flats = {}
-    for path in calibrated_paths or ():
-        header = read_header(path)
-        if not is_rejected(header):
-            flats[Path(path).stem] = header.get("FLATUSED", "")
     is_light = table["type"] == "light"
-    table["flat"] = [flats.get(f, "") if light else "" for f, light in zip(table["frame"], is_light)]
     reg = registration.rename(columns={"status": "reg_status", "reason": "reg_reason"})
     reg = reg.assign(type="light")
     table = table.merge(reg, on=["frame", "type"], how="left")
