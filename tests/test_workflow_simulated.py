@@ -251,8 +251,9 @@ def test_products_carry_the_stack_header_and_calibrated_frames_lose_camera_level
     # corrected: the stack's history, then gradient removal and colour calibration
     corrected = read_header(results(night, "corrected.fits"))
     assert list(corrected["HISTORY"])[: len(history)] == history
-    assert str(corrected["HISTORY"][len(history)]).startswith("astroflow background:")
-    assert str(corrected["HISTORY"][len(history) + 1]).startswith("astroflow colour:")
+    added = [str(card) for card in list(corrected["HISTORY"])[len(history) :]]
+    assert added[0].startswith("astroflow background:")
+    assert any(card.startswith("astroflow colour:") for card in added)
     history = list(corrected["HISTORY"])
     steps = {
         "deconvolved": "astroflow deconvolve:",
