@@ -5,7 +5,6 @@ import os
 # Passive OpenMP waiting: see train_starless.py. Set before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import hashlib
 import json
 import platform
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 import torch
 
 from astroflow.calibration.flatnet import heldout_metrics, sbig_metrics
-from astroflow.nets.training import FlatFieldLoss, plot_history, train
+from astroflow.nets.training import FlatFieldLoss, plot_history, run_checkpoint, train
 from astroflow.nets.unet import FlatFieldNet, count_parameters, save_weights
 from astroflow.workflow.logs import setup_logging
 
@@ -28,13 +27,9 @@ model = FlatFieldNet(base=s["base"], depth=s["depth"], grad_pool=s["grad_pool"])
 device = "cuda" if torch.cuda.is_available() else "cpu"
 log.info("profile %s: FlatFieldNet base %d depth %d, %d parameters, on %s", p.profile, s["base"], s["depth"],
          count_parameters(model), device)
-# A job killed mid-training resumes from its checkpoint; one of other settings is stale and removed.
-run_key = json.dumps([s, p.seed, p.grid, list(snakemake.input.train), list(snakemake.input.val)])
-checkpoint = Path(f"{snakemake.output.weights}.{hashlib.sha1(run_key.encode()).hexdigest()[:12]}.checkpoint")
-for stale in checkpoint.parent.glob(Path(snakemake.output.weights).name + ".*checkpoint"):
-    if stale != checkpoint:
-        log.info("removing the checkpoint of other settings %s", stale)
-        stale.unlink()
+# A job killed mid-training resumes from its checkpoint (astroflow.nets.training.run_checkpoint).
+run_key = [s, p.seed, p.grid, list(snakemake.input.train), list(snakemake.input.val)]
+checkpoint = run_checkpoint(snakemake.output.weights, run_key, log)
 loss = FlatFieldLoss(s["flat_weight"], s["gradient_weight"], s["physics_weight"])
 start = time.time()
 history = train(

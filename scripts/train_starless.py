@@ -7,15 +7,13 @@ import os
 # 2 busy cores); passive waiting costs nothing on an idle machine. Set before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import hashlib
 import json
 import platform
 import time
-from pathlib import Path
 
 import torch
 
-from astroflow.nets.training import plot_history, train
+from astroflow.nets.training import plot_history, run_checkpoint, train
 from astroflow.nets.unet import ResUNet, count_parameters, load_weights, save_weights
 from astroflow.workflow.logs import setup_logging
 
@@ -40,14 +38,9 @@ log.info(
     count_parameters(model),
     device,
 )
-# A job killed mid-training resumes from its checkpoint; a checkpoint of other settings (the job
-# reruns because they changed) is stale and removed.
-run_key = json.dumps([s, p.seed, list(snakemake.input.train), list(snakemake.input.val), init])
-checkpoint = Path(f"{snakemake.output.weights}.{hashlib.sha1(run_key.encode()).hexdigest()[:12]}.checkpoint")
-for stale in checkpoint.parent.glob(Path(snakemake.output.weights).name + ".*checkpoint"):
-    if stale != checkpoint:
-        log.info("removing the checkpoint of other settings %s", stale)
-        stale.unlink()
+# A job killed mid-training resumes from its checkpoint (astroflow.nets.training.run_checkpoint).
+run_key = [s, p.seed, list(snakemake.input.train), list(snakemake.input.val), init]
+checkpoint = run_checkpoint(snakemake.output.weights, run_key, log)
 start = time.time()
 history = train(
     model,

@@ -467,3 +467,15 @@ def test_ema_weights_are_the_average_of_the_trajectory(shards, tmp_path):
     assert weights_equal(resumed, averaged)
     with pytest.raises(ValueError, match="ema_decay"):
         train(tiny_model(), shards["train"], shards["val"], epochs=1, ema_decay=1.0, **FAST)
+
+
+def test_run_checkpoint_is_stable_per_run_and_removes_other_runs(tmp_path):
+    from astroflow.nets.training import run_checkpoint
+
+    weights = tmp_path / "starless.pt"
+    first = run_checkpoint(weights, [{"lr": 1e-3}, 5])
+    assert first.parent == tmp_path and first.name.startswith("starless.pt.") and first.suffix == ".checkpoint"
+    first.write_bytes(b"x")
+    assert run_checkpoint(weights, [{"lr": 1e-3}, 5]) == first and first.exists()
+    other = run_checkpoint(weights, [{"lr": 2e-3}, 5])
+    assert other != first and not first.exists()

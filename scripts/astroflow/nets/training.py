@@ -32,6 +32,8 @@ Synthesis", ICCV 2021, arXiv:2012.12821 (losses on Fourier spectra).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import time
@@ -452,6 +454,36 @@ def _evaluate(model, dataset, loss_fn, batch_size, device, autocast):
     model.train()
     return {k: v / len(dataset) for k, v in total.items()}
 
+
+
+def run_checkpoint(weights, key, log=None):
+    """The checkpoint file of one training run, with the checkpoints of other runs removed.
+
+    A job killed mid-training resumes from its checkpoint; a checkpoint written with other
+    settings (the job reruns because they changed) is stale and is deleted.
+
+    Parameters
+    ----------
+    weights : str or os.PathLike
+        The weight file the run writes; checkpoints sit beside it.
+    key : JSON-serialisable
+        Everything that defines the run (settings, seed, input shards, initial weights).
+    log : logging.Logger, optional
+        Where to say which stale checkpoints were removed.
+
+    Returns
+    -------
+    pathlib.Path
+        ``{weights}.{sha1(key)[:12]}.checkpoint`` (it may not exist yet).
+    """
+    weights = Path(weights)
+    digest = hashlib.sha1(json.dumps(key).encode()).hexdigest()[:12]
+    checkpoint = weights.with_name(f"{weights.name}.{digest}.checkpoint")
+    for stale in weights.parent.glob(weights.name + ".*checkpoint"):
+        if stale != checkpoint:
+            (log or logging.getLogger(__name__)).info("removing the checkpoint of other settings %s", stale)
+            stale.unlink()
+    return checkpoint
 
 def train(
     model,
