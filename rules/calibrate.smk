@@ -2,11 +2,11 @@ rule master_bias:
     input:
         bias_frames,
     output:
-        "results/{target}/masters/bias.fits",
+        "results/{target}/masters{session}/bias.fits",
     log:
-        "logs/master_bias/{target}.log",
+        "logs/master_bias/{target}{session}.log",
     benchmark:
-        "benchmarks/master_bias/{target}.tsv"
+        "benchmarks/master_bias/{target}{session}.tsv"
     conda:
         "../envs/calibrate.yaml"
     threads: 1
@@ -28,11 +28,11 @@ rule master_dark:
         unpack(optional_bias),
         frames=dark_frames,
     output:
-        master="results/{target}/masters/{kind}.fits",
+        master="results/{target}/masters{session}/{kind}.fits",
     log:
-        "logs/master_dark/{target}-{kind}.log",
+        "logs/master_dark/{target}{session}-{kind}.log",
     benchmark:
-        "benchmarks/master_dark/{target}-{kind}.tsv"
+        "benchmarks/master_dark/{target}{session}-{kind}.tsv"
     wildcard_constraints:
         target=DEEP_SKY_TARGETS,
         kind="dark|darkflat",
@@ -48,17 +48,19 @@ rule master_dark:
         sigma_low=config["calibration"]["sigma_low"],
         sigma_high=config["calibration"]["sigma_high"],
         memory_mb=config["calibration"]["memory_mb"],
+        exposure_tolerance=config["calibration"]["dark_exposure_tolerance"],
+        temperature_tolerance=config["calibration"]["dark_temperature_tolerance"],
     script:
         "../scripts/master_dark.py"
 
 
 rule hot_pixel_map:
     input:
-        "results/{target}/masters/dark.fits",
+        "results/{target}/masters{session}/dark.fits",
     output:
-        "results/{target}/masters/hot_pixels.fits",
+        "results/{target}/masters{session}/hot_pixels.fits",
     log:
-        "logs/hot_pixel_map/{target}.log",
+        "logs/hot_pixel_map/{target}{session}.log",
     conda:
         "../envs/calibrate.yaml"
     threads: 1
@@ -77,11 +79,11 @@ rule master_flat:
         unpack(flat_masters),
         frames=flat_frames,
     output:
-        "results/{target}/masters/flat.fits",
+        "results/{target}/masters{session}/flat.fits",
     log:
-        "logs/master_flat/{target}.log",
+        "logs/master_flat/{target}{session}.log",
     benchmark:
-        "benchmarks/master_flat/{target}.tsv"
+        "benchmarks/master_flat/{target}{session}.tsv"
     conda:
         "../envs/calibrate.yaml"
     threads: 1
@@ -94,6 +96,8 @@ rule master_flat:
         sigma_low=config["calibration"]["sigma_low"],
         sigma_high=config["calibration"]["sigma_high"],
         memory_mb=config["calibration"]["memory_mb"],
+        exposure_tolerance=config["calibration"]["dark_exposure_tolerance"],
+        temperature_tolerance=config["calibration"]["dark_temperature_tolerance"],
     script:
         "../scripts/master_flat.py"
 
@@ -103,12 +107,12 @@ rule sky_flat:
         unpack(calibration_masters),
         lights=light_frames,
     output:
-        flat="results/{target}/masters/sky_flat.fits",
-        summary="results/{target}/masters/sky_flat.json",
+        flat="results/{target}/masters{session}/sky_flat.fits",
+        summary="results/{target}/masters{session}/sky_flat.json",
     log:
-        "logs/sky_flat/{target}.log",
+        "logs/sky_flat/{target}{session}.log",
     benchmark:
-        "benchmarks/sky_flat/{target}.tsv"
+        "benchmarks/sky_flat/{target}{session}.tsv"
     wildcard_constraints:
         target=DEEP_SKY_TARGETS,
     conda:
@@ -155,5 +159,8 @@ rule calibrate_light:
         cosmetic_sigma=config["calibration"]["cosmetic_sigma"],
         debayer_method=config["calibration"]["debayer_method"],
         flatless=config["calibration"]["flatless"],
+        filter=light_filter_of,
+        exposure_tolerance=config["calibration"]["dark_exposure_tolerance"],
+        temperature_tolerance=config["calibration"]["dark_temperature_tolerance"],
     script:
         "../scripts/calibrate_light.py"

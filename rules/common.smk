@@ -1,5 +1,5 @@
 import os
-from functools import partial
+import re
 from pathlib import Path
 
 import yaml
@@ -7,14 +7,17 @@ from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 from snakemake.utils import validate
 
-from astroflow.workflow.config import kind_errors
+from astroflow.deepsky.palette import DEFAULT_FILTER, light_filter
+from astroflow.workflow.config import kind_errors, session_errors
 from astroflow.workflow.discovery import (
     FRAME_TYPES,
     DiscoveryError,
-    find_frames,
     find_image,
     find_sequence,
+    find_sessions,
+    source_header,
     target_pattern,
+    target_sessions,
 )
 from astroflow.workflow.provenance import code_digest
 
@@ -49,6 +52,10 @@ def library_code(script):
 
 
 SCHEMA = WORKFLOW_DIR / "schemas" / "config.schema.yaml"
+# Sessions first: their mistakes get sentences of their own, before the schema's.
+_session_messages = session_errors(config)
+if _session_messages:
+    raise WorkflowError(f"invalid configuration: {'; '.join(_session_messages)}")
 try:
     validate(config, str(SCHEMA))
 except WorkflowError as err:
@@ -92,12 +99,88 @@ def _discover(kind, find, keys):
     return found
 
 
-FRAMES = _discover("deep-sky", partial(find_frames, planned=SIM_PLANNED), FRAME_TYPES)
+def _discover_sessions():
+    """{target: {session: {frame type: {frame: path}}}} of the deep-sky targets."""
+    found = {}
+    for target, settings in config["targets"].items():
+        if settings["kind"] != "deep-sky":
+            continue
+        try:
+            found[target] = find_sessions(target, settings, planned=SIM_PLANNED)
+        except DiscoveryError as err:
+            raise WorkflowError(str(err)) from None
+    return found
+
+
+# SESSIONS[target][session][frame type][frame] -> source; FRAMES[target][frame type][frame],
+# the union over sessions (frame names are unique across a target's sessions).
+SESSIONS = _discover_sessions()
+FRAMES = {
+    target: {
+        ftype: {
+            frame: path
+            for frames in sessions.values()
+            for frame, path in frames.get(ftype, {}).items()
+        }
+        for ftype in FRAME_TYPES.values()
+        if any(ftype in frames for frames in sessions.values())
+    }
+    for target, sessions in SESSIONS.items()
+}
+# SESSION_OF[target][frame] -> its session, frames of every type
+SESSION_OF = {
+    target: {
+        frame: session
+        for session, types in sessions.items()
+        for frames in types.values()
+        for frame in frames
+    }
+    for target, sessions in SESSIONS.items()
+}
+
+
+def _light_filters(target):
+    """{light: filter} of a deep-sky target: its session's filter, else the target's, else the
+    FITS header's FILTER/INSFLNAM (read here, at parse time, since it decides the stacks), else
+    the default."""
+    settings = target_sessions(config["targets"][target])
+    filters = {}
+    for session, types in SESSIONS[target].items():
+        configured = settings[session].get("filter")
+        for frame, path in types["light"].items():
+            header = None if configured else source_header(path)
+            filters[frame] = light_filter(configured, header)
+    return filters
+
+
+FILTER_OF = {target: _light_filters(target) for target in SESSIONS}
+# FILTERS[target]: its filters in order of first appearance
+FILTERS = {
+    target: list(dict.fromkeys(filters.values()))
+    for target, filters in FILTER_OF.items()
+}
+MULTI_FILTER_TARGETS = target_pattern(t for t, f in FILTERS.items() if len(f) > 1)
+SINGLE_FILTER_TARGETS = target_pattern(t for t, f in FILTERS.items() if len(f) == 1)
+# where a target's masters are: results/{target}/masters{tag}/, the tag empty for one session
+SESSION_TAGS = {
+    target: {
+        session: (f"/{session}" if len(sessions) > 1 else "") for session in sessions
+    }
+    for target, sessions in SESSIONS.items()
+}
 SEQUENCES = _discover("planetary", find_sequence, ("lights", "darks"))
 IMAGES = {
     target: types["light"]
     for target, types in _discover("image", find_image, ("lights",)).items()
 }
+SESSION_PATTERN = "(?:{})".format(
+    "|".join(
+        [""]
+        + sorted(
+            {re.escape(t) for tags in SESSION_TAGS.values() for t in tags.values() if t}
+        )
+    )
+)
 
 DEEP_SKY_TARGETS = target_pattern(FRAMES)
 PLANETARY_TARGETS = target_pattern(SEQUENCES)
@@ -105,19 +188,24 @@ IMAGE_TARGETS = target_pattern(IMAGES)
 STACKED_TARGETS = target_pattern(list(FRAMES) + list(SEQUENCES))
 SINGLE_IMAGE_TARGETS = target_pattern(list(FRAMES) + list(IMAGES))
 
-for _target, _types in FRAMES.items():
-    _missing = [t for t in ("bias", "dark", "flat") if t not in _types]
-    if _missing:
-        logger.warning(
-            f"target '{_target}': no {', '.join(_missing)} frames configured; "
-            f"that calibration is skipped"
-        )
+for _target, _sessions in SESSIONS.items():
+    for _session, _types in _sessions.items():
+        _missing = [t for t in ("bias", "dark", "flat") if t not in _types]
+        if _missing:
+            _which = f", session '{_session}'" if len(_sessions) > 1 else ""
+            logger.warning(
+                f"target '{_target}'{_which}: no {', '.join(_missing)} frames configured; "
+                f"that calibration is skipped"
+            )
 
 
 wildcard_constraints:
     target=target_pattern(config["targets"]),
     ftype="|".join(FRAME_TYPES.values()),
     frame=r"[A-Za-z0-9_.-]+",
+    # "" for a target of one session (results/{target}/masters/), else "/{session}"
+    session=SESSION_PATTERN,
+    filter=target_pattern(sorted({f for filters in FILTERS.values() for f in filters})),
 
 
 def ingest_source(wildcards):
@@ -125,15 +213,34 @@ def ingest_source(wildcards):
     return FRAMES[wildcards.target][wildcards.ftype][wildcards.frame]
 
 
-def ingested(target, ftype):
-    return [
-        f"results/{target}/ingest/{ftype}/{frame}.fits"
-        for frame in FRAMES[target].get(ftype, {})
-    ]
+def ingested(target, ftype, session=None):
+    """Ingested frames of one type of a target: of one session, or of all when session is None."""
+    if session is None:
+        frames = FRAMES[target].get(ftype, {})
+    else:
+        frames = SESSIONS[target][session].get(ftype, {})
+    return [f"results/{target}/ingest/{ftype}/{frame}.fits" for frame in frames]
 
 
-def has_type(target, ftype):
-    return ftype in FRAMES[target]
+def has_type(target, ftype, session=None):
+    """Whether a target (any session, or the one given) has frames of this type."""
+    if session is None:
+        return ftype in FRAMES[target]
+    return ftype in SESSIONS[target][session]
+
+
+def session_of(wildcards):
+    """The session a job is for: from its session wildcard (the master rules), else its frame."""
+    target = wildcards.target
+    if "session" in wildcards.keys():
+        tag = wildcards.session
+        return next(s for s, t in SESSION_TAGS[target].items() if t == tag)
+    return SESSION_OF[target][wildcards.frame]
+
+
+def masters_dir(target, session):
+    """Folder of a session's masters: results/{target}/masters, or .../masters/{session}."""
+    return f"results/{target}/masters{SESSION_TAGS[target][session]}"
 
 
 def ingested_frames(wildcards):
@@ -146,79 +253,99 @@ def ingested_frames(wildcards):
 
 
 def bias_frames(wildcards):
-    return ingested(wildcards.target, "bias")
+    return ingested(wildcards.target, "bias", session_of(wildcards))
 
 
 def flat_frames(wildcards):
-    return ingested(wildcards.target, "flat")
+    return ingested(wildcards.target, "flat", session_of(wildcards))
 
 
 def dark_frames(wildcards):
     """Darks of master_dark; dark flats of master_darkflat (wildcard kind)."""
-    return ingested(wildcards.target, wildcards.kind)
+    return ingested(wildcards.target, wildcards.kind, session_of(wildcards))
+
+
+def _bias(target, session):
+    if has_type(target, "bias", session):
+        return {"bias": f"{masters_dir(target, session)}/bias.fits"}
+    return {}
 
 
 def optional_bias(wildcards):
-    if has_type(wildcards.target, "bias"):
-        return {"bias": f"results/{wildcards.target}/masters/bias.fits"}
-    return {}
+    return _bias(wildcards.target, session_of(wildcards))
 
 
 def flat_masters(wildcards):
     """Master bias and the dark for the flats: dark flats if given, else the scaled master dark."""
-    masters = optional_bias(wildcards)
-    if has_type(wildcards.target, "darkflat"):
-        masters["dark"] = f"results/{wildcards.target}/masters/darkflat.fits"
-    elif has_type(wildcards.target, "dark"):
-        masters["dark"] = f"results/{wildcards.target}/masters/dark.fits"
+    target, session = wildcards.target, session_of(wildcards)
+    masters = _bias(target, session)
+    if has_type(target, "darkflat", session):
+        masters["dark"] = f"{masters_dir(target, session)}/darkflat.fits"
+    elif has_type(target, "dark", session):
+        masters["dark"] = f"{masters_dir(target, session)}/dark.fits"
     return masters
 
 
 FLATLESS = config["calibration"]["flatless"]
 
 
-def uses_sky_flat(target):
-    """Whether a target's lights get a sky flat: deep-sky, no flat frames, flatless sky or auto.
+def uses_sky_flat(target, session=None):
+    """Whether a target's (session's) lights get a sky flat: deep-sky, no flat frames, flatless
+    sky or auto; session None: whether any session does.
 
     Whether the sky flat is accepted is known only when the sky_flat job runs; a refused one is a
     placeholder that calibrate_light passes over.
     """
-    return not has_type(target, "flat") and FLATLESS in ("sky", "auto")
+    if session is None:
+        return any(uses_sky_flat(target, s) for s in SESSIONS[target])
+    return not has_type(target, "flat", session) and FLATLESS in ("sky", "auto")
 
 
-def calibration_masters(wildcards):
-    """Master bias, dark and hot pixel map of a target, those that exist (input of sky_flat)."""
-    target = wildcards.target
-    masters = optional_bias(wildcards)
-    if has_type(target, "dark"):
-        masters["dark"] = f"results/{target}/masters/dark.fits"
-        masters["hot_pixels"] = f"results/{target}/masters/hot_pixels.fits"
+def _calibration_masters(target, session):
+    masters = _bias(target, session)
+    if has_type(target, "dark", session):
+        masters["dark"] = f"{masters_dir(target, session)}/dark.fits"
+        masters["hot_pixels"] = f"{masters_dir(target, session)}/hot_pixels.fits"
     return masters
 
 
+def calibration_masters(wildcards):
+    """Master bias, dark and hot pixel map of a session, those that exist (input of sky_flat)."""
+    return _calibration_masters(wildcards.target, session_of(wildcards))
+
+
 def light_masters(wildcards):
-    """The masters that exist for a target (input function of calibrate_light): the flat is the
-    master flat, else the sky flat where the target uses one."""
-    target = wildcards.target
-    masters = calibration_masters(wildcards)
-    if has_type(target, "flat"):
-        masters["flat"] = f"results/{target}/masters/flat.fits"
-    elif uses_sky_flat(target):
-        masters["flat"] = f"results/{target}/masters/sky_flat.fits"
-    if uses_flat_network(target):
+    """The masters that exist for a light's session (input function of calibrate_light): the
+    flat is the master flat, else the sky flat where the session uses one."""
+    target, session = wildcards.target, session_of(wildcards)
+    masters = _calibration_masters(target, session)
+    if has_type(target, "flat", session):
+        masters["flat"] = f"{masters_dir(target, session)}/flat.fits"
+    elif uses_sky_flat(target, session):
+        masters["flat"] = f"{masters_dir(target, session)}/sky_flat.fits"
+    if uses_flat_network(target, session):
         masters["flatnet"] = SHIPPED_FLATFIELD
     return masters
 
 
-def uses_flat_network(target):
-    """Whether a target's lights may need the flat-correction network: no flat frames and
-    flatless network, or auto (used there only where the sky flat is refused, at run time).
+def uses_flat_network(target, session=None):
+    """Whether a target's (session's) lights may need the flat-correction network: no flat
+    frames and flatless network, or auto (used there only where the sky flat is refused, at run
+    time).
     """
-    return not has_type(target, "flat") and FLATLESS in ("network", "auto")
+    if session is None:
+        return any(uses_flat_network(target, s) for s in SESSIONS[target])
+    return not has_type(target, "flat", session) and FLATLESS in ("network", "auto")
 
 
 def light_frames(wildcards):
-    return ingested(wildcards.target, "light")
+    """The lights of a session (input of sky_flat)."""
+    return ingested(wildcards.target, "light", session_of(wildcards))
+
+
+def light_filter_of(wildcards):
+    """The filter of one light (calibrate_light: picks the master flat of that filter)."""
+    return FILTER_OF[wildcards.target][wildcards.frame]
 
 
 def calibrated_lights(wildcards):
@@ -233,6 +360,38 @@ def registered_lights(wildcards):
         f"results/{wildcards.target}/registered/{frame}.fits"
         for frame in FRAMES[wildcards.target]["light"]
     ]
+
+
+def filter_registered_lights(wildcards):
+    """The registered lights of one filter of a target (input of stack_filter)."""
+    filters = FILTER_OF[wildcards.target]
+    return [
+        f"results/{wildcards.target}/registered/{frame}.fits"
+        for frame in FRAMES[wildcards.target]["light"]
+        if filters[frame] == wildcards.filter
+    ]
+
+
+def filter_stacks(wildcards):
+    """Every filter stack of a target with several filters (input of combine_filters)."""
+    return {
+        f: f"results/{wildcards.target}/filters/{f}/stack.fits"
+        for f in FILTERS[wildcards.target]
+    }
+
+
+def frame_sessions(wildcards):
+    """{frame: session} of a target, every frame type (params of register, frames_table)."""
+    return SESSION_OF[wildcards.target]
+
+
+def frame_filters(wildcards):
+    """{light: filter} of a target (params of register, frames_table)."""
+    return FILTER_OF[wildcards.target]
+
+
+def palette(wildcards):
+    return config["targets"][wildcards.target].get("palette", "none")
 
 
 # Benchmark files are products of their rules: Snakemake runs rule runtimes after every
@@ -265,16 +424,24 @@ def benchmark_files(wildcards):
                 ftype=ftype,
                 frame=list(frames),
             )
-        for kind, producer in masters.items():
-            if kind in types:
-                files += expand(producer.benchmark, target=target, kind=kind)
-        if uses_sky_flat(target):
-            files += expand(rules.sky_flat.benchmark, target=target)
+        for session, tag in SESSION_TAGS[target].items():
+            for kind, producer in masters.items():
+                if has_type(target, kind, session):
+                    files += expand(
+                        producer.benchmark, target=target, kind=kind, session=tag
+                    )
+            if uses_sky_flat(target, session):
+                files += expand(rules.sky_flat.benchmark, target=target, session=tag)
         lights = list(types["light"])
         files += expand(rules.calibrate_light.benchmark, target=target, frame=lights)
         files += expand(rules.register.benchmark, target=target)
         files += expand(rules.warp.benchmark, target=target, frame=lights)
-        files += expand(rules.stack.benchmark, target=target)
+        if len(FILTERS[target]) > 1:
+            files += expand(
+                rules.stack_filter.benchmark, target=target, filter=FILTERS[target]
+            )
+        else:
+            files += expand(rules.stack.benchmark, target=target)
     for target, types in SEQUENCES.items():
         producers = [
             rules.planetary_analyse,
@@ -439,19 +606,31 @@ def target_outputs(target):
         if "dark" in SEQUENCES[target]:
             outputs += _outputs(rules.planetary_master_dark, target=target)
     else:
+        several = len(FILTERS[target]) > 1
         outputs = [
             path
-            for rule in (rules.frames_table, rules.stack, rules.quality_plot)
+            for rule in (
+                rules.frames_table,
+                rules.combine_filters if several else rules.stack,
+                rules.quality_plot,
+            )
             for path in _outputs(rule, target=target)
         ]
-        if has_type(target, "bias"):
-            outputs += _outputs(rules.master_bias, target=target)
-        if has_type(target, "dark"):
-            outputs += _outputs(rules.master_dark, target=target, kind="dark")
-        if has_type(target, "flat"):
-            outputs += _outputs(rules.master_flat, target=target)
-        elif uses_sky_flat(target):
-            outputs += _outputs(rules.sky_flat, target=target)
+        if several:
+            outputs += _outputs(
+                rules.stack_filter, target=target, filter=FILTERS[target]
+            )
+        for session, tag in SESSION_TAGS[target].items():
+            if has_type(target, "bias", session):
+                outputs += _outputs(rules.master_bias, target=target, session=tag)
+            if has_type(target, "dark", session):
+                outputs += _outputs(
+                    rules.master_dark, target=target, kind="dark", session=tag
+                )
+            if has_type(target, "flat", session):
+                outputs += _outputs(rules.master_flat, target=target, session=tag)
+            elif uses_sky_flat(target, session):
+                outputs += _outputs(rules.sky_flat, target=target, session=tag)
     outputs += _outputs(rules.background, target=target)
     if DECONVOLUTION["enabled"]:
         producer = (

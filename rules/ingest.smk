@@ -42,5 +42,7 @@ rule frames_table:
         runtime=5,
     params:
         code=library_code("frames_table.py"),
+        sessions=frame_sessions,
+        filters=frame_filters,
     script:
         "../scripts/frames_table.py"

@@ -22,6 +22,8 @@ rule register:
         min_star_fraction=config["registration"]["min_star_fraction"],
         max_fwhm_ratio=config["registration"]["max_fwhm_ratio"],
         weighting=config["registration"]["weighting"],
+        sessions=frame_sessions,
+        filters=frame_filters,
     script:
         "../scripts/register.py"
 

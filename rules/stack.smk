@@ -1,3 +1,7 @@
+# One stack per target; a target with several filters gets one per filter (stack_filter),
+# combined into stack.fits by combine_filters (astroflow.deepsky.palette).
+
+
 rule stack:
     input:
         frames=registered_lights,
@@ -22,7 +26,7 @@ rule stack:
     benchmark:
         "benchmarks/stack/{target}.tsv"
     wildcard_constraints:
-        target=DEEP_SKY_TARGETS,
+        target=SINGLE_FILTER_TARGETS,
     conda:
         "../envs/stack.yaml"
     threads: 1
@@ -40,3 +44,63 @@ rule stack:
         preview=config["preview"],
     script:
         "../scripts/stack.py"
+
+
+# The same rule per filter: every stacking setting of rule stack applies.
+use rule stack as stack_filter with:
+    input:
+        frames=filter_registered_lights,
+        registration="results/{target}/registration.csv",
+    output:
+        fits="results/{target}/filters/{filter}/stack.fits",
+        rejection="results/{target}/filters/{filter}/rejection.fits",
+        tif="results/{target}/filters/{filter}/stack.tif",
+        tif32="results/{target}/filters/{filter}/stack_f32.tif",
+        png=report(
+            "results/{target}/filters/{filter}/stack.png",
+            caption="../report/stack.rst",
+            category="{target}",
+            subcategory="{filter}",
+        ),
+        rejection_png=report(
+            "results/{target}/filters/{filter}/rejection.png",
+            caption="../report/rejection.rst",
+            category="{target}",
+            subcategory="{filter}",
+        ),
+    log:
+        "logs/stack_filter/{target}/{filter}.log",
+    benchmark:
+        "benchmarks/stack_filter/{target}/{filter}.tsv"
+    wildcard_constraints:
+        target=MULTI_FILTER_TARGETS,
+
+
+rule combine_filters:
+    input:
+        unpack(filter_stacks),
+    output:
+        fits="results/{target}/stack.fits",
+        tif="results/{target}/stack.tif",
+        tif32="results/{target}/stack_f32.tif",
+        png=report(
+            "results/{target}/stack.png",
+            caption="../report/stack.rst",
+            category="{target}",
+        ),
+    log:
+        "logs/combine_filters/{target}.log",
+    wildcard_constraints:
+        target=MULTI_FILTER_TARGETS,
+    conda:
+        "../envs/stack.yaml"
+    threads: 1
+    resources:
+        mem_mb=memory_estimate(800, 6),
+        runtime=runtime_estimate(5, 10),
+    params:
+        code=library_code("combine_filters.py"),
+        palette=palette,
+        preview=config["preview"],
+    script:
+        "../scripts/combine_filters.py"

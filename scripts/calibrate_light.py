@@ -1,9 +1,23 @@
 """Entry script of rule calibrate_light: bias, dark, flat, cosmetic correction, debayer."""
 
-from astroflow.calibration.calibrate import calibrate_light, calibrated_header, cosmetic_correction
+from astroflow.calibration.calibrate import (
+    calibrate_light,
+    calibrated_header,
+    cosmetic_correction,
+    match_dark,
+    match_flat,
+)
 from astroflow.calibration.debayer import debayer
 from astroflow.calibration.skyflat import SKY_FLAT_TYPE
-from astroflow.io.fits import REASON_KEY, is_rejected, read_header, read_image, write_image, write_rejected
+from astroflow.io.fits import (
+    REASON_KEY,
+    is_rejected,
+    read_header,
+    read_headers,
+    read_image,
+    write_image,
+    write_rejected,
+)
 from astroflow.workflow.logs import setup_logging
 
 log = setup_logging(snakemake.log[0])
@@ -15,11 +29,22 @@ if is_rejected(header):
     log.warning("%s passed through as rejected: %s", snakemake.input.light, header[REASON_KEY])
 else:
     light, header = read_image(snakemake.input.light)
-    masters = {
-        f"master_{kind}": read_image(snakemake.input[kind])
-        for kind in ("bias", "dark")
-        if kind in keys
-    }
+    masters = {}
+    matching = []
+    if "bias" in keys:
+        masters["master_bias"] = read_image(snakemake.input.bias)
+    if "dark" in keys:
+        # one master per group of darks (rule master_dark): the one that matches this light
+        dark_headers = read_headers(snakemake.input.dark)
+        index = 0
+        if len(dark_headers) > 1:
+            index, note = match_dark(
+                header, dark_headers, exposure_tolerance=p.exposure_tolerance,
+                temperature_tolerance=p.temperature_tolerance,
+            )
+            matching.append(note)
+            log.info("%s", note)
+        masters["master_dark"] = read_image(snakemake.input.dark, hdu=index)
     flat_used = "none"
     if "flat" in keys:
         flat_header = read_header(snakemake.input.flat)
@@ -27,12 +52,18 @@ else:
             # a sky flat the lights could not make (rule sky_flat): calibrated without a flat
             log.warning("%s: %s", snakemake.input.flat, flat_header[REASON_KEY])
         else:
-            masters["master_flat"] = read_image(snakemake.input.flat)
+            # one master per filter of the session's flats (rule master_flat): this light's
+            flat_headers = read_headers(snakemake.input.flat)
+            index = match_flat(p.filter, flat_headers, snakemake.input.flat)
+            if len(flat_headers) > 1:
+                matching.append(f"master flat {index} of {len(flat_headers)}: filter {p.filter}")
+            masters["master_flat"] = read_image(snakemake.input.flat, hdu=index)
             flat_used = "sky" if flat_header.get("FLATTYPE") == SKY_FLAT_TYPE else "real"
     for kind in ("bias", "dark", "flat"):
         if f"master_{kind}" not in masters:
             log.warning("no master %s: %s correction skipped", kind, kind)
     data, history = calibrate_light(light, header, **masters)
+    history = matching + history
     header = calibrated_header(header)
     header["FLATUSED"] = (flat_used, "flat field: real (flat frames), sky (from the lights), none")
     if flat_used == "sky":

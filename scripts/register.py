@@ -26,6 +26,9 @@ for path in snakemake.input:
     header = read_header(path)
     flats[Path(path).stem] = "" if is_rejected(header) else header.get("FLATUSED", "")
 table["flat"] = [flats.get(frame, "") for frame in table["frame"]]
+# the session and filter of each light (common.smk: from the configuration, else the header)
+table["session"] = table["frame"].map(p.sessions)
+table["filter"] = table["frame"].map(p.filters)
 table.to_csv(snakemake.output[0], index=False)
 for row in table.itertuples():
     if row.status == "rejected":

@@ -13,6 +13,8 @@ log = setup_logging(snakemake.log[0])
 p = snakemake.params
 registration = pd.read_csv(snakemake.input.registration)
 paths = {Path(path).stem: path for path in snakemake.input.frames}
+# rule stack_filter passes the lights of one filter: stack those only
+registration = registration[registration["frame"].isin(paths)].copy()
 registration["path"] = registration["frame"].map(paths)
 # The reference frame first: frames are normalised to the first one.
 used = registration[registration["status"] == "used"].sort_values("reference", ascending=False)

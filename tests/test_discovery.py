@@ -104,7 +104,8 @@ def test_target_pattern_matches_exactly_the_names():
         ({"kind": "image", "lights": "x", "darks": "y"},
          ["target 'p': an image target takes lights (one image) and an optional encoding, not darks"]),
         ({"kind": "deep-sky", "lights": "x", "encoding": "auto"},
-         ["target 'p': a deep-sky target takes lights and calibration folders, not encoding"]),
+         ["target 'p': a deep-sky target takes lights and calibration folders (or sessions of them), "
+          "filter and palette, not encoding"]),
         ({"kind": "deep-sky", "lights": "x", "darks": "y", "flats": "z", "bias": "b"}, []),
     ],
 )

@@ -40,7 +40,10 @@ log = logging.getLogger(__name__)
 # Normal-distribution sigma from the median absolute deviation.
 _MAD_TO_SIGMA = 1.482602218505602
 # Keywords a master inherits from its frames when they all agree.
-_CARRIED = ("INSTRUME", "BAYERPAT", "ISOSPEED", "GAIN", "EGAIN", "OFFSET", "XBINNING", "YBINNING")
+_CARRIED = (
+    "INSTRUME", "BAYERPAT", "ISOSPEED", "GAIN", "EGAIN", "OFFSET", "XBINNING", "YBINNING",
+    "SET-TEMP", "FILTER",
+)  # fmt: skip
 _CELLS = ((0, 0), (0, 1), (1, 0), (1, 1))
 # Camera levels of the raw ADU, void once a light is calibrated.
 _CAMERA_LEVELS = ("BLACKLVL",) + tuple(f"BLACK{dy}{dx}" for dy, dx in _CELLS) + ("WHITELVL",)
@@ -275,6 +278,199 @@ def master_flat(
     ]:
         header.add_history(line)
     return combined, header
+
+
+def _binning(header):
+    return (int(header.get("XBINNING", 1) or 1), int(header.get("YBINNING", header.get("XBINNING", 1)) or 1))
+
+
+def _temperature(header):
+    value = header.get("CCD-TEMP", header.get("SET-TEMP"))
+    return None if value is None else float(value)
+
+
+def _exposure(header):
+    value = header.get("EXPTIME")
+    return None if value is None else float(value)
+
+
+def dark_groups(headers, *, exposure_tolerance=0.1, temperature_tolerance=2.0):
+    """Group darks that make one master: same binning, close exposure and temperature.
+
+    In the manner of PixInsight WBPP's grouping of calibration frames: binning must be equal,
+    exposures may differ by a fraction, temperatures by some degrees.
+
+    Parameters
+    ----------
+    headers : sequence of mapping
+        The darks' headers: ``EXPTIME`` (s), ``CCD-TEMP`` (else ``SET-TEMP``; deg C),
+        ``XBINNING``/``YBINNING`` (1 where absent).
+    exposure_tolerance : float
+        Darks are grouped with the shortest dark of a group while their exposure is at most
+        ``(1 + exposure_tolerance)`` times it.
+    temperature_tolerance : float
+        Within an exposure group, darks within this many degrees of the coldest one of a group
+        share it.
+
+    Returns
+    -------
+    list of list of int
+        Indices into ``headers``, one list per group, the largest group first (the longest
+        exposure on a tie, as :func:`master_dark` chooses its common exposure). Darks without
+        ``EXPTIME`` form one group of their own, as do those without a temperature among
+        darks of one exposure group.
+    """
+    by_binning = {}
+    for i, header in enumerate(headers):
+        by_binning.setdefault(_binning(header), []).append(i)
+    groups = []
+    for members in by_binning.values():
+        unknown = [i for i in members if _exposure(headers[i]) is None]
+        if unknown:
+            groups.append(unknown)
+        timed = sorted(
+            (i for i in members if _exposure(headers[i]) is not None), key=lambda i: _exposure(headers[i])
+        )
+        exposure_groups = []
+        for i in timed:
+            t = _exposure(headers[i])
+            if exposure_groups and t <= _exposure(headers[exposure_groups[-1][0]]) * (1 + exposure_tolerance):
+                exposure_groups[-1].append(i)
+            else:
+                exposure_groups.append([i])
+        for group in exposure_groups:
+            no_temp = [i for i in group if _temperature(headers[i]) is None]
+            if no_temp:
+                groups.append(no_temp)
+            temps = sorted(
+                (i for i in group if _temperature(headers[i]) is not None), key=lambda i: _temperature(headers[i])
+            )
+            temp_groups = []
+            for i in temps:
+                coldest = _temperature(headers[temp_groups[-1][0]]) if temp_groups else None
+                if coldest is not None and _temperature(headers[i]) - coldest <= temperature_tolerance:
+                    temp_groups[-1].append(i)
+                else:
+                    temp_groups.append([i])
+            groups += temp_groups
+    return sorted(groups, key=lambda g: (-len(g), -(_exposure(headers[g[0]]) or 0.0)))
+
+
+def match_dark(header, masters, *, exposure_tolerance=0.1, temperature_tolerance=2.0):
+    """Choose the master dark for one light (or flat) among the masters of several groups.
+
+    Parameters
+    ----------
+    header : mapping
+        The frame's header: ``EXPTIME``, ``CCD-TEMP``/``SET-TEMP``, ``XBINNING``/``YBINNING``.
+    masters : sequence of mapping
+        The masters' headers (:func:`master_dark` writes ``EXPTIME``, the mean ``CCD-TEMP``,
+        the binning).
+    exposure_tolerance, temperature_tolerance : float
+        As in :func:`dark_groups`.
+
+    Returns
+    -------
+    index : int
+        Of the chosen master: of those with the frame's binning, the ones whose exposure is
+        within ``exposure_tolerance`` of the frame's, of these the nearest in temperature
+        (then exposure); when none is that close, the nearest exposure among those within
+        ``temperature_tolerance`` (else among all), to be scaled by exposure.
+    note : str
+        What was chosen and why, for the log and the frame's HISTORY.
+
+    Raises
+    ------
+    ValueError
+        If no master has the frame's binning.
+    """
+    binning = _binning(header)
+    same = [i for i, m in enumerate(masters) if _binning(m) == binning]
+    if not same:
+        found = sorted({_binning(m) for m in masters})
+        raise ValueError(f"no master dark of binning {binning[0]}x{binning[1]} (masters: {found})")
+    t, temp = _exposure(header), _temperature(header)
+
+    def exposure_gap(i):
+        tm = _exposure(masters[i])
+        return float("inf") if t is None or tm is None else abs(tm - t)
+
+    def temperature_gap(i):
+        tm = _temperature(masters[i])
+        return 0.0 if temp is None or tm is None else abs(tm - temp)
+
+    close = [i for i in same if t is not None and exposure_gap(i) <= exposure_tolerance * t]
+    if close:
+        index = min(close, key=lambda i: (temperature_gap(i), exposure_gap(i)))
+        why = "exposure within tolerance"
+    else:
+        warm = [i for i in same if temperature_gap(i) <= temperature_tolerance] or same
+        index = min(warm, key=lambda i: (exposure_gap(i), temperature_gap(i)))
+        why = "nearest exposure, scaled"
+    chosen = masters[index]
+    note = (
+        f"master dark {index} of {len(masters)} ({_exposure(chosen)} s, {_temperature(chosen)} C) "
+        f"for a frame of {t} s, {temp} C: {why}"
+    )
+    return index, note
+
+
+def flat_groups(headers):
+    """Group flats by filter: one master flat per filter of a session's flats.
+
+    Parameters
+    ----------
+    headers : sequence of mapping
+        The flats' headers (``FILTER``, which ingest also takes from CAFOS' ``INSFLNAM``).
+
+    Returns
+    -------
+    dict of str to list of int
+        Canonical filter name (:func:`astroflow.deepsky.palette.canonical_filter`; ``none``
+        where a flat records none) -> indices into ``headers``, the largest group first.
+    """
+    from astroflow.deepsky.palette import canonical_filter, header_filter
+
+    groups = {}
+    for i, header in enumerate(headers):
+        groups.setdefault(canonical_filter(header_filter(header)), []).append(i)
+    return dict(sorted(groups.items(), key=lambda item: -len(item[1])))
+
+
+def match_flat(light_filter, masters, path="master flat"):
+    """Choose the master flat of a light's filter.
+
+    Parameters
+    ----------
+    light_filter : str
+        The light's canonical filter name.
+    masters : sequence of mapping
+        The headers of the master flats of the light's session (one per filter, see
+        :func:`flat_groups`; their ``FILTER``).
+    path : str
+        The masters' file, for the message.
+
+    Returns
+    -------
+    int
+        The index of the master flat: the only one, or the one whose filter is the light's.
+
+    Raises
+    ------
+    ValueError
+        If there are several master flats and none of the light's filter.
+    """
+    from astroflow.deepsky.palette import canonical_filter, header_filter
+
+    if len(masters) == 1:
+        return 0
+    filters = [canonical_filter(header_filter(m)) for m in masters]
+    if light_filter in filters:
+        return filters.index(light_filter)
+    raise ValueError(
+        f"{path}: no master flat of filter {light_filter} (the session's flats are of "
+        f"{', '.join(filters)}); give the session flats of that filter"
+    )
 
 
 def hot_pixel_mask(dark, bayer_pattern=None, *, sigma):

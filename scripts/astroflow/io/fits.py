@@ -90,7 +90,54 @@ def write_planes(path, planes, header=None, history=()):
     _write_planes(path, planes, header, history)
 
 
-def _write_planes(path, planes, header, history):
+def write_images(path, images):
+    """Write several images (one master per exposure group, per filter...) as one FITS file.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Output FITS path; parent folders are created.
+    images : sequence of (numpy.ndarray, header)
+        ``(H, W)`` or ``(H, W, 3)`` images with their headers, as for :func:`write_image`: the
+        first is the primary HDU (what :func:`read_image` reads by default), the others image
+        extensions 1, 2... (``read_image(path, hdu=i)``; their headers by :func:`read_headers`).
+
+    Raises
+    ------
+    ValueError
+        If ``images`` is empty or an image has another layout.
+    """
+    if not images:
+        raise ValueError(f"{path}: no images to write")
+    hdus = []
+    for i, (data, header) in enumerate(images):
+        data = np.asarray(data, dtype=np.float32)
+        if data.ndim == 3 and data.shape[2] == 3:
+            data = np.moveaxis(data, 2, 0)
+        elif data.ndim != 2:
+            raise ValueError(f"{path}: image must be (H, W) or (H, W, 3), got shape {data.shape}")
+        disk, hdr = _disk_planes(data, header, ())
+        hdus.append(fits.PrimaryHDU(disk, header=hdr) if i == 0 else fits.ImageHDU(disk, header=hdr))
+    _atomic_write(path, fits.HDUList(hdus))
+
+
+def read_headers(path):
+    """The headers of every image HDU of a file of :func:`write_images` (or :func:`write_image`).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Returns
+    -------
+    list of astropy.io.fits.Header
+        Primary first; index ``i`` is ``read_image(path, hdu=i)``'s.
+    """
+    with fits.open(path, memmap=True) as hdul:
+        return [hdu.header.copy() for hdu in hdul]
+
+
+def _disk_planes(planes, header, history):
     # planes: (H, W) or (N, H, W) float32, rows top-down; FITS readers draw the first row
     # stored at the bottom, so the rows are stored in reverse.
     disk = np.ascontiguousarray(planes[..., ::-1, :])
@@ -108,6 +155,11 @@ def _write_planes(path, planes, header, history):
     hdr[STATUS_KEY] = "OK"
     for line in history:
         hdr.add_history(line)
+    return disk, hdr
+
+
+def _write_planes(path, planes, header, history):
+    disk, hdr = _disk_planes(planes, header, history)
     _atomic_write(path, fits.HDUList([fits.PrimaryHDU(disk, header=hdr)]))
 
 
@@ -187,12 +239,14 @@ def top_down_rows(data, header):
     return data if stored_top_down(header) else data[..., ::-1, :]
 
 
-def read_image(path):
-    """Read an image written by :func:`write_image`.
+def read_image(path, hdu=0):
+    """Read an image written by :func:`write_image` (or one of :func:`write_images`).
 
     Parameters
     ----------
     path : str or os.PathLike
+    hdu : int, optional
+        Which image of a :func:`write_images` file; the primary one by default.
 
     Returns
     -------
@@ -207,10 +261,10 @@ def read_image(path):
         If the file is a rejected placeholder or holds no image.
     """
     with fits.open(path, memmap=False) as hdul:
-        header = hdul[0].header.copy()
+        header = hdul[hdu].header.copy()
         if is_rejected(header):
             raise ValueError(f"{path}: frame was rejected: {header.get(REASON_KEY, '?')}")
-        data = hdul[0].data
+        data = hdul[hdu].data
         if data is None:
             raise ValueError(f"{path}: FITS file holds no image data")
         data = np.ascontiguousarray(top_down_rows(data, header), dtype=np.float32)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from jsonschema.validators import validator_for
 
-__all__ = ["kind_errors"]
+__all__ = ["SESSION_KEYS", "kind_errors", "session_errors"]
 
 
 def kind_errors(config, schema):
@@ -41,4 +41,59 @@ def kind_errors(config, schema):
         path = list(error.absolute_path)
         if described and len(path) == 2 and path[0] == "targets":
             messages.append(f"target '{path[1]}': {described}, not {error.instance}")
+    return messages
+
+
+#: keys of one session of a deep-sky target, and the frame folders a one-session target gives
+SESSION_KEYS = ("lights", "darks", "flats", "bias", "darkflats", "filter")
+_FOLDER_KEYS = ("lights", "darks", "flats", "bias", "darkflats")
+
+
+def session_errors(config):
+    """Sentences for deep-sky targets whose ``sessions`` are malformed, checked before the schema.
+
+    Parameters
+    ----------
+    config : dict
+        The configuration as loaded.
+
+    Returns
+    -------
+    list of str
+        One sentence per problem, naming the target (and session): frame folders given both
+        directly and as sessions, ``sessions`` empty or not a mapping, a session that is not a
+        mapping, has unknown keys or no ``lights``. Empty when there is none.
+    """
+    messages = []
+    for target, settings in (config.get("targets") or {}).items():
+        if not isinstance(settings, dict) or settings.get("kind") != "deep-sky":
+            continue
+        if "sessions" not in settings:
+            continue
+        sessions = settings["sessions"]
+        mixed = [key for key in _FOLDER_KEYS if key in settings]
+        if mixed:
+            messages.append(
+                f"target '{target}': give the frames either as sessions or directly, not both "
+                f"(move {', '.join(mixed)} into a session)"
+            )
+        if not isinstance(sessions, dict) or not sessions:
+            messages.append(
+                f"target '{target}': sessions must map session names to their folders, "
+                f"e.g. sessions: {{night1: {{lights: ...}}}}"
+            )
+            continue
+        for name, session in sessions.items():
+            where = f"target '{target}', session '{name}'"
+            if not isinstance(session, dict):
+                messages.append(f"{where}: a session is a mapping of lights, darks, flats, bias, darkflats, filter")
+                continue
+            unknown = sorted(set(session) - set(SESSION_KEYS))
+            if unknown:
+                messages.append(
+                    f"{where}: unknown key(s) {', '.join(unknown)} "
+                    f"(a session takes {', '.join(SESSION_KEYS)})"
+                )
+            if "lights" not in session:
+                messages.append(f"{where}: no lights given")
     return messages

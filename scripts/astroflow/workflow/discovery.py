@@ -28,12 +28,16 @@ from astroflow.io.formats import (
 
 __all__ = [
     "FRAME_TYPES",
+    "DEFAULT_SESSION",
     "DiscoveryError",
     "find_frames",
     "find_image",
     "find_sequence",
+    "find_sessions",
     "frame_name",
+    "source_header",
     "target_pattern",
+    "target_sessions",
 ]
 
 #: configuration entry of a deep-sky target -> frame type of the files it names
@@ -206,3 +210,116 @@ def target_pattern(names):
     """
     names = list(names)
     return "|".join(re.escape(t) for t in names) if names else "(?!)"
+
+
+#: the session name of a target given in the one-session form (frame folders directly)
+DEFAULT_SESSION = "default"
+
+
+def target_sessions(settings):
+    """The sessions of a deep-sky target's configuration, in the one form of the sessions key.
+
+    Parameters
+    ----------
+    settings : dict
+        One target's configuration: frame folders directly (one session) or ``sessions``.
+
+    Returns
+    -------
+    dict of str to dict
+        Session name -> its entries (``lights``, ``darks``, ``flats``, ``bias``, ``darkflats``,
+        ``filter``), in configuration order; the one-session form is one session named
+        :data:`DEFAULT_SESSION` with the target's ``filter``. A session without ``filter``
+        takes the target's.
+    """
+    if "sessions" not in settings:
+        keys = list(FRAME_TYPES) + ["filter"]
+        return {DEFAULT_SESSION: {k: settings[k] for k in keys if k in settings}}
+    sessions = {}
+    for name, session in settings["sessions"].items():
+        session = dict(session)
+        if "filter" not in session and "filter" in settings:
+            session["filter"] = settings["filter"]
+        sessions[name] = session
+    return sessions
+
+
+def find_sessions(target, settings, planned=None):
+    """The frames of every session of a deep-sky target, with names unique across sessions.
+
+    Parameters
+    ----------
+    target : str
+        The target's name (for messages).
+    settings : dict
+        The target's configuration (see :func:`target_sessions`).
+    planned : dict, optional
+        As for :func:`find_frames`.
+
+    Returns
+    -------
+    dict of str to dict of str to dict of str to str
+        Session -> frame type (``light``, ``dark``...) -> frame name -> source path. With one
+        session the names are those of :func:`find_frames`; with several, each is prefixed
+        with ``{session}_``, so that a frame's intermediate files are unique.
+
+    Raises
+    ------
+    DiscoveryError
+        If an entry names no frames, or two frames of one type get the same name in different
+        sessions (the message names both sources).
+    """
+    sessions = target_sessions(settings)
+    several = len(sessions) > 1
+    found, owner = {}, {}
+    for session, entries in sessions.items():
+        prefix = f"{session}_" if several else ""
+        label = f"target '{target}'" + (f", session '{session}'" if "sessions" in settings else "")
+        found[session] = {}
+        for key, ftype in FRAME_TYPES.items():
+            if key not in entries:
+                continue
+            frames = find_frames(entries[key], f"{label}, {key}: {entries[key]}", planned=planned)
+            named = {}
+            for name, path in frames.items():
+                unique = prefix + name
+                if (ftype, unique) in owner:
+                    other_session, other = owner[(ftype, unique)]
+                    raise DiscoveryError(
+                        f"target '{target}': {ftype} frames {other} (session '{other_session}') "
+                        f"and {path} (session '{session}') both get the name '{unique}'; "
+                        f"rename a session"
+                    )
+                owner[(ftype, unique)] = (session, path)
+                named[unique] = path
+            found[session][ftype] = named
+    return found
+
+
+def source_header(path):
+    """The primary keywords of a FITS source frame, read at parse time; None for other formats.
+
+    Parameters
+    ----------
+    path : str
+        A frame file (any format of :data:`astroflow.io.formats.DEEP_SKY_FRAME`).
+
+    Returns
+    -------
+    astropy.io.fits.Header or None
+        The header of the first HDU that holds an image (compressed FITS included); None
+        when the file is not FITS or does not exist yet (a planned, simulated frame) or
+        cannot be read (ingest then reports it).
+    """
+    if format_of(path) != "fits" or not os.path.isfile(path):
+        return None
+    from astropy.io import fits
+
+    try:
+        with fits.open(path, memmap=True, lazy_load_hdus=True) as hdul:
+            for hdu in hdul:
+                if hdu.header.get("NAXIS", 0) or hdu.header.get("ZNAXIS", 0):
+                    return hdu.header.copy()
+            return hdul[0].header.copy()
+    except (OSError, ValueError):
+        return None
