@@ -1,4 +1,5 @@
 import os
+import posixpath
 import re
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from astroflow.workflow.discovery import (
     find_image,
     find_sequence,
     find_sessions,
+    shared_masters,
     source_header,
     target_pattern,
     target_sessions,
@@ -115,6 +117,17 @@ def _discover_sessions():
 # SESSIONS[target][session][frame type][frame] -> source; FRAMES[target][frame type][frame],
 # the union over sessions (frame names are unique across a target's sessions).
 SESSIONS = _discover_sessions()
+# MASTER_OWNER[target][session][calibration type] -> the session whose master it uses: sessions
+# that name the same calibration folders share one master, made (and its frames ingested) once.
+MASTER_OWNER = {
+    target: shared_masters(target_sessions(config["targets"][target]))
+    for target in SESSIONS
+}
+for _target, _owners in MASTER_OWNER.items():
+    for _session, _types in _owners.items():
+        for _ftype, _owner in _types.items():
+            if _owner != _session:
+                del SESSIONS[_target][_session][_ftype]
 FRAMES = {
     target: {
         ftype: {
@@ -164,7 +177,8 @@ SINGLE_FILTER_TARGETS = target_pattern(t for t, f in FILTERS.items() if len(f) =
 # where a target's masters are: results/{target}/masters{tag}/, the tag empty for one session
 SESSION_TAGS = {
     target: {
-        session: (f"/{session}" if len(sessions) > 1 else "") for session in sessions
+        session: (posixpath.sep + session if len(sessions) > 1 else "")
+        for session in sessions
     }
     for target, sessions in SESSIONS.items()
 }
@@ -189,8 +203,13 @@ STACKED_TARGETS = target_pattern(list(FRAMES) + list(SEQUENCES))
 SINGLE_IMAGE_TARGETS = target_pattern(list(FRAMES) + list(IMAGES))
 
 for _target, _sessions in SESSIONS.items():
-    for _session, _types in _sessions.items():
-        _missing = [t for t in ("bias", "dark", "flat") if t not in _types]
+    for _session in _sessions:
+        _owners = MASTER_OWNER[_target][_session]
+        _missing = [
+            t
+            for t in ("bias", "dark", "flat")
+            if t not in _sessions[_owners.get(t, _session)]
+        ]
         if _missing:
             _which = f", session '{_session}'" if len(_sessions) > 1 else ""
             logger.warning(
@@ -203,7 +222,7 @@ wildcard_constraints:
     target=target_pattern(config["targets"]),
     ftype="|".join(FRAME_TYPES.values()),
     frame=r"[A-Za-z0-9_.-]+",
-    # "" for a target of one session (results/{target}/masters/), else "/{session}"
+    # empty for a target of one session (results/{target}/masters/), else a slash and the session
     session=SESSION_PATTERN,
     filter=target_pattern(sorted({f for filters in FILTERS.values() for f in filters})),
 
@@ -213,20 +232,32 @@ def ingest_source(wildcards):
     return FRAMES[wildcards.target][wildcards.ftype][wildcards.frame]
 
 
+def owner(target, ftype, session):
+    """The session whose frames (and master) of this type a session uses: itself, or the first
+    session that names the same calibration folders."""
+    return MASTER_OWNER[target][session].get(ftype, session)
+
+
+def owns(target, ftype, session):
+    """Whether a session makes the master of this type itself (it has the frames, unshared)."""
+    return ftype in SESSIONS[target][session]
+
+
 def ingested(target, ftype, session=None):
-    """Ingested frames of one type of a target: of one session, or of all when session is None."""
+    """Ingested frames of one type of a target: of one session (shared calibration frames: of
+    the session that owns them), or of all when session is None."""
     if session is None:
         frames = FRAMES[target].get(ftype, {})
     else:
-        frames = SESSIONS[target][session].get(ftype, {})
+        frames = SESSIONS[target][owner(target, ftype, session)].get(ftype, {})
     return [f"results/{target}/ingest/{ftype}/{frame}.fits" for frame in frames]
 
 
 def has_type(target, ftype, session=None):
-    """Whether a target (any session, or the one given) has frames of this type."""
+    """Whether a target (any session, or the one given, itself or shared) has frames of this type."""
     if session is None:
         return ftype in FRAMES[target]
-    return ftype in SESSIONS[target][session]
+    return ftype in SESSIONS[target][owner(target, ftype, session)]
 
 
 def session_of(wildcards):
@@ -238,8 +269,11 @@ def session_of(wildcards):
     return SESSION_OF[target][wildcards.frame]
 
 
-def masters_dir(target, session):
-    """Folder of a session's masters: results/{target}/masters, or .../masters/{session}."""
+def masters_dir(target, session, ftype=None):
+    """Folder of a session's masters: results/{target}/masters, or .../masters/{session}; with
+    ftype, of the session that owns that master."""
+    if ftype is not None:
+        session = owner(target, ftype, session)
     return f"results/{target}/masters{SESSION_TAGS[target][session]}"
 
 
@@ -267,7 +301,7 @@ def dark_frames(wildcards):
 
 def _bias(target, session):
     if has_type(target, "bias", session):
-        return {"bias": f"{masters_dir(target, session)}/bias.fits"}
+        return {"bias": f"{masters_dir(target, session, 'bias')}/bias.fits"}
     return {}
 
 
@@ -280,9 +314,9 @@ def flat_masters(wildcards):
     target, session = wildcards.target, session_of(wildcards)
     masters = _bias(target, session)
     if has_type(target, "darkflat", session):
-        masters["dark"] = f"{masters_dir(target, session)}/darkflat.fits"
+        masters["dark"] = f"{masters_dir(target, session, 'darkflat')}/darkflat.fits"
     elif has_type(target, "dark", session):
-        masters["dark"] = f"{masters_dir(target, session)}/dark.fits"
+        masters["dark"] = f"{masters_dir(target, session, 'dark')}/dark.fits"
     return masters
 
 
@@ -304,8 +338,10 @@ def uses_sky_flat(target, session=None):
 def _calibration_masters(target, session):
     masters = _bias(target, session)
     if has_type(target, "dark", session):
-        masters["dark"] = f"{masters_dir(target, session)}/dark.fits"
-        masters["hot_pixels"] = f"{masters_dir(target, session)}/hot_pixels.fits"
+        masters["dark"] = f"{masters_dir(target, session, 'dark')}/dark.fits"
+        masters["hot_pixels"] = (
+            f"{masters_dir(target, session, 'dark')}/hot_pixels.fits"
+        )
     return masters
 
 
@@ -320,7 +356,7 @@ def light_masters(wildcards):
     target, session = wildcards.target, session_of(wildcards)
     masters = _calibration_masters(target, session)
     if has_type(target, "flat", session):
-        masters["flat"] = f"{masters_dir(target, session)}/flat.fits"
+        masters["flat"] = f"{masters_dir(target, session, 'flat')}/flat.fits"
     elif uses_sky_flat(target, session):
         masters["flat"] = f"{masters_dir(target, session)}/sky_flat.fits"
     if uses_flat_network(target, session):
@@ -426,7 +462,7 @@ def benchmark_files(wildcards):
             )
         for session, tag in SESSION_TAGS[target].items():
             for kind, producer in masters.items():
-                if has_type(target, kind, session):
+                if owns(target, kind, session):
                     files += expand(
                         producer.benchmark, target=target, kind=kind, session=tag
                     )
@@ -621,13 +657,13 @@ def target_outputs(target):
                 rules.stack_filter, target=target, filter=FILTERS[target]
             )
         for session, tag in SESSION_TAGS[target].items():
-            if has_type(target, "bias", session):
+            if owns(target, "bias", session):
                 outputs += _outputs(rules.master_bias, target=target, session=tag)
-            if has_type(target, "dark", session):
+            if owns(target, "dark", session):
                 outputs += _outputs(
                     rules.master_dark, target=target, kind="dark", session=tag
                 )
-            if has_type(target, "flat", session):
+            if owns(target, "flat", session):
                 outputs += _outputs(rules.master_flat, target=target, session=tag)
             elif uses_sky_flat(target, session):
                 outputs += _outputs(rules.sky_flat, target=target, session=tag)

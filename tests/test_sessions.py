@@ -25,6 +25,7 @@ from astroflow.workflow.discovery import (
     DEFAULT_SESSION,
     DiscoveryError,
     find_sessions,
+    shared_masters,
     source_header,
     target_sessions,
 )
@@ -133,6 +134,19 @@ def test_several_sessions_prefix_names_and_share_calibration(tmp_path):
     assert list(found["n2"]["dark"]) == ["n2_d1"]
     sessions = target_sessions(settings)
     assert sessions["n1"]["filter"] == "L" and sessions["n2"]["filter"] == "R"
+
+
+def test_sessions_naming_the_same_calibration_share_its_master():
+    sessions = {
+        "n1": {"lights": "a", "darks": "lib/darks", "bias": "lib/bias", "flats": "n1/flats"},
+        "n2": {"lights": "b", "darks": "lib/darks/", "bias": "lib/bias", "flats": "n2/flats"},
+        "n3": {"lights": "c", "darks": "lib/darks", "flats": "n1/flats"},  # no bias: own dark
+    }
+    owners = shared_masters(sessions)
+    assert owners["n1"] == {"bias": "n1", "dark": "n1", "flat": "n1"}
+    assert owners["n2"] == {"bias": "n1", "dark": "n1", "flat": "n2"}
+    # the same flats but made with another bias (none): not shared
+    assert owners["n3"] == {"dark": "n3", "flat": "n3"}
 
 
 def test_colliding_names_across_sessions_are_an_error(tmp_path):

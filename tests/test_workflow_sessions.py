@@ -41,13 +41,18 @@ def results(work, *parts):
     return work.joinpath("results", TARGET, *parts)
 
 
-def test_each_session_has_its_own_masters(run):
+def test_each_session_has_its_own_flat_and_the_common_bias_is_made_once(run):
     for name, band in (("blue", "B"), ("visual", "V")):
-        assert results(run, "masters", name, "bias.fits").exists()
         flat, header = read_image(results(run, "masters", name, "flat.fits"))
         assert np.median(flat) == pytest.approx(1.0, abs=1e-3)
         assert header["FILTER"] == f"Johnson{band}"
+    # both sessions name the same bias folder: one master, in the first session's folder
+    assert results(run, "masters", "blue", "bias.fits").exists()
+    assert not results(run, "masters", "visual", "bias.fits").exists()
     assert not results(run, "masters", "bias.fits").exists()
+    frames = pd.read_csv(results(run, "frames.csv"))
+    bias = frames[frames["type"] == "bias"]
+    assert len(bias) == 2 and set(bias["session"]) == {"blue"}
 
 
 def test_frames_table_has_sessions_and_filters_from_the_headers(run):
@@ -59,6 +64,8 @@ def test_frames_table_has_sessions_and_filters_from_the_headers(run):
         **{f"visual_uamA_003{i}": "V" for i in (1, 2, 3)},
     }
     assert set(frames["session"]) == {"blue", "visual"}
+    flats = frames[frames["type"] == "flat"].set_index("session")["filter"]
+    assert flats.to_dict() == {"blue": "B", "visual": "V"}
     # one common reference for both filters
     assert lights["reference"].sum() == 1
 

@@ -34,6 +34,7 @@ __all__ = [
     "find_image",
     "find_sequence",
     "find_sessions",
+    "shared_masters",
     "frame_name",
     "source_header",
     "target_pattern",
@@ -323,3 +324,48 @@ def source_header(path):
             return hdul[0].header.copy()
     except (OSError, ValueError):
         return None
+
+
+# What a master of each calibration type depends on: sessions that give the same folders for all
+# of them share the master (frame type -> configuration entries).
+_MASTER_INPUTS = {
+    "bias": ("bias",),
+    "dark": ("darks", "bias"),
+    "darkflat": ("darkflats", "bias"),
+    "flat": ("flats", "bias", "darkflats", "darks"),
+}
+
+
+def shared_masters(sessions):
+    """Which session's master each session uses: one master for the same calibration folders.
+
+    A darks library named by every night, or one bias folder for all filters, is ingested and
+    combined once.
+
+    Parameters
+    ----------
+    sessions : dict of str to dict
+        Session name -> its entries, as :func:`target_sessions` returns them.
+
+    Returns
+    -------
+    dict of str to dict of str to str
+        Session -> calibration frame type (``bias``, ``dark``, ``darkflat``, ``flat``, those it
+        has) -> the first session (in configuration order) whose entries for that master and
+        for the masters it is made with (:data:`_MASTER_INPUTS`) are the same; the session
+        itself when none before it has them.
+    """
+    owners = {}
+    first = {}
+    for session, entries in sessions.items():
+        owners[session] = {}
+        for ftype, keys in _MASTER_INPUTS.items():
+            if FRAME_TYPES_BY_TYPE[ftype] not in entries:
+                continue
+            key = (ftype,) + tuple(os.path.normpath(entries[k]) if k in entries else None for k in keys)
+            owners[session][ftype] = first.setdefault(key, session)
+    return owners
+
+
+#: frame type -> its configuration entry
+FRAME_TYPES_BY_TYPE = {ftype: key for key, ftype in FRAME_TYPES.items()}
