@@ -9,7 +9,15 @@ import pytest
 import yaml
 from astropy.io import fits
 
-from astroflow.calibration.calibrate import dark_groups, flat_groups, match_dark, match_flat
+from astroflow.calibration.calibrate import (
+    calibrate_light,
+    dark_groups,
+    flat_groups,
+    master_darks,
+    master_flats,
+    match_dark,
+    match_flat,
+)
 from astroflow.deepsky.palette import (
     DEFAULT_FILTER,
     PaletteError,
@@ -19,7 +27,7 @@ from astroflow.deepsky.palette import (
     normalise_channel,
     palette_channels,
 )
-from astroflow.io.fits import read_headers, read_image, write_images
+from astroflow.io.fits import read_headers, read_image, write_image, write_images
 from astroflow.workflow.config import session_errors
 from astroflow.workflow.discovery import (
     DEFAULT_SESSION,
@@ -229,6 +237,51 @@ def test_flats_group_by_filter_and_a_light_gets_its_filter():
     assert match_flat("Ha", [{"FILTER": "B"}]) == 0  # one flat: used for every light
     with pytest.raises(ValueError, match="no master flat of filter Ha"):
         match_flat("Ha", masters, "flat.fits")
+
+
+def frames(folder, kind, values, **keys):
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, value in enumerate(values):
+        path = folder / f"{kind}_{i}.fits"
+        write_image(path, np.full((8, 8), value, np.float32), {"IMAGETYP": kind.upper(), **keys})
+        paths.append(str(path))
+    return paths
+
+
+@pytest.mark.filterwarnings("ignore:light .unnamed.. no master flat")
+def test_a_session_with_20_and_60_s_darks_calibrates_each_light_with_its_own(tmp_path):
+    bias = (np.full((8, 8), 100, np.float32), fits.Header({"IMAGETYP": "MASTER BIAS"}))
+    # dark current 1 ADU/s on a bias of 100, plus a 20 s-only pattern that must not reach 60 s
+    darks = frames(tmp_path / "d20", "dark", [120.0, 120.0, 120.0], EXPTIME=20.0, **{"CCD-TEMP": -10.0})
+    darks += frames(tmp_path / "d60", "dark", [160.0] * 4, EXPTIME=60.0, **{"CCD-TEMP": -10.0})
+    masters = master_darks(darks, bias)
+    assert [h["EXPTIME"] for _, h in masters] == [60.0, 20.0]  # the larger group first
+    assert [h["NCOMBINE"] for _, h in masters] == [4, 3]
+    np.testing.assert_allclose(masters[0][0], 60.0)
+    np.testing.assert_allclose(masters[1][0], 20.0)
+    # a 58 s light (within 10% of 60 s): the 60 s master, scaled to 58 s; a 30 s light: the
+    # nearest exposure (20 s), scaled
+    for exposure, chosen in ((58.0, 0), (30.0, 1)):
+        header = fits.Header({"EXPTIME": exposure, "CCD-TEMP": -10.0})
+        index, _ = match_dark(header, [h for _, h in masters])
+        assert index == chosen
+        light = np.full((8, 8), 100 + exposure + 500, np.float32)  # bias + dark + sky 500
+        calibrated, _ = calibrate_light(light, header, master_bias=bias, master_dark=masters[index])
+        np.testing.assert_allclose(calibrated, 500.0, atol=1e-3)
+    # one exposure: exactly one master (no DARKGRP)
+    one = master_darks(darks[:3], bias)
+    assert len(one) == 1 and "DARKGRP" not in one[0][1]
+
+
+@pytest.mark.filterwarnings("ignore:master flat. no master dark")
+def test_flats_of_two_filters_give_one_master_each(tmp_path):
+    flats = frames(tmp_path / "fb", "flat", [1000.0, 1100.0], EXPTIME=5.0, FILTER="JohnsonB")
+    flats += frames(tmp_path / "fv", "flat", [3000.0], EXPTIME=5.0, FILTER="JohnsonV")
+    bias = (np.zeros((8, 8), np.float32), fits.Header({"IMAGETYP": "MASTER BIAS"}))
+    masters = master_flats(flats, bias)
+    assert [(h["FILTER"], h["NCOMBINE"]) for _, h in masters] == [("B", 2), ("V", 1)]
+    assert match_flat("V", [h for _, h in masters]) == 1
 
 
 def test_several_masters_in_one_file_round_trip(tmp_path):

@@ -473,6 +473,91 @@ def match_flat(light_filter, masters, path="master flat"):
     )
 
 
+def master_darks(paths, master_bias=None, *, exposure_tolerance=0.1, temperature_tolerance=2.0, **combine):
+    """One master dark per group of darks (:func:`dark_groups`), largest group first.
+
+    Parameters
+    ----------
+    paths : sequence of str or os.PathLike
+        Ingested dark FITS files of one session; rejected placeholders are skipped.
+    master_bias : tuple of (numpy.ndarray, astropy.io.fits.Header), optional
+        As in :func:`master_dark`.
+    exposure_tolerance, temperature_tolerance : float
+        As in :func:`dark_groups`.
+    **combine
+        ``method``, ``sigma_low``, ``sigma_high``, ``memory_mb`` of :func:`master_dark`.
+
+    Returns
+    -------
+    list of (numpy.ndarray, astropy.io.fits.Header)
+        :func:`master_dark` of each group; with several, each header has ``DARKGRP`` (its
+        index). One group: exactly ``[master_dark(paths, ...)]``. Written together by
+        :func:`astroflow.io.fits.write_images`, chosen per light by :func:`match_dark`.
+    """
+    usable = [path for path in paths if not is_rejected(read_header(path))]
+    groups = dark_groups(
+        [read_header(path) for path in usable],
+        exposure_tolerance=exposure_tolerance,
+        temperature_tolerance=temperature_tolerance,
+    )
+    if len(groups) <= 1:
+        return [master_dark(paths, master_bias, **combine)]
+    masters = []
+    for n, group in enumerate(groups):
+        data, header = master_dark([usable[i] for i in group], master_bias, **combine)
+        header["DARKGRP"] = (n, "exposure/temperature/binning group of the darks")
+        masters.append((data, header))
+    return masters
+
+
+def master_flats(paths, master_bias=None, master_darks=(), *, exposure_tolerance=0.1,
+                 temperature_tolerance=2.0, **combine):  # fmt: skip
+    """One master flat per filter of a session's flats (:func:`flat_groups`), largest first.
+
+    Parameters
+    ----------
+    paths : sequence of str or os.PathLike
+        Ingested flat FITS files; rejected placeholders are skipped.
+    master_bias : tuple of (numpy.ndarray, astropy.io.fits.Header), optional
+    master_darks : sequence of (numpy.ndarray, astropy.io.fits.Header), optional
+        The session's master darks (or dark flats), one per group; each group of flats gets
+        the one :func:`match_dark` chooses for its first flat.
+    exposure_tolerance, temperature_tolerance : float
+        As in :func:`match_dark`.
+    **combine
+        ``method``, ``sigma_low``, ``sigma_high``, ``memory_mb`` of :func:`master_flat`.
+
+    Returns
+    -------
+    list of (numpy.ndarray, astropy.io.fits.Header)
+        :func:`master_flat` of each filter; with several, each header's ``FILTER`` is the
+        canonical filter name, chosen per light by :func:`match_flat`. One filter: one master
+        of all ``paths``.
+    """
+    usable = [path for path in paths if not is_rejected(read_header(path))]
+    headers = [read_header(path) for path in usable]
+    groups = flat_groups(headers)
+
+    def dark_for(first):
+        if len(master_darks) <= 1:
+            return master_darks[0] if master_darks else None
+        index, note = match_dark(
+            first, [h for _, h in master_darks], exposure_tolerance=exposure_tolerance,
+            temperature_tolerance=temperature_tolerance,
+        )
+        log.info("flats: %s", note)
+        return master_darks[index]
+
+    if len(groups) <= 1:
+        return [master_flat(paths, master_bias, dark_for(headers[0] if headers else {}), **combine)]
+    masters = []
+    for name, group in groups.items():
+        data, header = master_flat([usable[i] for i in group], master_bias, dark_for(headers[group[0]]), **combine)
+        header["FILTER"] = (name, "filter of the flats")
+        masters.append((data, header))
+    return masters
+
+
 def hot_pixel_mask(dark, bayer_pattern=None, *, sigma):
     """Pixels whose dark current stands out from their same-colour neighbours.
 
