@@ -8,7 +8,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 from snakemake.utils import validate
 
-from astroflow.deepsky.palette import DEFAULT_FILTER, light_filter
+from astroflow.deepsky.palette import PaletteError, light_filter, palette_channels
 from astroflow.workflow.config import kind_errors, session_errors
 from astroflow.workflow.discovery import (
     FRAME_TYPES,
@@ -172,6 +172,14 @@ FILTERS = {
     target: list(dict.fromkeys(filters.values()))
     for target, filters in FILTER_OF.items()
 }
+# A palette whose filters the target lacks is an error now, not when combine_filters runs.
+for _target, _filters in FILTERS.items():
+    _palette = config["targets"][_target].get("palette", "none")
+    if _palette != "none":
+        try:
+            palette_channels(_palette, _filters)
+        except PaletteError as err:
+            raise WorkflowError(f"target '{_target}': {err}") from None
 MULTI_FILTER_TARGETS = target_pattern(t for t, f in FILTERS.items() if len(f) > 1)
 SINGLE_FILTER_TARGETS = target_pattern(t for t, f in FILTERS.items() if len(f) == 1)
 # where a target's masters are: results/{target}/masters{tag}/, the tag empty for one session

@@ -99,3 +99,21 @@ def test_one_session_form_keeps_its_paths(tmp_path):
     assert "results/one/stack.fits" in proc.stdout
     assert "results/one/ingest/light/uamA_0031.fits" in proc.stdout
     assert "filters/" not in proc.stdout and "masters/default" not in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "target,message",
+    [
+        ({"kind": "deep-sky", "palette": "SHO",
+          "sessions": {"b": session("uamA_0026.fits", "B"), "v": {**session("uamA_0031.fits", "V"), "filter": "Ha"}}},
+         "target 'bad': palette SHO needs filter(s) OIII, SII; the target has B, Ha"),
+        ({"kind": "deep-sky", "lights": f"{DATA}/science/NGC2420/B", "sessions": {"b": session("*.fits", "B")}},
+         "target 'bad': give the frames either as sessions or directly, not both"),
+    ],
+)  # fmt: skip
+def test_bad_sessions_and_palettes_stop_before_any_job(tmp_path, target, message):
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump({"targets": {"bad": target}}))
+    proc = snakemake(tmp_path / "work", "-n", "--cores", "1", "--configfile", str(config), check=False)
+    assert proc.returncode != 0
+    assert message in proc.stdout
