@@ -353,3 +353,12 @@ def test_missing_filters_are_named():
         palette_channels("SHO", ["Ha"])
     with pytest.raises(PaletteError, match="needs filter"):
         combine_palette({"R": field(1, 1), "G": field(1, 1)}, "LRGB")
+
+
+@pytest.mark.parametrize("name", ["caha-cafos-ngc2420.yaml", "sbig-two-sessions.yaml", "seestar-m94.yaml"])
+def test_session_configs_are_valid(name):
+    config = yaml.safe_load((ROOT / "tests" / "configs" / name).read_text())
+    assert session_errors(config) == []
+    jsonschema.validate(config, SCHEMA)
+    for target in config["targets"].values():
+        assert len(target_sessions(target)) == 2
