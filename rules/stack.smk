@@ -46,7 +46,8 @@ rule stack:
         "../scripts/stack.py"
 
 
-# The same rule per filter: every stacking setting of rule stack applies.
+# The same rule per filter: every stacking setting (params) of rule stack applies; its outputs
+# are listed again here, so an output added to rule stack must be added here too.
 use rule stack as stack_filter with:
     input:
         frames=filter_registered_lights,
