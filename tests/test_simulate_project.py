@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 from astropy.io import fits
-from conftest import ROOT
+from conftest import ROOT, snakemake
 from scipy.integrate import quad
 
 from astroflow.io.fits import read_image
@@ -24,6 +24,18 @@ from astroflow.simulation.project import (
     target_sessions,
 )
 from astroflow.simulation.truthcheck import dust_residual, star_colour_errors
+
+
+def planned_jobs(output):
+    """Rule -> job count from a dry run's 'Job stats' table."""
+    jobs, table = {}, False
+    for line in output.splitlines():
+        table = table or line.startswith("Job stats")
+        parts = line.split()
+        if table and len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
+            jobs[parts[0]] = int(parts[1])
+    return jobs
+
 
 SMALL = dict(seed=11, width=160, height=128, n_lights=2, n_darks=1, n_flats=2, n_bias=1, n_dust=3)
 
@@ -270,3 +282,18 @@ def test_meta_is_json_with_the_target_sessions(project):
     outdir, meta = project
     assert json.loads((outdir / "truth" / "meta.json").read_text()) == meta
     assert set(meta["target_sessions"]) == {"night1_R", "night1_G", "night2_R", "night2_G"}
+
+
+@pytest.mark.integration
+def test_workflow_plans_the_project_for_a_target_naming_its_folders(tmp_path):
+    # the one-session target form on one night and filter of the project: its folders do not
+    # exist yet, and the workflow knows that rule simulate_project makes them
+    config = tmp_path / "night1-R.yaml"
+    folders = target_sessions("resources/sim_project", sessions=1, filters=["R"], n_darks=2, n_flats=2, n_bias=2)
+    entry = {key: value for key, value in folders["night1_R"].items() if key != "filter"}
+    config.write_text(yaml.safe_dump({"targets": {"sim-night1-R": {"kind": "deep-sky", **entry}}}))
+    dry = snakemake(tmp_path / "work", "-n", "--configfile", str(config))
+    jobs = planned_jobs(dry.stdout)
+    assert jobs["simulate_project"] == 1 and "simulate_night" not in jobs
+    # 3 lights, 2 darks, 2 flats, 2 bias: the schema's defaults
+    assert jobs["ingest_frame"] == 9 and jobs["calibrate_light"] == 3

@@ -244,7 +244,7 @@ def line_transmission(band, line):
 def simulate_project(
     outdir,
     *,
-    seed=0,
+    seed=20261202,
     width=256,
     height=256,
     sessions=2,
