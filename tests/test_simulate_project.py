@@ -23,7 +23,7 @@ from astroflow.simulation.project import (
     simulate_project,
     target_sessions,
 )
-from astroflow.simulation.truthcheck import dust_residual, star_colour_errors
+from astroflow.simulation.truthcheck import dust_residual, frame_transform, star_colour_errors, to_frame_grid
 
 
 def planned_jobs(output):
@@ -231,6 +231,30 @@ def test_nebula_lines_reach_the_filters_that_pass_them(tmp_path):
     # the Ha and OIII regions are different places
     assert np.corrcoef(scenes["Ha"].ravel(), scenes["OIII"].ravel())[0, 1] < 0.5
     np.testing.assert_allclose(scenes["G"], scenes["OIII"] * FILTERS["G"][2] / FILTERS["OIII"][2], rtol=1e-4, atol=1e-3)
+
+
+def test_truth_carried_onto_another_lights_grid(project):
+    outdir, _ = project
+    frames = pd.read_csv(outdir / "truth" / "frames.csv")
+    matrix = frame_transform(frames, "light_night2_R_002")
+    stars = pd.read_csv(outdir / "truth" / "stars.csv")
+    dust, moved = to_frame_grid(truth(outdir, "dust_night2_reference"), matrix, stars)
+    # the night's dust on the reference grid, carried back, is its dust on the sensor (smeared
+    # only by the dither of the night's lights)
+    sensor = truth(outdir, "dust_night2")
+    assert np.corrcoef(1 - dust.ravel(), 1 - sensor.ravel())[0, 1] > 0.9
+    # the brightest star well inside that light sits where the carried table puts it
+    sky = truth(outdir, "sky_light_night2_R_002")
+    inside = moved[(moved.x > 10) & (moved.x < 150) & (moved.y > 10) & (moved.y < 118)]
+    star = inside.loc[inside.flux_R.idxmax()]
+    x0, y0 = int(round(star.x)), int(round(star.y))
+    stamp = sky[y0 - 4 : y0 + 5, x0 - 4 : x0 + 5]
+    stamp = stamp - np.median(sky[y0 - 8 : y0 + 9, x0 - 8 : x0 + 9])
+    yy, xx = np.mgrid[y0 - 4 : y0 + 5, x0 - 4 : x0 + 5]
+    assert (stamp * xx).sum() / stamp.sum() == pytest.approx(star.x, abs=0.3)
+    assert (stamp * yy).sum() / stamp.sum() == pytest.approx(star.y, abs=0.3)
+    with pytest.raises(KeyError, match="not among"):
+        frame_transform(frames, "light_night9_R_001")
 
 
 def test_dust_residual_on_a_synthetic_stack():

@@ -56,8 +56,10 @@ __all__ = [
     "EMISSION_LINES_NM",
     "FILTERS",
     "filter_fluxes",
+    "invert_affine",
     "line_transmission",
     "project_layout",
+    "sample_affine",
     "session_names",
     "simulate_project",
     "target_sessions",
@@ -490,7 +492,7 @@ def simulate_project(
             fwhm_px=fwhm,
             moffat_beta=moffat_beta,
         ).astype(np.float64)
-        inverse = _invert_affine(matrix)
+        inverse = invert_affine(matrix)
         xr = inverse[0, 0] * xx + inverse[0, 1] * yy + inverse[0, 2]
         yr = inverse[1, 0] * xx + inverse[1, 1] * yy + inverse[1, 2]
         for line, components in nebula.items():
@@ -598,7 +600,8 @@ def simulate_project(
                 },
                 history=["astroflow.simulation.project: noise-free sky + scene, flat = 1, no bias/dark"],
             )
-            dust_reference += _warp_to_reference(dust, matrix)
+            # the reference pixel p sees the sensor at matrix p
+            dust_reference += sample_affine(dust, matrix)
             rows.append(
                 {
                     "frame": name,
@@ -614,7 +617,7 @@ def simulate_project(
             )
         dust_reference /= len(lights_per_band)
         mean = np.mean(matrices, axis=0)
-        inverse = _invert_affine(mean)
+        inverse = invert_affine(mean)
         motes = motes.assign(
             x_ref=inverse[0, 0] * motes.x + inverse[0, 1] * motes.y + inverse[0, 2],
             y_ref=inverse[1, 0] * motes.x + inverse[1, 1] * motes.y + inverse[1, 2],
@@ -754,16 +757,35 @@ def _rotation_about(theta, cx, cy, shift):
     return np.array([[c, -s, cx - c * cx + s * cy + shift[0]], [s, c, cy - s * cx - c * cy + shift[1]]])
 
 
-def _invert_affine(matrix):
+def invert_affine(matrix):
+    """The inverse of a ``(2, 3)`` affine transform, as ``(2, 3)`` float64."""
     full = np.vstack([matrix, [0.0, 0.0, 1.0]])
     return np.linalg.inv(full)[:2]
 
 
-def _warp_to_reference(image, matrix):
-    # reference pixel (x, y) sees the sensor at matrix @ (x, y, 1); scipy works in (row, col)
+def sample_affine(image, matrix):
+    """Resample an image through an affine map: output pixel ``p`` takes ``image`` at ``matrix p``.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        ``(H, W)`` image.
+    matrix : numpy.ndarray
+        ``(2, 3)`` affine map of output ``(x, y, 1)`` to input ``(x, y)``, px.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(H, W)`` float64, bilinear (:func:`scipy.ndimage.affine_transform`, order 1), edges
+        repeated.
+    """
+    matrix = np.asarray(matrix, dtype=np.float64)
+    # scipy works in (row, column) order
     rows_cols = np.array([[matrix[1, 1], matrix[1, 0]], [matrix[0, 1], matrix[0, 0]]])
     offset = np.array([matrix[1, 2], matrix[0, 2]])
-    return ndimage.affine_transform(image, rows_cols, offset=offset, order=1, mode="nearest")
+    return ndimage.affine_transform(
+        np.asarray(image, dtype=np.float64), rows_cols, offset=offset, order=1, mode="nearest"
+    )
 
 
 def _flat_exposure(band, level, span_adu, panel_adu_per_s_nm):

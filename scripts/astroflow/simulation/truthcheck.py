@@ -13,7 +13,69 @@ import pandas as pd
 import sep
 from scipy import ndimage
 
-__all__ = ["dust_residual", "star_colour_errors"]
+from astroflow.simulation.project import invert_affine, sample_affine
+
+__all__ = ["dust_residual", "frame_transform", "star_colour_errors", "to_frame_grid"]
+
+
+def frame_transform(frames, frame):
+    """The affine transform of one light from the truth's reference grid to its own grid.
+
+    Parameters
+    ----------
+    frames : pandas.DataFrame
+        ``truth/frames.csv`` of a simulated project (``frame``, ``m00`` ... ``m12``).
+    frame : str
+        A light's name, e.g. the reference frame a registration chose.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(2, 3)`` float64: reference ``(x, y, 1)`` -> frame ``(x, y)``, px.
+
+    Raises
+    ------
+    KeyError
+        If the frame is not in the table.
+    """
+    row = frames.loc[frames["frame"] == frame]
+    if row.empty:
+        raise KeyError(f"frame {frame!r} is not among the {len(frames)} lights of frames.csv")
+    row = row.iloc[0]
+    return np.array([[row[f"m{r}{c}"] for c in range(3)] for r in range(2)], dtype=np.float64)
+
+
+def to_frame_grid(image, matrix, stars=None):
+    """Carry a truth image (and star table) from the reference grid onto another frame's grid.
+
+    For a stack registered onto a light other than the truth's reference: the value at frame
+    pixel ``p`` is the truth at ``matrix^-1 p`` (bilinear, :func:`scipy.ndimage.affine_transform`,
+    edges repeated).
+
+    Parameters
+    ----------
+    image : numpy.ndarray or None
+        ``(H, W)`` truth on the reference grid (``scene_{filter}``, ``dust_{night}_reference``).
+    matrix : numpy.ndarray
+        ``(2, 3)`` reference -> frame transform (:func:`frame_transform`).
+    stars : pandas.DataFrame, optional
+        Table with ``x``, ``y`` on the reference grid; returned with them on the frame grid.
+
+    Returns
+    -------
+    numpy.ndarray or tuple
+        The image on the frame grid, float64; with ``stars``, ``(image, stars)``.
+    """
+    matrix = np.asarray(matrix, dtype=np.float64)
+    inverse = invert_affine(matrix)
+    out = None if image is None else sample_affine(image, inverse)
+    if stars is None:
+        return out
+    x, y = stars["x"].to_numpy(float), stars["y"].to_numpy(float)
+    moved = stars.assign(
+        x=matrix[0, 0] * x + matrix[0, 1] * y + matrix[0, 2], y=matrix[1, 0] * x + matrix[1, 1] * y + matrix[1, 2]
+    )
+    return out, moved
 
 
 def _fit_scale(stack, truth, keep):
