@@ -115,6 +115,12 @@ def test_deterministic_by_seed_and_stable_under_frame_counts(project, tmp_path):
     for name in ("flat_night2", "dust_night1", "scene_R", "bias"):
         np.testing.assert_array_equal(truth(more, name), truth(outdir, name))
     assert (more / "night1" / "lights_R" / "light_night1_R_003.fits").exists()
+    # the random streams follow the filters' names: another order gives the same frames (but
+    # the one reference light, the first of the first filter)
+    swapped = tmp_path / "swapped"
+    simulate_project(swapped, **{**SMALL, "filters": ["G", "R"]})
+    for name in ("night2/lights_G/light_night2_G_002.fits", "night1/flats_R/flat_night1_R_002.fits"):
+        np.testing.assert_array_equal(raw(swapped / name), raw(outdir / name))
 
 
 def test_the_dust_moved_between_nights(project):

@@ -21,7 +21,9 @@ per-filter flux follows a blackbody of their temperature through the filter's pa
 the nebula's line emission that the filter passes.
 
 The reference grid of every truth image is the first light of the first session and filter
-(identity transform).
+(identity transform). The nebula's knots are at least 4 % of the frame wide and are not blurred
+by the PSF; every filter of a night sees the same flat (dust on the sensor window, not on the
+filters).
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ MAGNITUDE_BAND = "G"
 FRAME_KINDS = ("lights", "darks", "flats", "bias")
 _STEMS = {"lights": "light", "darks": "dark", "flats": "flat", "bias": "bias"}
 IMAGETYP = {"lights": "Light Frame", "darks": "Dark Frame", "flats": "Flat Field", "bias": "Bias Frame"}
+_BAND_INDEX = {band: i for i, band in enumerate(FILTERS)}
 _PLANCK_C2_NM_K = 1.438777e7
 _BAND_SAMPLES = 257
 
@@ -513,7 +516,7 @@ def simulate_project(
         )
 
     noise = dict(gain=gain_e_per_adu, read_noise_e=read_noise_e, white=white_level_adu)
-    rows, placed, dust_tables = [], [], {}
+    rows, placed = [], []
     for k, night in enumerate(nights):
         r_night = rng(6, k)
         if k == 0:
@@ -522,9 +525,7 @@ def simulate_project(
             theta = np.deg2rad(r_night.uniform(-pointing_rotation_deg, pointing_rotation_deg))
             shift = r_night.uniform(-pointing_px, pointing_px, 2)
             pointing = _rotation_about(theta, (width - 1) / 2, (height - 1) / 2, shift)
-        seeing = fwhm_px * r_night.uniform(1.0 - seeing_spread, 1.0 + seeing_spread)
-        if k == 0:
-            seeing = fwhm_px
+        seeing = fwhm_px * r_night.uniform(1.0 - seeing_spread, 1.0 + seeing_spread) if k else fwhm_px
         sky_factor = float(np.exp(sky_spread * r_night.standard_normal()))
         gradient_angle = r_night.uniform(0.0, 2 * np.pi)
         temp = night_temps[k]
@@ -557,7 +558,7 @@ def simulate_project(
         dust_reference = np.zeros(shape)
         matrices = []
         for j, (band, i) in enumerate(lights_per_band):
-            fi = filters.index(band)
+            fi = _BAND_INDEX[band]
             r_frame = rng(8, k, fi, i)
             offset = r_frame.normal(0.0, dither_px, 2)
             fwhm = seeing * float(np.clip(np.exp(fwhm_jitter * r_frame.standard_normal()), 0.85, 1.15))
@@ -566,8 +567,7 @@ def simulate_project(
             matrix = pointing.copy()
             matrix[:, 2] += offset
             matrices.append(matrix)
-            _, _, transmission = FILTERS[band]
-            lo, hi, _ = FILTERS[band]
+            lo, hi, transmission = FILTERS[band]
             sky_level = sky_adu_per_s_nm * (hi - lo) * transmission * light_exposure_s * sky_factor
             truth = _sky(zeros, sky_level, (1.0,), sky_gradient, gradient_angle).astype(np.float64)
             truth += scene(band, matrix, fwhm)
@@ -622,25 +622,29 @@ def simulate_project(
             x_ref=inverse[0, 0] * motes.x + inverse[0, 1] * motes.y + inverse[0, 2],
             y_ref=inverse[1, 0] * motes.x + inverse[1, 1] * motes.y + inverse[1, 2],
         )
-        dust_tables[night] = motes
 
-        calibration = [("darks", None, n_darks, light_exposure_s, 1), ("bias", None, n_bias, 0.0, 2)]
-        calibration += [("flats", band, n_flats, flat_exposure[band], 3 + b) for b, band in enumerate(filters)]
+        # (kind, filter, count, exposure, slot in the timeline, random stream): the streams
+        # follow the filter's name, not its place in the list
+        calibration = [("darks", None, n_darks, light_exposure_s, 1, 1), ("bias", None, n_bias, 0.0, 2, 2)]
+        calibration += [
+            ("flats", band, n_flats, flat_exposure[band], 3 + b, 3 + _BAND_INDEX[band])
+            for b, band in enumerate(filters)
+        ]
         flat_adu = flat_level * (white_level_adu - bias_level_adu)
-        for kind, band, count, exposure, block in calibration:
+        for kind, band, count, exposure, slot, stream in calibration:
             for j in range(count):
                 signal = dark_rate * exposure
                 if kind == "flats":
                     # Panel brightness wanders by ~1 % between flats, as with a real EL panel.
-                    signal = signal + (1.0 + 0.01 * rng(9, k, block, j).standard_normal()) * flat_adu * flat
-                raw = _expose(rng(11, k, block, j), signal, bias, **noise)
+                    signal = signal + (1.0 + 0.01 * rng(9, k, stream, j).standard_normal()) * flat_adu * flat
+                raw = _expose(rng(11, k, stream, j), signal, bias, **noise)
                 folder = f"{kind}_{band}" if band else kind
                 path = Path(layout[os.path.normpath(outdir / night / folder)][j])
                 header = {
                     **common,
                     "IMAGETYP": IMAGETYP[kind],
                     "EXPTIME": exposure,
-                    "DATE-OBS": timeline[block][j].isoformat(),
+                    "DATE-OBS": timeline[slot][j].isoformat(),
                 }
                 if band:
                     header["FILTER"] = band
