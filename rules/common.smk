@@ -7,6 +7,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 from snakemake.utils import validate
 
+from astroflow.simulation.project import project_layout
 from astroflow.workflow.config import kind_errors
 from astroflow.workflow.discovery import (
     FRAME_TYPES,
@@ -69,10 +70,20 @@ SIM_OUTPUTS = {
     ]
     for folder, ftype in SIM_FOLDERS.items()
 }
-# the folders of the simulated night, named in the default target before they exist
+SIM_PROJECT = SIM["project"]
+SIM_PROJECT_DIR = os.path.normpath(SIM_PROJECT["outdir"])
+SIM_PROJECT_LAYOUT = project_layout(
+    SIM_PROJECT_DIR,
+    **{
+        key: SIM_PROJECT[key]
+        for key in ("sessions", "filters", "n_lights", "n_darks", "n_flats", "n_bias")
+    },
+)
+SIM_PROJECT_FRAMES = [path for paths in SIM_PROJECT_LAYOUT.values() for path in paths]
+# the folders of the simulated night and project, named in targets before they exist
 SIM_PLANNED = {
     os.path.join(SIM_DIR, folder): paths for folder, paths in SIM_OUTPUTS.items()
-}
+} | SIM_PROJECT_LAYOUT
 
 
 def _discover(kind, find, keys):
