@@ -366,7 +366,7 @@ def test_reference_is_the_best_frame_and_weights_follow_noise():
     shifts = [similarity(dx=4.0 * k, dy=-3.0 * k) for k in range(4)]
     specs = [(3.6, NOISE), (2.6, NOISE), (3.2, NOISE), (3.0, 2 * NOISE)]
     frames = [field.frame(m, fwhm=f, noise=n) for m, (f, n) in zip(shifts, specs)]
-    table = register_frames(frames, ["w", "x", "y", "z"])
+    table = register_frames(frames, ["w", "x", "y", "z"], weighting="noise")
     assert table.loc[table["reference"], "frame"].tolist() == ["x"]
     assert (table["status"] == "used").all()
     assert table["weight"].mean() == pytest.approx(1.0)

@@ -422,7 +422,7 @@ def register_frames(
     min_stars=10,
     min_star_fraction=0.25,
     max_fwhm_ratio=2.0,
-    weighting="noise",
+    weighting="psf_signal",
     outlier_sigma=None,
     keep_percent=100.0,
     tps_smoothing=DEFAULT_TPS_SMOOTHING,
@@ -466,7 +466,7 @@ def register_frames(
         rejected. Default 2.0.
     weighting : {"noise", "psf", "psf_signal", "none"}, optional
         Scheme of the stacking ``weight`` (see :mod:`astroflow.deepsky.weighting`), normalised
-        to a mean of 1 over the used frames; rejected frames get 0. Default "noise".
+        to a mean of 1 over the used frames; rejected frames get 0. Default "psf_signal".
     outlier_sigma : mapping of str to float or None, optional
         ``k`` robust sigmas per measure (``fwhm``, ``eccentricity``, ``background``,
         ``n_stars``) beyond which a frame is rejected as an outlier; 0 switches a test off.
