@@ -475,7 +475,7 @@ def apply_projective(matrix, points):
 def test_thin_plate_spline_recovers_a_smooth_distortion_affine_cannot():
     shape = (800, 1000)
     ref, rng = field_points(300, shape, 31)
-    frame = radial(ref, k=4.0) + rng.normal(0, 0.03, ref.shape)
+    frame = radial(ref, k=6.0) + rng.normal(0, 0.03, ref.shape)
     gx, gy = np.meshgrid(np.arange(0, 1000, 25.0), np.arange(0, 800, 25.0))
     grid = np.column_stack([gx.ravel(), gy.ravel()])
     errors = {}
@@ -487,13 +487,13 @@ def test_thin_plate_spline_recovers_a_smooth_distortion_affine_cannot():
         coords = pixel_map(row, shape)
         assert coords.shape == (*shape, 2) and coords.dtype == np.float32
         sampled = coords[grid[:, 1].astype(int), grid[:, 0].astype(int)]
-        truth = radial(grid, k=4.0)
+        truth = radial(grid, k=6.0)
         errors[model] = float(np.sqrt(np.mean(np.sum((sampled - truth) ** 2, axis=1))))
         if model == "tps":
             spline = json.loads(result["tps"])
             assert spline["cv_rms"] < 0.1 and len(spline["points"]) == result["n_matches"]
     assert errors["tps"] < 0.1
-    assert errors["affine"] > 0.4
+    assert errors["affine"] > 0.5
 
 
 def test_warp_through_the_pixel_map_of_a_distorted_frame():

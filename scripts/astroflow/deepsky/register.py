@@ -202,6 +202,23 @@ def match_frame(
             )
     tps = ""
     if model == "tps":
+        # Under the homography alone, stars where the distortion is strongest land off their
+        # partners and may pair with a neighbour; pair again under the full model (reference
+        # stars mapped into the frame), refit the homography by least squares on those pairs
+        # (RANSAC would drop the distorted ones as outliers) and the spline on its residuals.
+        frame_tree = cKDTree(src)
+        for _ in range(2):
+            tps = _fit_tps(src[i_src], dst[i_dst], matrix, tps_smoothing)
+            i_dst, i_src = _nearest_pairs(_inverse_points(matrix, tps, dst), frame_tree, match_radius)
+            if len(i_src) < min_matches:
+                raise RegistrationError(
+                    f"only {len(i_src)} stars match within {match_radius} px under the "
+                    f"distortion model (need {min_matches})"
+                )
+            fitted, _ = cv2.findHomography(src[i_src], dst[i_dst], 0)
+            if fitted is None:
+                raise RegistrationError("homography fit failed (degenerate star pairs)")
+            matrix = fitted / fitted[2, 2]
         tps = _fit_tps(src[i_src], dst[i_dst], matrix, tps_smoothing)
         residual = np.hypot(*(_inverse_points(matrix, tps, dst[i_dst]) - src[i_src]).T)
     else:
@@ -727,7 +744,12 @@ def _grid_nodes(length):
 
 
 def _pairs(src, tree, matrix, radius):
-    distance, nearest = tree.query(_apply(matrix, src), distance_upper_bound=radius)
+    return _nearest_pairs(_apply(matrix, src), tree, radius)
+
+
+def _nearest_pairs(points, tree, radius):
+    """Indices of ``points`` and of their nearest ``tree`` stars within ``radius``, one-to-one."""
+    distance, nearest = tree.query(points, distance_upper_bound=radius)
     hit = np.flatnonzero(np.isfinite(distance))
     # One reference star may be the nearest of two frame stars; keep the closer pair.
     order = hit[np.argsort(distance[hit])]
