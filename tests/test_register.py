@@ -544,3 +544,21 @@ def test_register_frames_records_weights_selection_and_residuals():
     assert (table.loc[["c", "d", "g"], "weight"] == 0).all()
     assert (table.loc[kept, "rms_residual_px"] < 0.1).all()
     assert table.loc["b", "flux_ratio"] == pytest.approx(1.0, abs=0.05)
+
+
+def test_pixel_map_of_a_homography_row_warps_as_the_matrix_does():
+    field = StarField(seed=34)
+    truth = projective(dx=5.0, dy=3.0, tilt=(4e-5, -3e-5))
+    image = field.frame(truth, fwhm=3.0)
+    row = {f"m{i}{j}": truth[i, j] for i in range(3) for j in range(3)}
+    row.update(frame="f", model="homography", tps="")
+    coords = pixel_map(row, SHAPE)
+    # the map sends every reference pixel to the frame position the inverse matrix gives
+    assert coords[100, 250] == pytest.approx(apply_projective(np.linalg.inv(truth), [[250, 100]])[0],
+                                             abs=1e-3)
+    by_map = warp(image, np.eye(3), SHAPE, coordinates=coords)
+    by_matrix = warp(image, transform_matrix(row), SHAPE)
+    both = np.isfinite(by_map) & np.isfinite(by_matrix)
+    assert both.mean() > 0.9
+    assert np.max(np.abs(by_map - by_matrix)[both]) < 0.02 * np.nanmax(image)
+    assert transform_matrix(row)[2, :2] == pytest.approx([4e-5, -3e-5])

@@ -93,6 +93,7 @@ _TPS_SCALE = 1000.0
 # Spacing (px) of the grid on which the spline is evaluated for a per-pixel map; a bicubic
 # spline fills in between (the distortion varies over hundreds of pixels).
 _TPS_GRID = 16
+_MAP_ROWS = 256
 DEFAULT_TPS_SMOOTHING = "auto"
 # Smoothings tried by the cross-validation of ``tps_smoothing="auto"``; the stiffest is close
 # to no spline at all (its affine part only).
@@ -315,23 +316,31 @@ def pixel_map(row, shape):
     xs = np.arange(width, dtype=np.float64)
     ys = np.arange(height, dtype=np.float64)
     inverse = np.linalg.inv(matrix)
-    gx, gy = np.meshgrid(xs, ys)
-    w = inverse[2, 0] * gx + inverse[2, 1] * gy + inverse[2, 2]
-    out = np.empty((height, width, 2), np.float32)
-    out[..., 0] = (inverse[0, 0] * gx + inverse[0, 1] * gy + inverse[0, 2]) / w
-    out[..., 1] = (inverse[1, 0] * gx + inverse[1, 1] * gy + inverse[1, 2]) / w
+    fills = []
     tps = _tps_text(row)
     if tps:
         spline = _tps_interpolator(tps)
-        nodes_x = _grid_nodes(width)
-        nodes_y = _grid_nodes(height)
+        nodes_x, nodes_y = _grid_nodes(width), _grid_nodes(height)
         nx, ny = np.meshgrid(nodes_x, nodes_y)
         values = spline(np.column_stack([nx.ravel(), ny.ravel()]) / _TPS_SCALE)
-        for axis in (0, 1):
-            grid = values[:, axis].reshape(len(nodes_y), len(nodes_x))
-            degree = (min(3, len(nodes_y) - 1), min(3, len(nodes_x) - 1))
-            fill = RectBivariateSpline(nodes_y, nodes_x, grid, kx=degree[1], ky=degree[0])
-            out[..., axis] += fill(ys, xs).astype(np.float32)
+        kx, ky = min(3, len(nodes_x) - 1), min(3, len(nodes_y) - 1)
+        fills = [
+            RectBivariateSpline(
+                nodes_y, nodes_x, values[:, axis].reshape(len(nodes_y), len(nodes_x)), kx=kx, ky=ky
+            )
+            for axis in (0, 1)
+        ]
+    out = np.empty((height, width, 2), np.float32)
+    # in blocks of rows: float64 temporaries of a block only, not of the whole frame
+    for start in range(0, height, _MAP_ROWS):
+        rows = ys[start : start + _MAP_ROWS]
+        gx, gy = np.meshgrid(xs, rows)
+        w = inverse[2, 0] * gx + inverse[2, 1] * gy + inverse[2, 2]
+        block = out[start : start + len(rows)]
+        block[..., 0] = (inverse[0, 0] * gx + inverse[0, 1] * gy + inverse[0, 2]) / w
+        block[..., 1] = (inverse[1, 0] * gx + inverse[1, 1] * gy + inverse[1, 2]) / w
+        for axis, fill in enumerate(fills):
+            block[..., axis] += fill(rows, xs)
     return out
 
 
