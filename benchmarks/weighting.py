@@ -10,7 +10,8 @@ sigma clipping, additive normalisation). Each stack is measured as
 (:func:`astroflow.deepsky.quality.frame_quality`) on the area every light covers, against the
 median single calibrated light. Then every registration model is fitted and its residuals of
 the matched stars reported (for ``tps`` also the 5-fold cross-validated residual, since its
-in-sample one is optimistic), with the stack FWHM of each model under the default (psf_signal) weights.
+in-sample one is optimistic), with the stack FWHM of each model under the default (psf_signal)
+weights and the time of the register step (star detection included) on this machine.
 
 Prints two Markdown tables and writes ``weighting.json`` to ``--out``::
 
@@ -136,10 +137,12 @@ def main():
               f"{noise_single / noise:.2f} | {np.sqrt(len(used)):.2f} |")
 
     print("\n| model | median RMS residual (px) | max RMS residual (px) | median matches "
-          "| cross-validated RMS (px) | stack FWHM (px), psf_signal weights |")
-    print("|---|---|---|---|---|---|")
+          "| cross-validated RMS (px) | stack FWHM (px), psf_signal weights | register (s) |")
+    print("|---|---|---|---|---|---|---|")
     for model in MODELS:
+        tic = time.time()
         table = register_frames(list(calibrated), reference=REFERENCE, model=model)
+        seconds = time.time() - tic
         moved = table[~table["reference"]]
         cv = [json.loads(t)["cv_rms"] for t in moved["tps"] if isinstance(t, str) and t]
         image, _ = stack(table, paths, warped, model)
@@ -149,12 +152,12 @@ def main():
                  "rms_residual_max_px": float(moved["rms_residual_px"].max()),
                  "n_matches_median": float(moved["n_matches"].median()),
                  "cv_rms_median_px": float(np.median(cv)) if cv else None,
-                 "stack_fwhm_px": fwhm}
+                 "stack_fwhm_px": fwhm, "register_seconds": seconds}
         results["models"].append(entry)
         cv_text = f"{np.median(cv):.3f}" if cv else "-"
         print(f"| {model} | {entry['rms_residual_median_px']:.3f} | "
               f"{entry['rms_residual_max_px']:.3f} | {entry['n_matches_median']:.0f} | {cv_text} | "
-              f"{fwhm:.3f} |")
+              f"{fwhm:.3f} | {seconds:.1f} |")
     results["seconds"] = time.time() - start
     (args.out / "weighting.json").write_text(json.dumps(results, indent=2))
     print(f"\n{results['seconds']:.0f} s in all; {args.out / 'weighting.json'}")
