@@ -112,3 +112,19 @@ def test_keep_best_percent_by_weight_keeps_the_reference():
     assert len(t.index[t["status"] == "used"]) == 4
     with pytest.raises(ValueError, match="keep percent"):
         keep_best(t, 0, "weight_psf_signal")
+
+
+def test_outliers_are_judged_among_frames_of_the_same_exposure_and_filter():
+    # six 60 s lights and three 120 s ones: twice the sky, more stars - not outliers of their own
+    background = [500.0, 505.0, 498.0, 502.0, 497.0, 503.0, 1000.0, 1010.0, 995.0]
+    stars = [100, 102, 98, 101, 99, 100, 160, 158, 162]
+    groups = ["60|L"] * 6 + ["120|L"] * 3
+    limits = {"background": 5.0, "n_stars": 5.0}
+    t = reject_outliers(table(background=background, n_stars=stars), limits, groups=groups)
+    assert (t["status"] == "used").all(), t["reason"]
+    mixed = reject_outliers(table(background=background, n_stars=stars), limits)
+    assert mixed.index[mixed["status"] == "rejected"].tolist() == [6, 7, 8]
+    # a bright frame within its group still is one
+    background[2] = 1500.0
+    t = reject_outliers(table(background=background, n_stars=stars), limits, groups=groups)
+    assert t.index[t["status"] == "rejected"].tolist() == [2]

@@ -459,7 +459,8 @@ def register_frames(
     Each frame is read, its stars detected (:func:`astroflow.quality.detect_stars`) and only
     its star list kept, so that at most one full frame is in memory at a time. Frames are then
     rejected on quality (too few stars, cloud, poor seeing) and as outliers
-    (:func:`astroflow.deepsky.weighting.reject_outliers`), a reference is chosen, every other
+    (:func:`astroflow.deepsky.weighting.reject_outliers`, among the frames of the same
+    ``EXPTIME`` and ``FILTER`` where the inputs are FITS files), a reference is chosen, every other
     usable frame is matched to it with :func:`match_frame`, the weights of every scheme are
     computed (:func:`astroflow.deepsky.weighting.set_weights`) and only the best
     ``keep_percent`` are kept (:func:`astroflow.deepsky.weighting.keep_best`; the reference
@@ -540,7 +541,7 @@ def register_frames(
         raise ValueError(f"keep_percent must be in (0, 100], got {keep_percent}")
     inputs = list(images_or_paths)
     names = _frame_names(inputs, names)
-    placeholders, shapes = _survey(inputs, names)
+    placeholders, shapes, groups = _survey(inputs, names)
 
     rows, star_lists = [], {}
     for item, name in zip(inputs, names):
@@ -562,7 +563,7 @@ def register_frames(
         rows.append(row)
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     _reject_on_quality(table, min_stars, min_star_fraction, max_fwhm_ratio)
-    reject_outliers(table, outlier_sigma or {})
+    reject_outliers(table, outlier_sigma or {}, groups=[groups.get(n, "") for n in names])
 
     usable = table["status"] == "used"
     if not usable.any():
@@ -787,8 +788,9 @@ def _frame_names(inputs, names):
 
 
 def _survey(inputs, names):
-    """Rejected placeholders (name -> reason) and image shapes (name -> shape), from headers."""
-    placeholders, shapes = {}, {}
+    """Rejected placeholders (name -> reason), image shapes (name -> shape) and groups of
+    comparable frames (name -> "exposure|filter", from EXPTIME and FILTER), from headers."""
+    placeholders, shapes, groups = {}, {}, {}
     for item, name in zip(inputs, names):
         if _is_path(item):
             header = fitsio.read_header(item)
@@ -796,6 +798,9 @@ def _survey(inputs, names):
                 placeholders[name] = str(header.get(fitsio.REASON_KEY, "rejected upstream"))
                 continue
             shape = fitsio.image_shape(header)
+            exposure = header.get("EXPTIME")
+            exposure = f"{float(exposure):.4g}" if isinstance(exposure, (int, float)) else ""
+            groups[name] = f"{exposure}|{str(header.get('FILTER', '')).strip()}"
         else:
             shape = np.shape(item)
         shapes[name] = tuple(int(n) for n in shape)
@@ -806,7 +811,7 @@ def _survey(inputs, names):
             if name in shapes
         )
         raise ValueError(f"lights differ in size: {sizes}")
-    return placeholders, shapes
+    return placeholders, shapes, groups
 
 
 def _reject_on_quality(table, min_stars, min_star_fraction, max_fwhm_ratio):

@@ -140,15 +140,18 @@ def set_weights(table, weighting):
     return table
 
 
-def reject_outliers(table, limits):
+def reject_outliers(table, limits, groups=None):
     """Reject frames whose quality lies beyond ``k`` robust sigmas of the median, per measure.
 
     For each measure the median and the robust sigma (1.4826 x MAD) are taken over the frames
-    still used. The sigma has a floor (10 % of the median for FWHM, background and star count,
-    0.05 for eccentricity), so that nearly identical frames - a simulated night, a short run -
-    are not split by measurement noise; a frame is rejected if it lies more than ``k`` sigmas on the bad side: FWHM,
-    eccentricity or background too high, star count too low. Measures are tested in the order
-    of :data:`OUTLIER_MEASURES`, each on the frames the earlier tests left.
+    still used, within each group of comparable frames (same exposure and filter: a 60 s light
+    has twice the sky of a 30 s one, an H-alpha light a fraction of an L one's); a group of
+    fewer than 3 used frames is not tested. The sigma has a floor (10 % of the median for FWHM,
+    background and star count, 0.05 for eccentricity), so that nearly identical frames - a
+    simulated night, a short run - are not split by measurement noise. A frame is rejected if
+    it lies more than ``k`` sigmas on the bad side: FWHM, eccentricity or background too high,
+    star count too low. Measures are tested in the order of :data:`OUTLIER_MEASURES`, each on
+    the frames the earlier tests left.
 
     Parameters
     ----------
@@ -157,6 +160,9 @@ def reject_outliers(table, limits):
     limits : mapping of str to float
         ``k`` per measure name of :data:`OUTLIER_MEASURES` (``fwhm``, ``eccentricity``,
         ``background``, ``n_stars``); 0 or a missing name switches that test off.
+    groups : array_like or None, optional
+        One label per row of ``table`` (e.g. ``"60|L"``, exposure and filter); None (default)
+        puts every frame in one group.
 
     Returns
     -------
@@ -174,32 +180,34 @@ def reject_outliers(table, limits):
         raise ValueError(
             f"unknown outlier measure(s) {sorted(unknown)}; expected {list(OUTLIER_MEASURES)}"
         )
+    labels = np.zeros(len(table), dtype=int) if groups is None else np.asarray(groups)
     for name, (column, side, noun, relative_floor, absolute_floor) in OUTLIER_MEASURES.items():
         k = float(limits.get(name) or 0.0)
         if k < 0:
             raise ValueError(f"outlier limit of {name} must be >= 0, got {k}")
-        used = (table["status"] == "used") & np.isfinite(table[column].astype(float))
-        if k == 0 or used.sum() < 3:
+        if k == 0:
             continue
-        values = table.loc[used, column].astype(float)
-        median = float(np.median(values))
-        sigma = max(
-            _MAD_TO_SIGMA * float(np.median(np.abs(values - median))),
-            relative_floor * abs(median),
-            absolute_floor,
-        )
-        if sigma == 0:
-            continue
-        limit = median + side * k * sigma
-        bad = used & (side * (table[column].astype(float) - limit) > 0)
-        relation = ">" if side > 0 else "<"
-        sign = "+" if side > 0 else "-"
-        for idx in table.index[bad]:
-            table.loc[idx, ["status", "reason"]] = [
-                "rejected",
-                f"{noun} outlier: {table.at[idx, column]:.4g} {relation} median {median:.4g} "
-                f"{sign} {k:g} sigma ({sigma:.3g})",
-            ]
+        for label in np.unique(labels):
+            values = table[column].astype(float)
+            used = (table["status"] == "used") & np.isfinite(values) & (labels == label)
+            if used.sum() < 3:
+                continue
+            median = float(np.median(values[used]))
+            sigma = max(
+                _MAD_TO_SIGMA * float(np.median(np.abs(values[used] - median))),
+                relative_floor * abs(median),
+                absolute_floor,
+            )
+            if sigma == 0:
+                continue
+            bad = used & (side * (values - (median + side * k * sigma)) > 0)
+            relation, sign = (">", "+") if side > 0 else ("<", "-")
+            for idx in table.index[bad]:
+                table.loc[idx, ["status", "reason"]] = [
+                    "rejected",
+                    f"{noun} outlier: {values[idx]:.4g} {relation} median {median:.4g} "
+                    f"{sign} {k:g} sigma ({sigma:.3g})",
+                ]
     return table
 
 
