@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.io import fits
+from scipy.ndimage import map_coordinates
 from scipy.special import erf
 
 from astroflow.deepsky.quality import (
@@ -562,3 +563,26 @@ def test_pixel_map_of_a_homography_row_warps_as_the_matrix_does():
     assert both.mean() > 0.9
     assert np.max(np.abs(by_map - by_matrix)[both]) < 0.02 * np.nanmax(image)
     assert transform_matrix(row)[2, :2] == pytest.approx([4e-5, -3e-5])
+
+
+def test_forward_pixel_map_inverts_the_backward_one_for_drizzle():
+    shape = (400, 500)
+    ref, rng = field_points(200, shape, 35)
+    frame = radial(ref, k=4.0, centre=(250.0, 200.0), radius=320.0) + rng.normal(0, 0.03, ref.shape)
+    result = match_frame(frame, ref, model="tps", match_radius=3.0)
+    matrix = result["matrix"]
+    row = {f"m{i}{j}": matrix[i, j] for i in range(3) for j in range(3)}
+    row.update(frame="f", model="tps", tps=result["tps"])
+    to_frame = pixel_map(row, shape)
+    to_reference = pixel_map(row, shape, to="reference")
+    # a reference pixel sent into the frame and back lands where it started (interior)
+    ys, xs = np.mgrid[40:360:10, 40:460:10]
+    there = to_frame[ys, xs]
+    back = np.stack(
+        [map_coordinates(to_reference[..., axis], [there[..., 1], there[..., 0]], order=1)
+         for axis in (0, 1)], axis=-1,
+    )
+    error = np.hypot(back[..., 0] - xs, back[..., 1] - ys)
+    assert np.sqrt(np.mean(error**2)) < 0.02
+    with pytest.raises(ValueError, match="to must be"):
+        pixel_map(row, shape, to="sky")

@@ -18,7 +18,8 @@ the similarity and affine models), with 0-based pixel coordinates and pixel cent
 the ``tps`` column of the registration table as JSON, ``{"smoothing": s, "scale": L, "points":
 [[x_ref, y_ref, ddx, ddy], ...]}``: at the reference pixel ``(x_ref, y_ref)`` of each matched
 star, the frame position minus the one the inverse homography gives (px). :func:`pixel_map`
-turns any row of the table into the frame coordinates of every reference pixel.
+turns any row of the table into the frame coordinates of every reference pixel (for
+``remap``), or the reference coordinates of every frame pixel (the ``pixmap`` of drizzle).
 """
 
 from __future__ import annotations
@@ -284,8 +285,8 @@ def find_transform(
     return result["matrix"], result["n_matches"], result["rms_residual_px"]
 
 
-def pixel_map(row, shape):
-    """Frame coordinates of every pixel of the reference grid, for one registered frame.
+def pixel_map(row, shape, *, to="frame"):
+    """Per-pixel map of one registered frame: reference -> frame, or frame -> reference.
 
     Parameters
     ----------
@@ -294,32 +295,41 @@ def pixel_map(row, shape):
         ``m00 .. m12`` (and ``m20 m21`` of a homography) and, for the "tps" model, the ``tps``
         JSON text.
     shape : tuple of int
-        ``(H_ref, W_ref)`` of the output grid (a trailing channel count is ignored).
+        ``(H, W)`` of the grid the map is made for (a trailing channel count is ignored): the
+        reference's for ``to="frame"``, the frame's for ``to="reference"``.
+    to : {"frame", "reference"}, optional
+        "frame" (default): the frame position from which each reference pixel is sampled, the
+        map of OpenCV's ``remap`` (and of :func:`warp`'s ``coordinates``). "reference": the
+        reference position onto which each frame pixel lands, the ``pixmap`` of STScI's
+        ``drizzle``; for "tps" its spline is the one of the same stars fitted in that direction
+        (same smoothing), so the two maps are inverse to each other within the spline's error.
 
     Returns
     -------
     numpy.ndarray
-        float32, ``(H_ref, W_ref, 2)``: ``[..., 0]`` is the frame ``x`` and ``[..., 1]`` the frame
-        ``y`` (px, 0-based, pixel centres at integers) from which each reference pixel is
-        sampled, the map of OpenCV's ``remap``. The spline is evaluated on a grid of 16 px and
-        filled in with a bicubic spline (the distortion varies over hundreds of pixels).
+        float32, ``(H, W, 2)``: ``[..., 0]`` is ``x`` and ``[..., 1]`` is ``y`` (px, 0-based,
+        pixel centres at integers) of each grid pixel in the other image. The spline is
+        evaluated on a grid of 16 px and filled in with a bicubic spline (the distortion varies
+        over hundreds of pixels).
 
     Raises
     ------
     ValueError
-        If the row has no finite transform (a rejected frame).
+        If the row has no finite transform (a rejected frame), or ``to`` is unknown.
     """
+    if to not in ("frame", "reference"):
+        raise ValueError(f"to must be 'frame' or 'reference', got {to!r}")
     matrix = transform_matrix(row)
     if not np.isfinite(matrix).all():
         raise ValueError(f"frame {row.get('frame', '?')!r} has no transform (rejected?)")
     height, width = int(shape[0]), int(shape[1])
     xs = np.arange(width, dtype=np.float64)
     ys = np.arange(height, dtype=np.float64)
-    inverse = np.linalg.inv(matrix)
+    mapping = np.linalg.inv(matrix) if to == "frame" else matrix
     fills = []
     tps = _tps_text(row)
     if tps:
-        spline = _tps_interpolator(tps)
+        spline = _tps_interpolator(tps, forward=to == "reference", matrix=matrix)
         nodes_x, nodes_y = _grid_nodes(width), _grid_nodes(height)
         nx, ny = np.meshgrid(nodes_x, nodes_y)
         values = spline(np.column_stack([nx.ravel(), ny.ravel()]) / _TPS_SCALE)
@@ -335,10 +345,10 @@ def pixel_map(row, shape):
     for start in range(0, height, _MAP_ROWS):
         rows = ys[start : start + _MAP_ROWS]
         gx, gy = np.meshgrid(xs, rows)
-        w = inverse[2, 0] * gx + inverse[2, 1] * gy + inverse[2, 2]
+        w = mapping[2, 0] * gx + mapping[2, 1] * gy + mapping[2, 2]
         block = out[start : start + len(rows)]
-        block[..., 0] = (inverse[0, 0] * gx + inverse[0, 1] * gy + inverse[0, 2]) / w
-        block[..., 1] = (inverse[1, 0] * gx + inverse[1, 1] * gy + inverse[1, 2]) / w
+        block[..., 0] = (mapping[0, 0] * gx + mapping[0, 1] * gy + mapping[0, 2]) / w
+        block[..., 1] = (mapping[1, 0] * gx + mapping[1, 1] * gy + mapping[1, 2]) / w
         for axis, fill in enumerate(fills):
             block[..., axis] += fill(rows, xs)
     return out
@@ -728,12 +738,18 @@ def _tps_text(row):
     return str(text)
 
 
-def _tps_interpolator(text):
+def _tps_interpolator(text, *, forward=False, matrix=None):
+    """The spline of a ``tps`` text: reference -> frame residuals of the inverse homography, or
+    (``forward``) frame -> reference residuals of ``matrix``, rebuilt from the same stars."""
     spline = json.loads(text)
     points = np.asarray(spline["points"], dtype=np.float64)
+    where, values = points[:, :2], points[:, 2:]
+    if forward:
+        frame = _apply(np.linalg.inv(matrix), where) + values
+        where, values = frame, points[:, :2] - _apply(matrix, frame)
     return RBFInterpolator(
-        points[:, :2] / float(spline["scale"]),
-        points[:, 2:],
+        where / float(spline["scale"]),
+        values,
         kernel="thin_plate_spline",
         smoothing=float(spline["smoothing"]),
         degree=1,
