@@ -22,6 +22,9 @@ rule register:
         min_star_fraction=config["registration"]["min_star_fraction"],
         max_fwhm_ratio=config["registration"]["max_fwhm_ratio"],
         weighting=config["registration"]["weighting"],
+        outlier_sigma=config["registration"]["outlier_sigma"],
+        keep_percent=config["registration"]["keep_percent"],
+        tps_smoothing=config["registration"]["tps_smoothing"],
     script:
         "../scripts/register.py"
 

@@ -18,6 +18,9 @@ table = register_frames(
     min_star_fraction=p.min_star_fraction,
     max_fwhm_ratio=p.max_fwhm_ratio,
     weighting=p.weighting,
+    outlier_sigma=p.outlier_sigma,
+    keep_percent=p.keep_percent,
+    tps_smoothing=p.tps_smoothing,
 )
 # How each light was flat-fielded (calibrate_light's FLATUSED), for frames.csv: the calibrated
 # lights are temporary, and frames_table must not need them again.
