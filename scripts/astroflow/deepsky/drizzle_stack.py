@@ -114,10 +114,11 @@ def affine_pixmap(matrix, shape, scale=1):
     if m.shape not in ((3, 3), (2, 3)) or not np.all(np.isfinite(m[:2])):
         raise ValueError(f"matrix must be a finite 3x3 or 2x3 transform, got {m.tolist()}")
     height, width = int(shape[0]), int(shape[1])
-    y, x = np.mgrid[:height, :width].astype(np.float64)
+    x = np.arange(width, dtype=np.float64)[None, :]
+    y = np.arange(height, dtype=np.float64)[:, None]
     pixmap = np.empty((height, width, 2))
-    pixmap[..., 0] = m[0, 0] * x + m[0, 1] * y + m[0, 2]
-    pixmap[..., 1] = m[1, 0] * x + m[1, 1] * y + m[1, 2]
+    pixmap[..., 0] = m[0, 0] * x + (m[0, 1] * y + m[0, 2])
+    pixmap[..., 1] = m[1, 0] * x + (m[1, 1] * y + m[1, 2])
     if scale != 1:
         pixmap += 0.5
         pixmap *= scale
@@ -175,7 +176,7 @@ def outlier_mask(data, model, *, sigma=4.0, deriv_scale=1.2, grow_px=1, channels
     mask : numpy.ndarray
         bool, shape of ``data``: True for outliers (``grow_px`` dilation within each plane).
     offset : numpy.ndarray
-        float64 ``(C,)`` (C = 1 for mono, 3 for a mosaic): median of ``data - model`` per
+        float64 ``(C,)`` (the planes of ``data``, or the 3 colours of a mosaic): median of ``data - model`` per
         channel, ADU, the sky difference to subtract before drizzling.
     noise : numpy.ndarray
         float64 ``(C,)``: robust sigma (1.4826 MAD) of the residual per channel, ADU.
