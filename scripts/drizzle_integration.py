@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from astroflow.deepsky.drizzle_stack import drizzle_frames, frame_pixmap
+from astroflow.deepsky.drizzle_stack import bayer_pattern, drizzle_frames, frame_pixmap
 from astroflow.io.export import save_preview_png, save_tiff16, save_tiff32
-from astroflow.io.fits import REASON_KEY, combined_header, is_rejected, read_header, read_image, write_image
+from astroflow.io.fits import combined_header, is_rejected, read_header, read_image, write_image
 from astroflow.workflow.logs import setup_logging
 
 log = setup_logging(snakemake.log[0])
@@ -27,16 +27,9 @@ def frames():
     for _, row in used.iterrows():
         path = paths[row["frame"]]
         header = read_header(path)
-        if is_rejected(header):
-            # calibrate_light writes a placeholder for a light that has no CFA mosaic
-            raise ValueError(f"{path}: {header.get(REASON_KEY)}; set drizzle.bayer: false for mono data")
-        data, header = read_image(path)
-        pattern = header.get("BAYERPAT") if p.bayer else None
-        if p.bayer and (data.ndim != 2 or not pattern):
-            raise ValueError(
-                f"{path}: Bayer drizzle needs a CFA mosaic with a BAYERPAT keyword, got a "
-                f"{'colour' if data.ndim == 3 else 'mono'} image; set drizzle.bayer: false"
-            )
+        # calibrate_light writes a placeholder for a mono light where Bayer drizzle wants a mosaic
+        data, header = (None, header) if is_rejected(header) else read_image(path)
+        pattern = bayer_pattern(data, header, path) if p.bayer else None
         yield {
             "name": row["frame"],
             "data": data,

@@ -8,6 +8,7 @@ from astroflow.deepsky.drizzle import upsample
 from astroflow.deepsky.drizzle_stack import (
     KERNELS,
     affine_pixmap,
+    bayer_pattern,
     drizzle_frames,
     frame_pixmap,
     outlier_mask,
@@ -105,6 +106,18 @@ def test_bayer_drizzle_puts_each_cfa_colour_in_its_own_channel():
     weights = result.weight[inner].mean(axis=(0, 1))
     assert weights[1] == pytest.approx(2 * weights[0], rel=0.1)
     assert weights[2] == pytest.approx(weights[0], rel=0.1)
+
+
+def test_bayer_drizzle_refuses_mono_data_with_a_clear_error():
+    mono = np.zeros(SHAPE, np.float32)
+    assert bayer_pattern(mono, {"BAYERPAT": "RGGB"}, "a.fits") == "RGGB"
+    with pytest.raises(ValueError, match=r"b\.fits: a mono image .* set drizzle\.bayer: false"):
+        bayer_pattern(mono, {}, "b.fits")
+    with pytest.raises(ValueError, match="c.fits: a colour image"):
+        bayer_pattern(np.zeros(SHAPE + (3,)), {"BAYERPAT": "RGGB"}, "c.fits")
+    placeholder = {"AFREASON": "a mono light has no CFA mosaic for Bayer drizzle"}
+    with pytest.raises(ValueError, match="d.fits: a mono light has no CFA mosaic"):
+        bayer_pattern(None, placeholder, "d.fits")
 
 
 def test_bayer_drizzle_refuses_a_colour_image():

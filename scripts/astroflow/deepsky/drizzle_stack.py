@@ -150,6 +150,39 @@ def frame_pixmap(row, shape, scale=1):
     return affine_pixmap(transform_matrix(row), shape, scale)
 
 
+def bayer_pattern(data, header, path):
+    """The Bayer pattern of a calibrated light for Bayer drizzle, or a clear refusal.
+
+    Parameters
+    ----------
+    data : numpy.ndarray or None
+        The light's pixels (``(H, W)`` for a CFA mosaic); None for a rejected placeholder.
+    header : mapping
+        Its FITS header: ``BAYERPAT`` for a mosaic; ``AFREASON`` for a placeholder.
+    path : str or os.PathLike
+        The file, for the message.
+
+    Returns
+    -------
+    str
+        The pattern (``BAYERPAT``).
+
+    Raises
+    ------
+    ValueError
+        Naming the file, when it is a placeholder (calibrate_light writes one for a mono light),
+        not 2-D, or has no ``BAYERPAT``: Bayer drizzle needs CFA data.
+    """
+    remedy = "Bayer drizzle needs CFA (colour camera) data; set drizzle.bayer: false for mono data"
+    if data is None:
+        raise ValueError(f"{path}: {header.get('AFREASON', 'no image')}; {remedy}")
+    pattern = header.get("BAYERPAT")
+    if data.ndim != 2 or not pattern:
+        kind = "colour" if data.ndim == 3 else "mono"
+        raise ValueError(f"{path}: a {kind} image without a CFA mosaic (no BAYERPAT); {remedy}")
+    return str(pattern)
+
+
 def outlier_mask(data, model, *, sigma=4.0, deriv_scale=1.2, grow_px=1, channels=None):
     """Pixels of a frame that deviate from the blotted rejection stack: cosmic rays, trails.
 
