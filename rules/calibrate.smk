@@ -139,6 +139,7 @@ rule calibrate_light:
         light="results/{target}/ingest/light/{frame}.fits",
     output:
         intermediate("results/{target}/calibrated/{frame}.fits"),
+        **CALIBRATED_CFA,
     log:
         "logs/calibrate_light/{target}/{frame}.log",
     benchmark:

@@ -286,6 +286,8 @@ def benchmark_files(wildcards):
         files += expand(rules.register.benchmark, target=target)
         files += expand(rules.warp.benchmark, target=target, frame=lights)
         files += expand(rules.stack.benchmark, target=target)
+        if DRIZZLE["enabled"]:
+            files += expand(rules.drizzle.benchmark, target=target)
     for target, types in SEQUENCES.items():
         producers = [
             rules.planetary_analyse,
@@ -371,9 +373,12 @@ def starless_weights(wildcards):
 
 
 def background_input(wildcards):
-    """The image gradient removal and colour calibration work on: a target's stack, or its one image."""
+    """The image gradient removal and colour calibration work on: a target's stack (its drizzle
+    for a deep-sky target with drizzle.enabled), or its one image."""
     if wildcards.target in IMAGES:
         return f"results/{wildcards.target}/image.fits"
+    if wildcards.target in FRAMES and DRIZZLE["enabled"]:
+        return f"results/{wildcards.target}/drizzle.fits"
     return f"results/{wildcards.target}/stack.fits"
 
 
@@ -455,6 +460,8 @@ def target_outputs(target):
             for rule in (rules.frames_table, rules.stack, rules.quality_plot)
             for path in _outputs(rule, target=target)
         ]
+        if DRIZZLE["enabled"]:
+            outputs += _outputs(rules.drizzle, target=target)
         if has_type(target, "bias"):
             outputs += _outputs(rules.master_bias, target=target)
         if has_type(target, "dark"):
@@ -485,6 +492,36 @@ def all_outputs():
 def intermediate(path):
     """A per-frame intermediate output: temp() unless keep_intermediates is set."""
     return path if config["keep_intermediates"] else temp(path)
+
+
+DRIZZLE = config["drizzle"]
+BAYER_DRIZZLE = DRIZZLE["enabled"] and DRIZZLE["bayer"]
+# Bayer drizzle reads the calibrated mosaics, which calibrate_light then writes besides the
+# debayered lights (for a mono light: a placeholder saying so, refused by rule drizzle).
+CALIBRATED_CFA = (
+    {"cfa": intermediate("results/{target}/calibrated_cfa/{frame}.fits")}
+    if BAYER_DRIZZLE
+    else {}
+)
+
+
+def drizzle_lights(wildcards):
+    """The lights a drizzle job drops (input function): calibrated, debayered or (Bayer drizzle) CFA mosaics."""
+    folder = "calibrated_cfa" if BAYER_DRIZZLE else "calibrated"
+    return [
+        f"results/{wildcards.target}/{folder}/{frame}.fits"
+        for frame in FRAMES[wildcards.target]["light"]
+    ]
+
+
+def drizzle_memory(wildcards, input, attempt):
+    """Memory (MB) of a drizzle job: the output grid (image and weight, 3 channels) plus about ten
+    copies of the largest frame (frame, pixmap, blotted stack, masks), and the Python process.
+    """
+    frames = [f for f in input.lights if os.path.exists(f)]
+    frame_mb = max((os.path.getsize(f) for f in frames), default=0) / 1e6
+    stack_mb = input_mb([input.stack])
+    return int((600 + 10 * frame_mb + 2.5 * DRIZZLE["scale"] ** 2 * stack_mb) * attempt)
 
 
 def image_encoding(wildcards):
