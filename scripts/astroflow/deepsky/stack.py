@@ -62,6 +62,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from astropy.io import fits
+from scipy.special import stdtrit
 
 from astroflow.checks import check_float, check_int
 from astroflow.io.fits import REASON_KEY, image_shape, is_rejected, top_down_rows
@@ -855,12 +856,10 @@ def _gesd_critical(n_max, alpha):
     quantile of Student's t with ``m - 2`` degrees of freedom (B. Rosner, *Technometrics* 25,
     165, 1983); infinite (no test) for ``m < 3``.
     """
-    from scipy.stats import t as student_t
-
     m = np.arange(n_max + 1, dtype=np.float64)
     lam = np.full(n_max + 1, np.inf)
     ok = m >= 3
-    t = student_t.ppf(1 - alpha / (2 * m[ok]), m[ok] - 2)
+    t = stdtrit(m[ok] - 2, 1 - alpha / (2 * m[ok]))
     lam[ok] = (m[ok] - 1) * t / np.sqrt((m[ok] - 2 + t * t) * m[ok])
     return lam
 
