@@ -726,7 +726,8 @@ def _reject_sigma(stk, lo, hi, settings, centre):
     """
     method = settings.method
     if method == "mad":
-        sigma = np.float32(MAD_TO_SIGMA) * _run_mad(stk, lo, hi, centre)
+        with np.errstate(invalid="ignore"):  # empty runs: NaN centre, NaN scale
+            sigma = np.float32(MAD_TO_SIGMA) * _run_mad(stk, lo, hi, centre)
     else:
         count = (hi - lo).astype(np.float32)
         e, e_lo, e_hi = stk.clamped(lo, hi, centre)
@@ -757,46 +758,45 @@ def _run_mad(stk, lo, hi, centre):
 
     The deviations of a sorted run are two sorted sequences: ``centre - x[c - j]`` for
     ``j = 0 .. c - lo`` and ``x[c + 1 + j] - centre`` for ``j = 0 .. hi - 2 - c``, with ``c``
-    the lower middle rank. Their median is that of the merged sequences, found for every
-    pixel at once by bisection on how many of the ``k + 1`` smallest come from the first one,
-    in ``log2(N)`` steps of a few gathers: no sort, no pass over every sample.
+    the lower middle rank. Their median is that of the merged sequences: a bisection, for
+    every pixel at once, on how many of the ``k + 1`` smallest (``k = (n - 1) // 2``) come
+    from the first one gives the ``k``-th smallest, and the next is the smaller of the two
+    sequences' next elements. ``log2(N)`` steps of a few gathers: no sort, no pass over every
+    sample.
     """
-    n = hi - lo
-    c = (lo + hi - 1) // 2
-    n_left = c - lo + 1
-    k_low, k_high = (n - 1) // 2, n // 2
-    mad = _kth_deviation(stk, c, n_left, n, centre, k_low)
-    mad += _kth_deviation(stk, c, n_left, n, centre, k_high)
-    mad *= np.float32(0.5)
-    mad[n <= 0] = np.nan
-    return mad
-
-
-def _kth_deviation(stk, c, n_left, n, centre, k):
-    """The ``k``-th smallest (0-based) of the merged deviation sequences of :func:`_run_mad`."""
+    n = (hi - lo).astype(np.int32)
+    c = ((lo + hi - 1) // 2).astype(np.int32)
+    n_left = c - lo.astype(np.int32) + 1
     n_right = n - n_left
-    # i = how many of the k + 1 smallest come from the left sequence.
-    lo_i = np.maximum(0, k + 1 - n_right)
-    hi_i = np.minimum(k + 1, n_left)
+    k1 = (n - 1) // 2 + 1  # how many of the smallest make the lower middle one
+    # i = how many of those come from the left sequence, in [lo_i, hi_i].
+    lo_i = np.maximum(0, k1 - n_right)
+    hi_i = np.minimum(k1, n_left)
     inf = np.float32(np.inf)
-    for _ in range(max(1, int(np.ceil(np.log2(stk.data.shape[0] + 1))) + 1)):
+    for _ in range(int(np.ceil(np.log2(stk.data.shape[0] + 1))) + 1):
         active = lo_i < hi_i
         if not active.any():
             break
-        i = (lo_i + hi_i) // 2
-        j = k + 1 - i
-        # Too few from the left while the next left deviation is smaller than the last right
-        # one taken: take more from the left.
-        left_next = np.where(i < n_left, centre - stk.take(c - i), inf)
-        right_last = np.where(j > 0, stk.take(c + j) - centre, -inf)
-        more = active & (left_next < right_last)
-        lo_i = np.where(more, i + 1, lo_i)
-        hi_i = np.where(active & ~more, i, hi_i)
-    i = lo_i
-    j = k + 1 - i
-    left = np.where(i > 0, centre - stk.take(c - i + 1), -inf)
-    right = np.where(j > 0, stk.take(c + j) - centre, -inf)
-    return np.maximum(left, right)
+        i = (lo_i + hi_i) >> 1
+        j = k1 - i
+        # The next left deviation is smaller than the last right one taken: take more from
+        # the left. (i < n_left and j > 0 wherever lo_i < hi_i.)
+        more = (centre - stk.take(c - i)) < (stk.take(c + j) - centre)
+        more &= active
+        np.copyto(lo_i, i + 1, where=more)
+        np.copyto(hi_i, i, where=active & ~more)
+    i, j = lo_i, k1 - lo_i
+    last_left = np.where(i > 0, centre - stk.take(c - i + 1), -inf)
+    last_right = np.where(j > 0, stk.take(c + j) - centre, -inf)
+    mad = np.maximum(last_left, last_right)
+    even = n % 2 == 0
+    if even.any():
+        next_left = np.where(i < n_left, centre - stk.take(c - i), inf)
+        next_right = np.where(j < n_right, stk.take(c + j + 1) - centre, inf)
+        upper = np.minimum(next_left, next_right)
+        mad = np.where(even, (mad + upper) * np.float32(0.5), mad)
+    mad[n <= 0] = np.nan
+    return mad
 
 
 def _reject_linear_fit(stk, lo, hi, settings, centre):
@@ -806,46 +806,65 @@ def _reject_linear_fit(stk, lo, hi, settings, centre):
     absolute residual; the rejected samples are the lowest ranks of the run whose residuals
     are all below ``-sigma_low * sigma`` and the highest whose residuals are all above
     ``sigma_high * sigma``. Runs of three samples or fewer are left as they are.
+
+    No masks: outside its run a pixel's deviations are clamped to the run's end values and
+    its line to the line's end values (the slope of sorted samples is >= 0), so each sample
+    outside has the residual of the run's nearest end, whose share is subtracted exactly.
     """
     r = stk.data.shape[0]
     n = (hi - lo).astype(np.float64)
     e, e_lo, e_hi = stk.clamped(lo, hi, centre)
     total, _ = stk.run_sums(e, e_lo, e_hi, lo, hi)
     rank = np.arange(r, dtype=np.float32)
-    # Sum of rank * deviation over the run: the clamped samples outside it equal the run's
-    # end values, over ranks whose sums are known.
     lo64, hi64 = lo.astype(np.float64), hi.astype(np.float64)
+    # Sum of rank * deviation over the run, from the whole clamped stack.
     above = (r * (r - 1) - hi64 * (hi64 - 1)) / 2
     rank_sum = rank @ e - e_lo * (lo64 * (lo64 - 1) / 2) - e_hi * above
     with np.errstate(invalid="ignore", divide="ignore"):
         x_mean = (n - 1) / 2
-        sxy = rank_sum - lo64 * total - x_mean * total
         sxx = n * (n * n - 1) / 12
-        slope = np.where(sxx > 0, sxy / sxx, 0.0)
+        slope = np.where(sxx > 0, (rank_sum - (lo64 + x_mean) * total) / sxx, 0.0)
         intercept = total / n - slope * x_mean
-    slope32 = slope.astype(np.float32)
-    # Residuals over the whole stack, in place of the deviations.
-    line = np.multiply.outer(rank, slope32)
+    start = intercept.astype(np.float32)
+    end = (intercept + slope * (n - 1)).astype(np.float32)
+    # Residuals in place of the deviations: e - clamp(a (rank - lo) + b, b, b + a (n - 1)).
+    line = np.multiply.outer(rank, slope.astype(np.float32))
     line += (intercept - slope * lo64).astype(np.float32)
+    np.maximum(line, start, out=line)
+    np.minimum(line, end, out=line)
     np.subtract(e, line, out=e)
-    inside = (rank[:, None] >= lo) & (rank[:, None] < hi)
     np.abs(e, out=line)
-    line *= inside
+    res_lo, res_hi = e_lo - start, e_hi - end
     with np.errstate(invalid="ignore", divide="ignore"):
-        sigma = (line.sum(axis=0, dtype=np.float64) / n).astype(np.float32)
+        spread = line.sum(axis=0) - lo * np.abs(res_lo) - (r - hi) * np.abs(res_hi)
+        sigma = (spread / n).astype(np.float32)
     del line
-    low = e < -np.float32(settings.sigma_low) * sigma
-    low &= rank[:, None] < hi
-    low |= rank[:, None] < lo
-    high = e > np.float32(settings.sigma_high) * sigma
-    high &= rank[:, None] >= lo
-    high |= rank[:, None] >= hi
+    # Ranks below the run share the residual of its lowest sample, so a count of leading
+    # low flags from rank 0 is either 0 (the lowest kept sample stays) or lo plus the new ones.
+    new_lo = np.maximum(lo, _leading(e, -np.float32(settings.sigma_low) * sigma, low=True))
+    new_hi = np.minimum(hi, r - _leading(e[::-1], np.float32(settings.sigma_high) * sigma, low=False))
     del e
-    new_lo = np.logical_and.accumulate(low, axis=0).sum(axis=0)
-    new_hi = r - np.logical_and.accumulate(high[::-1], axis=0).sum(axis=0)
     small = hi - lo <= 3
     new_lo[small], new_hi[small] = lo[small], hi[small]
     return _keep_empty(lo, hi, new_lo, new_hi)
+
+
+def _leading(values, threshold, *, low):
+    """How many rows of ``values`` (R, B) lie beyond ``threshold`` (B,) before the first that
+    does not, per column: below it (``low``) or above it.
+
+    Row by row with an early end, as few ranks are ever rejected (rows are contiguous; a
+    whole-array comparison and ``numpy.logical_and.accumulate`` on axis 0 cost far more).
+    """
+    beyond = np.less if low else np.greater
+    alive = beyond(values[0], threshold)
+    count = alive.astype(np.intp)
+    for row in values[1:]:
+        if not alive.any():
+            break
+        alive &= beyond(row, threshold)
+        count += alive
+    return count
 
 
 @functools.cache
