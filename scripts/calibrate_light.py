@@ -3,6 +3,7 @@
 import numpy as np
 
 from astroflow.calibration.calibrate import calibrate_light, calibrated_header, cosmetic_correction
+from astroflow.calibration.cosmic import remove_cosmic_rays
 from astroflow.calibration.debayer import cfa_channel_map, debayer
 from astroflow.calibration.skyflat import SKY_FLAT_TYPE
 from astroflow.io.fits import REASON_KEY, is_rejected, read_header, read_image, write_image, write_rejected
@@ -53,6 +54,12 @@ else:
         data, n_hot, n_cold = cosmetic_correction(data, pattern, hot, sigma=p.cosmetic_sigma)
         history.append(f"astroflow cosmetic_correction: {n_hot} hot, {n_cold} cold pixels")
         log.info("cosmetic correction: %d hot, %d cold pixels", n_hot, n_cold)
+    if p.cosmic_rays["enabled"]:
+        settings = {key: value for key, value in p.cosmic_rays.items() if key != "enabled"}
+        data, n_cosmic = remove_cosmic_rays(data, pattern, **settings)
+        header["NCOSMIC"] = (n_cosmic, "cosmic-ray pixels (L.A.Cosmic), " + settings["fill"])
+        history.append(f"astroflow remove_cosmic_rays (astroscrappy L.A.Cosmic): {n_cosmic} pixels, {settings}")
+        log.info("cosmic rays: %d pixels (%s)", n_cosmic, settings["fill"])
     cfa, cfa_header, cfa_history = (data, header.copy(), list(history)) if pattern else (None, None, None)
     if pattern:
         data = debayer(data, pattern, method=p.debayer_method)

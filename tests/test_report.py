@@ -149,6 +149,8 @@ def test_report_embeds_the_images_the_config_and_the_runtimes(night):
     expected = {
         f"results/{TARGET}/stack.png": "image/png",
         f"results/{TARGET}/rejection.png": "image/png",
+        f"results/{TARGET}/rejection_low.png": "image/png",
+        f"results/{TARGET}/rejection_high.png": "image/png",
         f"results/{TARGET}/quality.png": "image/png",
         f"results/{TARGET}/corrected.png": "image/png",
         f"results/{TARGET}/deconvolved.png": "image/png",
