@@ -94,7 +94,8 @@ def network_corrected(image):
         return None, f"{weights.relative_to(ROOT)} does not exist"
     from astroflow.calibration.flatnet import correct, load_flatnet
 
-    corrected, _, _ = correct(image, load_flatnet(weights))
+    model, _ = load_flatnet(weights)
+    corrected, _, _ = correct(image, model)
     return corrected, ""
 
 

@@ -57,7 +57,7 @@ from astroflow.io.imagefile import display_scale, read_finished_image
 from astroflow.io.ingest import read_frame
 from astroflow.restoration.starless import classical_star_removal, remove_stars
 from astroflow.restoration.starmetrics import crop_windows, measurement_pair, star_removal_measures
-from astroflow.restoration.starnet import clamp_holes, load_starless, predictor
+from astroflow.restoration.starnet import clamp_holes, inpaint_residuals, load_starless, predictor
 from astroflow.workflow.plots import comparison_crops
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -159,6 +159,12 @@ def run_methods(image, encoding, raw_predict):
 
         return predict
 
+    def cleaned(display):
+        start = time.perf_counter()
+        out, cache["inpainted"] = inpaint_residuals(display, clamp_holes(display, cache["out"]))
+        cache["cleanup"] = time.perf_counter() - start
+        return out
+
     def classical(display):
         start = time.perf_counter()
         out = classical_star_removal(display, **CLASSICAL)[0]
@@ -170,11 +176,14 @@ def run_methods(image, encoding, raw_predict):
         ("network (no clamp)", network),
         ("network (no holes)", clamped()),
         ("network (no holes, distrust 2)", clamped(distrust=2.0)),
+        ("network (no holes, residuals inpainted)", cleaned),
         ("classical", classical),
     ):
         results[method] = remove_stars(image, predict, encoding=encoding).starless
         if method == "classical":
             seconds[method] = cache["classical"]
+        elif method == "network (no holes, residuals inpainted)":
+            seconds[method] = cache["network"] + cache["cleanup"]
         else:
             seconds[method] = cache["network"] + (cache["clamp"] if method != "network (no clamp)" else 0.0)
     return results, seconds

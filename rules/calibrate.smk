@@ -143,6 +143,7 @@ rule calibrate_light:
         light="results/{target}/ingest/light/{frame}.fits",
     output:
         intermediate("results/{target}/calibrated/{frame}.fits"),
+        **CALIBRATED_CFA,
     log:
         "logs/calibrate_light/{target}/{frame}.log",
     benchmark:
@@ -157,6 +158,14 @@ rule calibrate_light:
         code=library_code("calibrate_light.py"),
         cosmetic=config["calibration"]["cosmetic"],
         cosmetic_sigma=config["calibration"]["cosmetic_sigma"],
+        cosmic_rays={
+            "enabled": config["calibration"]["cosmic_rays"],
+            "sigclip": config["calibration"]["cosmic_ray_sigclip"],
+            "objlim": config["calibration"]["cosmic_ray_objlim"],
+            "gain": config["calibration"]["cosmic_ray_gain"],
+            "readnoise": config["calibration"]["cosmic_ray_readnoise"],
+            "fill": config["calibration"]["cosmic_ray_fill"],
+        },
         debayer_method=config["calibration"]["debayer_method"],
         flatless=config["calibration"]["flatless"],
         filter=light_filter_of,

@@ -9,6 +9,7 @@ from snakemake.logging import logger
 from snakemake.utils import validate
 
 from astroflow.deepsky.palette import PaletteError, light_filter, palette_channels
+from astroflow.simulation.project import project_layout
 from astroflow.workflow.config import kind_errors, session_errors
 from astroflow.workflow.discovery import (
     FRAME_TYPES,
@@ -78,10 +79,20 @@ SIM_OUTPUTS = {
     ]
     for folder, ftype in SIM_FOLDERS.items()
 }
-# the folders of the simulated night, named in the default target before they exist
+SIM_PROJECT = SIM["project"]
+SIM_PROJECT_DIR = os.path.normpath(SIM_PROJECT["outdir"])
+SIM_PROJECT_LAYOUT = project_layout(
+    SIM_PROJECT_DIR,
+    **{
+        key: SIM_PROJECT[key]
+        for key in ("sessions", "filters", "n_lights", "n_darks", "n_flats", "n_bias")
+    },
+)
+SIM_PROJECT_FRAMES = [path for paths in SIM_PROJECT_LAYOUT.values() for path in paths]
+# the folders of the simulated night and project, named in targets before they exist
 SIM_PLANNED = {
     os.path.join(SIM_DIR, folder): paths for folder, paths in SIM_OUTPUTS.items()
-}
+} | SIM_PROJECT_LAYOUT
 
 
 def _discover(kind, find, keys):
@@ -434,6 +445,22 @@ def frame_filters(wildcards):
     return FILTER_OF[wildcards.target]
 
 
+def registration_reference(wildcards):
+    """The reference light of rule register: registration.reference as configured (auto or a
+    frame name); a light's name without its {session}_ prefix also names it, when one light of
+    the target's sessions has it."""
+    reference = config["registration"]["reference"]
+    lights = FRAMES[wildcards.target]["light"]
+    if reference == "auto" or reference in lights:
+        return reference
+    prefixed = [
+        frame
+        for frame in lights
+        if frame == f"{SESSION_OF[wildcards.target][frame]}_{reference}"
+    ]
+    return prefixed[0] if len(prefixed) == 1 else reference
+
+
 def palette(wildcards):
     return config["targets"][wildcards.target].get("palette", "none")
 
@@ -486,6 +513,8 @@ def benchmark_files(wildcards):
             )
         else:
             files += expand(rules.stack.benchmark, target=target)
+        if drizzles(target):
+            files += expand(rules.drizzle.benchmark, target=target)
     for target, types in SEQUENCES.items():
         producers = [
             rules.planetary_analyse,
@@ -571,9 +600,12 @@ def starless_weights(wildcards):
 
 
 def background_input(wildcards):
-    """The image gradient removal and colour calibration work on: a target's stack, or its one image."""
+    """The image gradient removal and colour calibration work on: a target's stack (its drizzle
+    for a deep-sky target with drizzle.enabled), or its one image."""
     if wildcards.target in IMAGES:
         return f"results/{wildcards.target}/image.fits"
+    if wildcards.target in FRAMES and drizzles(wildcards.target):
+        return f"results/{wildcards.target}/drizzle.fits"
     return f"results/{wildcards.target}/stack.fits"
 
 
@@ -660,6 +692,8 @@ def target_outputs(target):
             )
             for path in _outputs(rule, target=target)
         ]
+        if drizzles(target):
+            outputs += _outputs(rules.drizzle, target=target)
         if several:
             outputs += _outputs(
                 rules.stack_filter, target=target, filter=FILTERS[target]
@@ -697,6 +731,43 @@ def all_outputs():
 def intermediate(path):
     """A per-frame intermediate output: temp() unless keep_intermediates is set."""
     return path if config["keep_intermediates"] else temp(path)
+
+
+DRIZZLE = config["drizzle"]
+BAYER_DRIZZLE = DRIZZLE["enabled"] and DRIZZLE["bayer"]
+# Bayer drizzle reads the calibrated mosaics, which calibrate_light then writes besides the
+# debayered lights (for a mono light: a placeholder saying so, refused by rule drizzle).
+CALIBRATED_CFA = (
+    {"cfa": intermediate("results/{target}/calibrated_cfa/{frame}.fits")}
+    if BAYER_DRIZZLE
+    else {}
+)
+
+
+def drizzles(target):
+    """Whether a deep-sky target is drizzled: drizzle.enabled, and one filter (the drizzle of
+    each filter stack of a target with several is not wired yet: it keeps its stack.fits).
+    """
+    return DRIZZLE["enabled"] and len(FILTERS[target]) == 1
+
+
+def drizzle_lights(wildcards):
+    """The lights a drizzle job drops (input function): calibrated, debayered or (Bayer drizzle) CFA mosaics."""
+    folder = "calibrated_cfa" if BAYER_DRIZZLE else "calibrated"
+    return [
+        f"results/{wildcards.target}/{folder}/{frame}.fits"
+        for frame in FRAMES[wildcards.target]["light"]
+    ]
+
+
+def drizzle_memory(wildcards, input, attempt):
+    """Memory (MB) of a drizzle job: the output grid (image and weight, 3 channels) plus about ten
+    copies of the largest frame (frame, pixmap, blotted stack, masks), and the Python process.
+    """
+    frames = [f for f in input.lights if os.path.exists(f)]
+    frame_mb = max((os.path.getsize(f) for f in frames), default=0) / 1e6
+    stack_mb = input_mb([input.stack])
+    return int((600 + 10 * frame_mb + 2.5 * DRIZZLE["scale"] ** 2 * stack_mb) * attempt)
 
 
 def image_encoding(wildcards):

@@ -16,7 +16,7 @@ rule register:
     params:
         code=library_code("register.py"),
         model=config["registration"]["model"],
-        reference=config["registration"]["reference"],
+        reference=registration_reference,
         threshold_sigma=config["registration"]["threshold_sigma"],
         min_stars=config["registration"]["min_stars"],
         min_star_fraction=config["registration"]["min_star_fraction"],
@@ -24,6 +24,9 @@ rule register:
         weighting=config["registration"]["weighting"],
         sessions=frame_sessions,
         filters=frame_filters,
+        outlier_sigma=config["registration"]["outlier_sigma"],
+        keep_percent=config["registration"]["keep_percent"],
+        tps_smoothing=config["registration"]["tps_smoothing"],
     script:
         "../scripts/register.py"
 

@@ -17,6 +17,29 @@ rule simulate_night:
         runtime=15,
     params:
         code=library_code("simulate_night.py"),
-        settings={key: value for key, value in SIM.items() if key != "outdir"},
+        settings={
+            key: value
+            for key, value in SIM.items()
+            if key not in ("outdir", "project")
+        },
     script:
         "../scripts/simulate_night.py"
+
+
+rule simulate_project:
+    output:
+        frames=SIM_PROJECT_FRAMES,
+        truth=directory(f"{SIM_PROJECT_DIR}/truth"),
+    log:
+        "logs/simulate_project/simulate_project.log",
+    conda:
+        "../envs/simulate.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=15,
+    params:
+        code=library_code("simulate_project.py"),
+        settings={key: value for key, value in SIM_PROJECT.items() if key != "outdir"},
+    script:
+        "../scripts/simulate_project.py"

@@ -9,6 +9,8 @@ rule stack:
     output:
         fits="results/{target}/stack.fits",
         rejection="results/{target}/rejection.fits",
+        rejection_low="results/{target}/rejection_low.fits",
+        rejection_high="results/{target}/rejection_high.fits",
         tif="results/{target}/stack.tif",
         tif32="results/{target}/stack_f32.tif",
         png=report(
@@ -19,6 +21,16 @@ rule stack:
         rejection_png=report(
             "results/{target}/rejection.png",
             caption="../report/rejection.rst",
+            category="{target}",
+        ),
+        rejection_low_png=report(
+            "results/{target}/rejection_low.png",
+            caption="../report/rejection_low.rst",
+            category="{target}",
+        ),
+        rejection_high_png=report(
+            "results/{target}/rejection_high.png",
+            caption="../report/rejection_high.rst",
             category="{target}",
         ),
     log:
@@ -39,6 +51,10 @@ rule stack:
         sigma_low=config["stacking"]["sigma_low"],
         sigma_high=config["stacking"]["sigma_high"],
         max_iters=config["stacking"]["max_iters"],
+        percentile_low=config["stacking"]["percentile_low"],
+        percentile_high=config["stacking"]["percentile_high"],
+        gesd_outliers=config["stacking"]["gesd_outliers"],
+        gesd_alpha=config["stacking"]["gesd_alpha"],
         normalize=config["stacking"]["normalize"],
         memory_mb=config["stacking"]["memory_mb"],
         preview=config["preview"],
@@ -55,6 +71,8 @@ use rule stack as stack_filter with:
     output:
         fits="results/{target}/filters/{filter}/stack.fits",
         rejection="results/{target}/filters/{filter}/rejection.fits",
+        rejection_low="results/{target}/filters/{filter}/rejection_low.fits",
+        rejection_high="results/{target}/filters/{filter}/rejection_high.fits",
         tif="results/{target}/filters/{filter}/stack.tif",
         tif32="results/{target}/filters/{filter}/stack_f32.tif",
         png=report(
@@ -66,6 +84,18 @@ use rule stack as stack_filter with:
         rejection_png=report(
             "results/{target}/filters/{filter}/rejection.png",
             caption="../report/rejection.rst",
+            category="{target}",
+            subcategory="{filter}",
+        ),
+        rejection_low_png=report(
+            "results/{target}/filters/{filter}/rejection_low.png",
+            caption="../report/rejection_low.rst",
+            category="{target}",
+            subcategory="{filter}",
+        ),
+        rejection_high_png=report(
+            "results/{target}/filters/{filter}/rejection_high.png",
+            caption="../report/rejection_high.rst",
             category="{target}",
             subcategory="{filter}",
         ),

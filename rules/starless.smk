@@ -69,6 +69,7 @@ rule starless:
         code=library_code("starless.py"),
         method=config["starless"]["method"],
         classical=config["starless"]["classical"],
+        inpaint_residuals=config["starless"]["inpaint_residuals"],
         tile=config["starless"]["tile"],
         overlap=config["starless"]["overlap"],
         batch=config["starless"]["batch"],

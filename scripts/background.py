@@ -64,18 +64,28 @@ if bg["enabled"]:
             min_samples=bg["min_samples"],
             name=path,
         )
+    flagged = [w for w in caught if issubclass(w.category, BackgroundWarning)]
     for w in caught:
         log.warning("%s", w.message)
     corrected, background = result.corrected, result.background
+    if flagged and bg["on_signal"] == "keep":
+        # The model followed the nebula: removing it would eat the object (background.on_signal).
+        log.warning("background model not removed (background.on_signal keep): the image is kept as it is; "
+                    "background.fits holds the rejected model")
+        corrected = image.astype(np.float32)
+        history.append(f"astroflow background: {bg['model']} model looked like signal, not removed")
+        cards.update(BGMODEL="kept", BGMODE=bg["mode"])
     log.info(
         "background: %s model (%s), %d of %d grid samples used, %d rejected as signal, %.0f%% of pixels masked",
         bg["model"], bg["mode"], result.n_samples, result.n_grid, result.n_rejected, 100 * result.masked_fraction,
     )
-    history.append(
-        f"astroflow background: {bg['model']} model ({bg['mode']}), {result.n_samples} of {result.n_grid} "
-        f"samples ({result.n_rejected} rejected), pedestal {np.round(result.pedestal, 4).tolist()} kept"
-    )
-    cards.update(BGMODEL=bg["model"], BGMODE=bg["mode"], BGNSAMP=result.n_samples, BGNREJ=result.n_rejected,
+    if not (flagged and bg["on_signal"] == "keep"):
+        history.append(
+            f"astroflow background: {bg['model']} model ({bg['mode']}), {result.n_samples} of {result.n_grid} "
+            f"samples ({result.n_rejected} rejected), pedestal {np.round(result.pedestal, 4).tolist()} kept"
+        )
+        cards.update(BGMODEL=bg["model"], BGMODE=bg["mode"])
+    cards.update(BGNSAMP=result.n_samples, BGNREJ=result.n_rejected,
                  BGGRID=f"{result.grid_shape[0]}x{result.grid_shape[1]}")
 else:
     log.info("background removal off for this target")

@@ -1,5 +1,7 @@
 """Entry script of rule calibrate_light: bias, dark, flat, cosmetic correction, debayer."""
 
+import numpy as np
+
 from astroflow.calibration.calibrate import (
     calibrate_light,
     calibrated_header,
@@ -7,7 +9,8 @@ from astroflow.calibration.calibrate import (
     match_dark,
     match_flat,
 )
-from astroflow.calibration.debayer import debayer
+from astroflow.calibration.cosmic import remove_cosmic_rays
+from astroflow.calibration.debayer import cfa_channel_map, debayer
 from astroflow.calibration.skyflat import SKY_FLAT_TYPE
 from astroflow.io.fits import (
     REASON_KEY,
@@ -23,9 +26,13 @@ from astroflow.workflow.logs import setup_logging
 log = setup_logging(snakemake.log[0])
 p = snakemake.params
 keys = snakemake.input.keys()
+# Bayer drizzle (drizzle.bayer) also takes the calibrated mosaic, before debayering
+keep_cfa = "cfa" in snakemake.output.keys()
 header = read_header(snakemake.input.light)
 if is_rejected(header):
     write_rejected(snakemake.output[0], header[REASON_KEY], header)
+    if keep_cfa:
+        write_rejected(snakemake.output.cfa, header[REASON_KEY], header)
     log.warning("%s passed through as rejected: %s", snakemake.input.light, header[REASON_KEY])
 else:
     light, header = read_image(snakemake.input.light)
@@ -78,6 +85,13 @@ else:
         data, n_hot, n_cold = cosmetic_correction(data, pattern, hot, sigma=p.cosmetic_sigma)
         history.append(f"astroflow cosmetic_correction: {n_hot} hot, {n_cold} cold pixels")
         log.info("cosmetic correction: %d hot, %d cold pixels", n_hot, n_cold)
+    if p.cosmic_rays["enabled"]:
+        settings = {key: value for key, value in p.cosmic_rays.items() if key != "enabled"}
+        data, n_cosmic = remove_cosmic_rays(data, pattern, **settings)
+        header["NCOSMIC"] = (n_cosmic, "cosmic-ray pixels (L.A.Cosmic), " + settings["fill"])
+        history.append(f"astroflow remove_cosmic_rays (astroscrappy L.A.Cosmic): {n_cosmic} pixels, {settings}")
+        log.info("cosmic rays: %d pixels (%s)", n_cosmic, settings["fill"])
+    cfa, cfa_header, cfa_history = (data, header.copy(), list(history)) if pattern else (None, None, None)
     if pattern:
         data = debayer(data, pattern, method=p.debayer_method)
         history.append(f"astroflow debayer: {pattern}, {p.debayer_method}")
@@ -90,7 +104,7 @@ else:
 
         model, _ = load_flatnet(snakemake.input.flatnet)
         try:
-            data, flat, _ = correct(data, model)
+            data, flat, gradient = correct(data, model)
         except ValueError as err:  # too small, NaN pixels, no positive sky: this light only
             log.warning("%s: flat-correction network not applied: %s", snakemake.input.light, err)
         else:
@@ -99,5 +113,16 @@ else:
             span = f"{flat.min():.3f}..{flat.max():.3f}"
             history.append(f"astroflow flat network: {snakemake.input.flatnet}, flat {span}")
             log.info("flat-correction network %s: flat %.3f..%.3f", snakemake.input.flatnet, flat.min(), flat.max())
+            if cfa is not None:
+                # the same correction, each mosaic pixel by its own colour's flat and gradient
+                site = cfa_channel_map(cfa.shape, pattern)[..., None].astype(np.intp)
+                cfa_gradient = np.take_along_axis(gradient, site, axis=2)[..., 0]
+                cfa = (cfa - cfa_gradient) / np.take_along_axis(flat, site, axis=2)[..., 0]
+                cfa_header["FLATUSED"] = header["FLATUSED"]
+                cfa_history.append(history[-1])
     write_image(snakemake.output[0], data, header, history)
+    if keep_cfa and cfa is not None:
+        write_image(snakemake.output.cfa, cfa, cfa_header, cfa_history)
+    elif keep_cfa:
+        write_rejected(snakemake.output.cfa, "a mono light has no CFA mosaic for Bayer drizzle", header)
     log.info("%s calibrated", snakemake.input.light)

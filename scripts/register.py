@@ -18,17 +18,23 @@ table = register_frames(
     min_star_fraction=p.min_star_fraction,
     max_fwhm_ratio=p.max_fwhm_ratio,
     weighting=p.weighting,
+    outlier_sigma=p.outlier_sigma,
+    keep_percent=p.keep_percent,
+    tps_smoothing=p.tps_smoothing,
 )
-# How each light was flat-fielded (calibrate_light's FLATUSED), for frames.csv: the calibrated
-# lights are temporary, and frames_table must not need them again.
-flats = {}
+# How each light was flat-fielded (calibrate_light's FLATUSED) and its cosmic-ray pixels
+# (NCOSMIC, where looked for), for frames.csv: the calibrated lights are temporary, and
+# frames_table must not need them again.
+flats, cosmic = {}, {}
 for path in snakemake.input:
     header = read_header(path)
     flats[Path(path).stem] = "" if is_rejected(header) else header.get("FLATUSED", "")
+    cosmic[Path(path).stem] = header.get("NCOSMIC")
 table["flat"] = [flats.get(frame, "") for frame in table["frame"]]
 # the session and filter of each light (common.smk: from the configuration, else the header)
 table["session"] = table["frame"].map(p.sessions)
 table["filter"] = table["frame"].map(p.filters)
+table["cosmic_rays"] = [cosmic.get(frame) for frame in table["frame"]]
 table.to_csv(snakemake.output[0], index=False)
 for row in table.itertuples():
     if row.status == "rejected":

@@ -1,4 +1,4 @@
-"""Entry script of rule stack: registered lights -> stack.{fits,tif,png}, stack_f32.tif, rejection map."""
+"""Entry script of rule stack: registered lights -> stack.{fits,tif,png}, stack_f32.tif, rejection maps."""
 
 from pathlib import Path
 
@@ -11,6 +11,7 @@ from astroflow.workflow.logs import setup_logging
 
 log = setup_logging(snakemake.log[0])
 p = snakemake.params
+out = snakemake.output
 registration = pd.read_csv(snakemake.input.registration)
 paths = {Path(path).stem: path for path in snakemake.input.frames}
 # rule stack_filter passes the lights of one filter: stack those only
@@ -25,20 +26,38 @@ result = combine(
     sigma_low=p.sigma_low,
     sigma_high=p.sigma_high,
     max_iters=p.max_iters,
+    percentile_low=p.percentile_low,
+    percentile_high=p.percentile_high,
+    gesd_outliers=p.gesd_outliers,
+    gesd_alpha=p.gesd_alpha,
     weights=used["weight"].to_numpy(dtype=float),
     normalize=p.normalize,
     memory_mb=p.memory_mb,
 )
 history = [
-    f"astroflow stack: {p.method}, sigma clip {p.sigma_low}/{p.sigma_high}, normalize {p.normalize}",
+    f"astroflow stack: {p.method}, sigma clip {p.sigma_low}/{p.sigma_high}, "
+    f"percentile {p.percentile_low}/{p.percentile_high}, "
+    f"GESD {p.gesd_outliers}/{p.gesd_alpha}, normalize {p.normalize}",
     f"astroflow stack: frames {', '.join(used['frame'])}",
 ]
 header = combined_header([read_header(path) for path in used["path"]], history)
-write_image(snakemake.output.fits, result.image, header)
-write_image(snakemake.output.rejection, result.rejected, {"BUNIT": "frames"})
-save_tiff16(snakemake.output.tif, result.image, description="astroflow stack")
-save_tiff32(snakemake.output.tif32, result.image, description="astroflow stack")
-save_preview_png(snakemake.output.png, result.image, **p.preview)
-rejected = result.rejected.sum(axis=2) if result.rejected.ndim == 3 else result.rejected
-save_map_png(snakemake.output.rejection_png, rejected)
-log.info("%.4f%% of samples rejected", 100 * rejected.sum() / max(1, result.ncombine_map.sum()))
+write_image(out.fits, result.image, header)
+maps = {
+    "rejection": (result.rejected, "frames rejected"),
+    "rejection_low": (result.rejected_low, "frames rejected low"),
+    "rejection_high": (result.rejected_high, "frames rejected high"),
+}
+for name, (counts, what) in maps.items():
+    write_image(out[name], counts, {"BUNIT": "frames", "COMMENT": what})
+    # Colour maps are shown summed over the channels.
+    save_map_png(out[f"{name}_png"], counts.sum(axis=2) if counts.ndim == 3 else counts)
+save_tiff16(out.tif, result.image, description="astroflow stack")
+save_tiff32(out.tif32, result.image, description="astroflow stack")
+save_preview_png(out.png, result.image, **p.preview)
+samples = max(1, int(result.ncombine_map.sum()) + int(result.rejected.sum()))
+log.info(
+    "%.4f%% of samples rejected (%.4f%% low, %.4f%% high)",
+    100 * result.rejected.sum() / samples,
+    100 * result.rejected_low.sum() / samples,
+    100 * result.rejected_high.sum() / samples,
+)

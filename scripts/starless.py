@@ -44,8 +44,9 @@ else:
         encoding,
         shape,
     )
-    predict = predictor(model, tile=p.tile, overlap=p.overlap, batch=p.batch)
-    history = [f"astroflow starless: weights {snakemake.input.weights}, {encoding} data"]
+    predict = predictor(model, tile=p.tile, overlap=p.overlap, batch=p.batch, residuals=p.inpaint_residuals)
+    cleanup = ", residual stars inpainted" if p.inpaint_residuals else ""
+    history = [f"astroflow starless: weights {snakemake.input.weights}{cleanup}, {encoding} data"]
 result = remove_stars(image, predict, encoding=encoding, target_background=p.target_background)
 write_image(snakemake.output.fits, result.starless, derived_header(header, history))
 recombine = "starless + stars" if encoding == "linear" else "1 - (1 - starless)(1 - stars)"

@@ -1,10 +1,12 @@
 """Tests of astroflow.deepsky.quality (star detection, frame quality) and astroflow.register."""
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from astropy.io import fits
+from scipy.ndimage import map_coordinates
 from scipy.special import erf
 
 from astroflow.deepsky.quality import (
@@ -18,6 +20,8 @@ from astroflow.deepsky.quality import (
 from astroflow.deepsky.register import (
     RegistrationError,
     find_transform,
+    match_frame,
+    pixel_map,
     register_frames,
     transform_matrix,
     warp,
@@ -363,7 +367,7 @@ def test_reference_is_the_best_frame_and_weights_follow_noise():
     shifts = [similarity(dx=4.0 * k, dy=-3.0 * k) for k in range(4)]
     specs = [(3.6, NOISE), (2.6, NOISE), (3.2, NOISE), (3.0, 2 * NOISE)]
     frames = [field.frame(m, fwhm=f, noise=n) for m, (f, n) in zip(shifts, specs)]
-    table = register_frames(frames, ["w", "x", "y", "z"])
+    table = register_frames(frames, ["w", "x", "y", "z"], weighting="noise")
     assert table.loc[table["reference"], "frame"].tolist() == ["x"]
     assert (table["status"] == "used").all()
     assert table["weight"].mean() == pytest.approx(1.0)
@@ -425,3 +429,160 @@ def test_sbig_lights_register_after_dark_subtraction():
     assert (table["rms_residual_px"] < 0.5).all()
     assert (table["n_matches"] >= 20).all()
     assert table["scale"].to_numpy() == pytest.approx(1.0, abs=2e-3)
+
+
+# --- homography and distortion models -----------------------------------------------------
+
+
+def projective(dx=12.0, dy=-7.0, tilt=(2e-5, -1.5e-5)):
+    """Frame -> reference homography: a similarity with a perspective tilt (wide field)."""
+    matrix = similarity(dx=dx, dy=dy, rotation_deg=0.4)
+    matrix[2, :2] = tilt
+    return matrix
+
+
+def radial(points, k=6.0, centre=(500.0, 400.0), radius=640.0):
+    """Reference -> frame positions under a shift and a cubic radial (barrel) distortion."""
+    d = (points - np.asarray(centre)) / radius
+    return points + k * d * np.sum(d**2, axis=1, keepdims=True) + np.array([4.0, -3.0])
+
+
+def field_points(n, shape, seed):
+    rng = np.random.default_rng(seed)
+    return rng.uniform([0, 0], [shape[1] - 1, shape[0] - 1], (n, 2)), rng
+
+
+def test_homography_is_recovered_where_affine_is_not():
+    shape = (800, 1000)
+    ref, rng = field_points(250, shape, 30)
+    truth = projective()
+    frame = apply_projective(np.linalg.inv(truth), ref) + rng.normal(0, 0.03, ref.shape)
+    homography, n, rms = find_transform(frame, ref, model="homography")
+    affine, _, rms_affine = find_transform(frame, ref, model="affine")
+    gx, gy = np.meshgrid(np.linspace(0, 999, 11), np.linspace(0, 799, 9))
+    grid = np.column_stack([gx.ravel(), gy.ravel()])
+    error = np.hypot(*(apply_projective(homography, grid) - apply_projective(truth, grid)).T)
+    error_affine = np.hypot(*(apply(affine, grid) - apply_projective(truth, grid)).T)
+    assert n > 200 and rms < 0.06
+    assert np.sqrt(np.mean(error**2)) < 0.03
+    assert np.sqrt(np.mean(error_affine**2)) > 0.5 and rms_affine > 0.3
+
+
+def apply_projective(matrix, points):
+    mapped = np.column_stack([points, np.ones(len(points))]) @ np.asarray(matrix).T
+    return mapped[:, :2] / mapped[:, 2:]
+
+
+def test_thin_plate_spline_recovers_a_smooth_distortion_affine_cannot():
+    shape = (800, 1000)
+    ref, rng = field_points(300, shape, 31)
+    frame = radial(ref, k=6.0) + rng.normal(0, 0.03, ref.shape)
+    gx, gy = np.meshgrid(np.arange(0, 1000, 25.0), np.arange(0, 800, 25.0))
+    grid = np.column_stack([gx.ravel(), gy.ravel()])
+    errors = {}
+    for model in ("affine", "tps"):
+        result = match_frame(frame, ref, model=model, match_radius=3.0)
+        row = {"frame": "f", "model": model, "tps": result["tps"]}
+        matrix = result["matrix"]
+        row.update({f"m{i}{j}": matrix[i, j] / matrix[2, 2] for i in range(3) for j in range(3)})
+        coords = pixel_map(row, shape)
+        assert coords.shape == (*shape, 2) and coords.dtype == np.float32
+        sampled = coords[grid[:, 1].astype(int), grid[:, 0].astype(int)]
+        truth = radial(grid, k=6.0)
+        errors[model] = float(np.sqrt(np.mean(np.sum((sampled - truth) ** 2, axis=1))))
+        if model == "tps":
+            spline = json.loads(result["tps"])
+            assert spline["cv_rms"] < 0.1 and len(spline["points"]) == result["n_matches"]
+    assert errors["tps"] < 0.1
+    assert errors["affine"] > 0.5
+
+
+def test_warp_through_the_pixel_map_of_a_distorted_frame():
+    field = StarField(seed=32, n_stars=150)
+    ref_image = field.frame(fwhm=3.0)
+    ref_xy = np.column_stack([field.x, field.y])
+    x, y = radial(ref_xy, k=3.0, centre=(200.0, 150.0), radius=250.0).T
+    distorted = render(SHAPE, x, y, field.flux, fwhm=3.0, rng=field.rng)
+    table = register_frames(
+        [ref_image, distorted], ["ref", "distorted"], reference="ref", model="tps"
+    ).set_index("frame")
+    row = table.loc["distorted"]
+    assert row["model"] == "tps" and row["n_matches"] > 40 and row["rms_residual_px"] < 0.15
+    warped = warp(distorted, transform_matrix(row), SHAPE, coordinates=pixel_map(row, SHAPE))
+    plain = warp(distorted, transform_matrix(row), SHAPE)
+    crop = np.s_[20:-20, 20:-20]
+    residual = np.nanstd((warped - ref_image)[crop])
+    assert residual < 1.15 * np.sqrt(2) * NOISE
+    assert np.nanstd((plain - ref_image)[crop]) > 1.5 * residual
+
+
+def test_register_frames_records_weights_selection_and_residuals():
+    field = StarField(seed=33)
+    shifts = [similarity(dx=3.0 * k, dy=-2.0 * k) for k in range(6)]
+    fwhms = [2.6, 3.0, 3.2, 3.4, 2.8, 3.1]
+    frames = [field.frame(m, fwhm=f) for m, f in zip(shifts, fwhms)]
+    frames.append(field.frame(shifts[1], fwhm=3.0, background=3000.0))
+    names = list("abcdefg")
+    table = register_frames(
+        frames,
+        names,
+        reference="a",
+        model="homography",
+        weighting="psf_signal",
+        outlier_sigma={"fwhm": 5.0, "eccentricity": 5.0, "background": 5.0, "n_stars": 5.0},
+        keep_percent=60,
+    ).set_index("frame")
+    for column in ("weight_noise", "weight_psf", "weight_psf_signal", "flux_ratio",
+                   "n_matches", "rms_residual_px", "m20", "m21", "model"):
+        assert column in table
+    assert table.loc["g", "reason"].startswith("background outlier")
+    kept = table.index[table["status"] == "used"].tolist()
+    # 60 % of the six registered frames: the four sharpest (FWHM 2.6, 2.8, 3.0, 3.1 px)
+    assert kept == ["a", "b", "e", "f"]
+    assert table.loc["d", "reason"].startswith("not among the best 60% by weight_psf_signal")
+    assert table.loc["e", "weight"] > table.loc["b", "weight"] > table.loc["f", "weight"]
+    assert table.loc[kept, "weight"].mean() == pytest.approx(1.0)
+    assert (table.loc[["c", "d", "g"], "weight"] == 0).all()
+    assert (table.loc[kept, "rms_residual_px"] < 0.1).all()
+    assert table.loc["b", "flux_ratio"] == pytest.approx(1.0, abs=0.05)
+
+
+def test_pixel_map_of_a_homography_row_warps_as_the_matrix_does():
+    field = StarField(seed=34)
+    truth = projective(dx=5.0, dy=3.0, tilt=(4e-5, -3e-5))
+    image = field.frame(truth, fwhm=3.0)
+    row = {f"m{i}{j}": truth[i, j] for i in range(3) for j in range(3)}
+    row.update(frame="f", model="homography", tps="")
+    coords = pixel_map(row, SHAPE)
+    # the map sends every reference pixel to the frame position the inverse matrix gives
+    assert coords[100, 250] == pytest.approx(apply_projective(np.linalg.inv(truth), [[250, 100]])[0],
+                                             abs=1e-3)
+    by_map = warp(image, np.eye(3), SHAPE, coordinates=coords)
+    by_matrix = warp(image, transform_matrix(row), SHAPE)
+    both = np.isfinite(by_map) & np.isfinite(by_matrix)
+    assert both.mean() > 0.9
+    assert np.max(np.abs(by_map - by_matrix)[both]) < 0.02 * np.nanmax(image)
+    assert transform_matrix(row)[2, :2] == pytest.approx([4e-5, -3e-5])
+
+
+def test_forward_pixel_map_inverts_the_backward_one_for_drizzle():
+    shape = (400, 500)
+    ref, rng = field_points(200, shape, 35)
+    frame = radial(ref, k=4.0, centre=(250.0, 200.0), radius=320.0) + rng.normal(0, 0.03, ref.shape)
+    result = match_frame(frame, ref, model="tps", match_radius=3.0)
+    matrix = result["matrix"]
+    row = {f"m{i}{j}": matrix[i, j] for i in range(3) for j in range(3)}
+    row.update(frame="f", model="tps", tps=result["tps"])
+    to_frame = pixel_map(row, shape)
+    to_reference = pixel_map(row, shape, to="reference")
+    # a reference pixel sent into the frame and back lands where it started (interior)
+    ys, xs = np.mgrid[40:360:10, 40:460:10]
+    there = to_frame[ys, xs]
+    back = np.stack(
+        [map_coordinates(to_reference[..., axis], [there[..., 1], there[..., 0]], order=1)
+         for axis in (0, 1)], axis=-1,
+    )
+    error = np.hypot(back[..., 0] - xs, back[..., 1] - ys)
+    assert np.sqrt(np.mean(error**2)) < 0.005
+    with pytest.raises(ValueError, match="to must be"):
+        pixel_map(row, shape, to="sky")

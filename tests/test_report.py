@@ -128,8 +128,9 @@ def test_runtimes_cover_every_benchmarked_rule(night):
     table = (night / "results" / "runtimes.tsv").read_text().splitlines()
     rows = [dict(zip(table[0].split("\t"), line.split("\t"))) for line in table[1:]]
     assert len(rows) == BENCHMARKED_JOBS
-    # sky_flat runs only for targets without flat frames; this night has them
-    assert {row["rule"] for row in rows} == benchmarked_rules() - {"sky_flat"}
+    # sky_flat runs only for targets without flat frames; this night has them. drizzle runs only
+    # with drizzle.enabled (tests/test_workflow_drizzle.py)
+    assert {row["rule"] for row in rows} == benchmarked_rules() - {"sky_flat", "drizzle"}
     assert all(float(row["s"]) > 0 and float(row["cpu_time"]) >= 0 for row in rows)
     assert {row["job"] for row in rows if row["rule"] == "stack"} == {TARGET}
 
@@ -148,6 +149,8 @@ def test_report_embeds_the_images_the_config_and_the_runtimes(night):
     expected = {
         f"results/{TARGET}/stack.png": "image/png",
         f"results/{TARGET}/rejection.png": "image/png",
+        f"results/{TARGET}/rejection_low.png": "image/png",
+        f"results/{TARGET}/rejection_high.png": "image/png",
         f"results/{TARGET}/quality.png": "image/png",
         f"results/{TARGET}/corrected.png": "image/png",
         f"results/{TARGET}/deconvolved.png": "image/png",

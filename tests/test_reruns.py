@@ -130,6 +130,7 @@ def test_changed_setting_reruns_its_rules_and_descendants(run, setting, expected
 
 STACK_OUTPUTS = {
     "stack.fits", "rejection.fits", "stack.tif", "stack_f32.tif", "stack.png", "rejection.png",
+    "rejection_low.fits", "rejection_high.fits", "rejection_low.png", "rejection_high.png",
 }  # fmt: skip
 
 

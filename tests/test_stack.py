@@ -181,7 +181,7 @@ def test_row_chunks_follow_the_row_order_of_each_file(tmp_path, monkeypatch, cha
         real_read(path, r0, r1, out)
 
     monkeypatch.setattr(stack, "_read_rows", counting_read)
-    budget = 1.07 if channels else 1.03  # a few rows a chunk
+    budget = 1.1 if channels else 1.04  # a few rows a chunk
     result = combine(mixed, method="mean", normalize="additive", memory_mb=budget)
     assert len(set(chunks)) >= 3, "the tight budget should force several row chunks"
     reference = combine(ours, method="mean", normalize="additive", memory_mb=budget)
@@ -194,7 +194,7 @@ def test_row_chunks_follow_the_row_order_of_each_file(tmp_path, monkeypatch, cha
     assert np.isnan(result.image[:9, :6]).all() and np.isfinite(result.image[9:]).all()
 
 
-@pytest.mark.parametrize("method", ["mean", "median", "sigma_clip", "winsorized"])
+@pytest.mark.parametrize("method", stack.METHODS)
 def test_peak_memory_stays_under_budget(tmp_path, method):
     rng = np.random.default_rng(4)
     n, shape = 24, (256, 512)
@@ -211,7 +211,9 @@ def test_peak_memory_stays_under_budget(tmp_path, method):
     finally:
         tracemalloc.stop()
     assert peak < budget_mb * 2**20
-    assert np.all(result.ncombine_map > n // 2)
+    # Iterated MAD clipping cascades on a few pixels of pure noise (the MAD of a clipped
+    # sample shrinks): it keeps 9 of 24 at worst here, the others at least 14.
+    assert np.all(result.ncombine_map > n // 3)
 
 
 def test_budget_too_small_raises(tmp_path):
@@ -233,7 +235,7 @@ def test_files_are_closed_after_combine(tmp_path):
     assert str(tmp_path) not in maps
 
 
-@pytest.mark.parametrize("method", ["mean", "median", "sigma_clip", "winsorized"])
+@pytest.mark.parametrize("method", stack.METHODS)
 def test_nan_is_no_data(method):
     rng = np.random.default_rng(7)
     cube = rng.normal(SKY, NOISE, (9, 20, 30)).astype(np.float32)
@@ -248,7 +250,7 @@ def test_nan_is_no_data(method):
     valid = np.isfinite(cube).sum(axis=0)
     np.testing.assert_array_equal(used + rejected, valid)
     assert used[0, 0] <= 6 and used[0, 20] <= 9
-    if method == "mean":
+    if method in ("none", "mean"):
         finite = np.where(np.isfinite(cube), cube, np.nan)[:, 6:, :10]
         np.testing.assert_allclose(image[6:, :10], np.nanmean(finite, axis=0), rtol=1e-6)
 
@@ -326,7 +328,7 @@ def test_winsorized_rejects_outliers_that_sigma_clip_and_mean_keep():
     assert rejected[:5].mean() < 0.2
 
 
-@pytest.mark.parametrize("method", ["mean", "median", "sigma_clip", "winsorized"])
+@pytest.mark.parametrize("method", stack.METHODS)
 @pytest.mark.parametrize("n_frames", [1, 2])
 def test_one_or_two_frames_are_averaged(method, n_frames):
     rng = np.random.default_rng(17)
@@ -416,6 +418,9 @@ def test_rejected_placeholder_raises(tmp_path):
         ({"method": "sum"}, "method must be"),
         ({"sigma_low": -1.0}, "sigma_low"),
         ({"max_iters": 0}, "max_iters"),
+        ({"method": "gesd", "gesd_outliers": 1.0}, "gesd_outliers"),
+        ({"method": "gesd", "gesd_alpha": 0.0}, "gesd_alpha"),
+        ({"method": "percentile", "percentile_low": -0.1}, "percentile_low"),
         ({"weights": [1.0, 2.0]}, "weights must have shape"),
         ({"weights": [1.0, 0.0, 1.0]}, "weights must be finite and > 0"),
     ],
@@ -448,3 +453,216 @@ def test_real_bias_frames_match_ccdproc(tmp_path):
     )
     np.testing.assert_allclose(ours.image, theirs.data, rtol=0, atol=1e-3)
     assert ours.rejected.sum() > 0
+
+
+# Direct per-pixel references of the rejections added after Siril: plain loops over one
+# pixel's sorted samples, in float64.
+
+
+def _leading(flags):
+    """How many of ``flags`` are True before the first False."""
+    count = 0
+    for flag in flags:
+        if not flag:
+            break
+        count += 1
+    return count
+
+
+def reference_mad(samples, sigma_low, sigma_high, max_iters):
+    kept = np.sort(samples[np.isfinite(samples)]).astype(np.float64)
+    for _ in range(max_iters):
+        if kept.size == 0:
+            break
+        median = np.median(kept)
+        sigma = 1.4826 * np.median(np.abs(kept - median))
+        keep = (median - kept <= sigma_low * sigma) & (kept - median <= sigma_high * sigma)
+        if keep.all():
+            break
+        kept = kept[keep]
+    return kept
+
+
+def reference_percentile(samples, low, high):
+    kept = np.sort(samples[np.isfinite(samples)]).astype(np.float64)
+    median = np.median(kept)
+    return kept[(median - kept <= median * low) & (kept - median <= median * high)]
+
+
+def reference_linear_fit(samples, sigma_low, sigma_high, max_iters):
+    kept = np.sort(samples[np.isfinite(samples)]).astype(np.float64)
+    for _ in range(max_iters):
+        n = kept.size
+        if n <= 3:
+            break
+        rank = np.arange(n)
+        slope, intercept = np.polyfit(rank, kept, 1)
+        residual = kept - (slope * rank + intercept)
+        sigma = np.mean(np.abs(residual))
+        n_low = _leading(residual < -sigma_low * sigma)
+        n_high = _leading((residual > sigma_high * sigma)[::-1])
+        if n_low == 0 and n_high == 0:
+            break
+        kept = kept[n_low : max(n_low, n - n_high)]
+    return kept
+
+
+def reference_gesd(samples, outliers, alpha):
+    from scipy.stats import t as student_t
+
+    kept = np.sort(samples[np.isfinite(samples)]).astype(np.float64)
+    lo, hi = 0, kept.size
+    runs, last = [(lo, hi)], 0
+    for step in range(int(np.floor(outliers * kept.size + 1e-9))):
+        m = hi - lo
+        if m < 3:
+            break
+        run = kept[lo:hi]
+        mean, sd = run.mean(), run.std(ddof=1)
+        below, above = mean - run[0], run[-1] - mean
+        t = student_t.ppf(1 - alpha / (2 * m), m - 2)
+        critical = (m - 1) * t / np.sqrt((m - 2 + t * t) * m)
+        if above > below:
+            hi -= 1
+        else:
+            lo += 1
+        runs.append((lo, hi))
+        if sd > 0 and max(below, above) / sd > critical:
+            last = step + 1
+    lo, hi = runs[last]
+    return kept[lo:hi]
+
+
+REFERENCES = {
+    "mad": lambda s, lo, hi, it: reference_mad(s, lo, hi, it),
+    "linear_fit": lambda s, lo, hi, it: reference_linear_fit(s, lo, hi, it),
+    "percentile": lambda s, lo, hi, it: reference_percentile(s, 0.2, 0.1),
+    "gesd": lambda s, lo, hi, it: reference_gesd(s, 0.3, 0.05),
+}
+
+
+@pytest.mark.parametrize("n_frames", [13, 70])  # sorting network; numpy.sort beyond 64 frames
+@pytest.mark.parametrize("method", sorted(REFERENCES))
+@pytest.mark.parametrize(("sigma_low", "sigma_high", "max_iters"), [(3.0, 3.0, 5), (2.0, 2.5, 2)])
+def test_rejection_matches_a_per_pixel_reference(method, n_frames, sigma_low, sigma_high, max_iters):
+    rng = np.random.default_rng(18)
+    cube = rng.normal(SKY, NOISE, (n_frames, 16, 20)).astype(np.float32)
+    for amplitude in (15, 25, 60, -40, 400):
+        cube[rng.random(cube.shape) < 0.03] += amplitude
+    cube[rng.random(cube.shape) < 0.05] = np.nan
+    image, low, high, used = combine_chunk(
+        cube,
+        method=method,
+        sigma_low=sigma_low,
+        sigma_high=sigma_high,
+        max_iters=max_iters,
+        sides=True,
+    )
+    reference = [
+        REFERENCES[method](cube[:, i, j], sigma_low, sigma_high, max_iters)
+        for i, j in np.ndindex(16, 20)
+    ]
+    ref_used = np.array([r.size for r in reference]).reshape(16, 20)
+    valid = np.isfinite(cube).sum(axis=0)
+    assert (ref_used < valid).sum() > 100, "the data must need rejection"
+    assert (ref_used > 0).all(), "no pixel falls back to the median here"
+    # float32 against float64 may move a sample sitting on a threshold: allow one such pixel.
+    same = used == ref_used
+    assert same.sum() >= same.size - 1
+    ref_mean = np.array([r.mean() for r in reference]).reshape(16, 20)
+    np.testing.assert_allclose(image[same], ref_mean[same], rtol=0, atol=1e-3)
+    np.testing.assert_array_equal(low + high + used, valid)
+    # What was rejected low lies below every kept sample, what was rejected high above.
+    ordered = np.sort(cube, axis=0)
+    for i, j in zip(*np.nonzero(same)):
+        np.testing.assert_allclose(ordered[low[i, j] : valid[i, j] - high[i, j], i, j],
+                                   reference[i * 20 + j], rtol=1e-6)
+
+
+def test_gesd_critical_values_match_rosner():
+    # NIST/SEMATECH e-Handbook of Statistical Methods, 1.3.5.17.3, Rosner's 54 samples
+    # tested for up to 10 outliers at alpha = 0.05: 3.159, 3.151, 3.144 for n = 54, 53, 52.
+    critical = stack._gesd_critical(54, 0.05)
+    np.testing.assert_allclose(critical[[54, 53, 52, 45]], [3.159, 3.151, 3.144, 3.085], atol=1e-3)
+    assert np.isinf(critical[:3]).all()
+
+
+def test_mad_is_robust_where_the_standard_deviation_is_not():
+    rng = np.random.default_rng(19)
+    cube = rng.normal(SKY, NOISE, (9, 20, 20)).astype(np.float32)
+    cube[[2, 7], 5:15, 5:15] += 1000.0  # two of nine inflate the standard deviation
+    _, clip_rejected, _ = combine_chunk(cube, method="sigma_clip")
+    image, low, high, _ = combine_chunk(cube, method="mad", sides=True)
+    assert np.all(clip_rejected[5:15, 5:15] == 0)
+    assert np.all(high[5:15, 5:15] >= 2)
+    np.testing.assert_allclose(image[5:15, 5:15], SKY, atol=4 * NOISE / np.sqrt(7))
+
+
+@pytest.mark.parametrize("method", ["percentile", "sigma_clip", "mad", "winsorized", "linear_fit", "gesd"])
+def test_low_and_high_rejections_are_told_apart(method):
+    rng = np.random.default_rng(20)
+    n = 24
+    cube = rng.normal(SKY, NOISE, (n, 12, 12)).astype(np.float32)
+    cube[3, :6] += 80.0  # a bright trail in the top half of one frame
+    cube[5, 6:] -= 70.0  # a dark one in the bottom half of another
+    # Percentile thresholds wide enough for the noise of a 100 ADU sky (5 % a sigma).
+    wide = {"percentile_low": 0.5, "percentile_high": 0.5}
+    image, low, high, used = combine_chunk(cube, method=method, sides=True, **wide)
+    _, total, _ = combine_chunk(cube, method=method, **wide)
+    np.testing.assert_array_equal(low + high, total)
+    np.testing.assert_array_equal(low + high + used, n)
+    assert np.all(high[:6] >= 1) and np.all(low[6:] >= 1)
+    assert low[:6].mean() < 0.5 and high[6:].mean() < 0.5
+    np.testing.assert_allclose(image, SKY, atol=4 * NOISE / np.sqrt(n - 4))
+
+
+@pytest.mark.parametrize("method", ["percentile", "sigma_clip", "mad", "winsorized", "linear_fit", "gesd"])
+def test_methods_that_reject_nothing_give_the_plain_mean(method):
+    rng = np.random.default_rng(21)
+    cube = rng.normal(SKY, NOISE, (11, 10, 14)).astype(np.float32)
+    cube[2, 4, 4] = np.nan
+    lenient = {
+        "sigma_low": 1e4, "sigma_high": 1e4, "percentile_low": 10.0, "percentile_high": 10.0,
+        "gesd_outliers": 0.0,
+    }  # fmt: skip
+    image, rejected, used = combine_chunk(cube, method=method, **lenient)
+    plain, _, plain_used = combine_chunk(cube, method="none")
+    same_run, _, _ = combine_chunk(cube, method="sigma_clip", **lenient)
+    assert rejected.sum() == 0
+    np.testing.assert_array_equal(used, plain_used)
+    # One final mean for every rejection: the same kept samples give the same bits.
+    np.testing.assert_array_equal(image, same_run)
+    np.testing.assert_allclose(image, plain, rtol=2e-7, atol=0)
+    mean_alias, _, _ = combine_chunk(cube, method="mean")
+    np.testing.assert_array_equal(mean_alias, plain)
+
+
+def test_combine_writes_low_and_high_maps(tmp_path):
+    rng = np.random.default_rng(22)
+    frames = make_frames(rng, n=10, shape=(40, 30))
+    frames[2, 10:12] += 900.0  # a trail
+    frames[6, 20:22] -= 200.0  # a dark stripe
+    paths = write_frames(tmp_path, frames)
+    result = combine(paths, method="gesd", normalize="additive", memory_mb=1.1)
+    np.testing.assert_array_equal(result.rejected_low + result.rejected_high, result.rejected)
+    np.testing.assert_array_equal(result.rejected + result.ncombine_map, 10)
+    assert np.all(result.rejected_high[10:12] >= 1) and np.all(result.rejected_low[20:22] >= 1)
+    assert result.rejected_low.dtype == np.int16 and result.rejected_high.shape == (40, 30)
+
+
+def test_multiplicative_scaling_multiplies_both_ratios(tmp_path):
+    rng = np.random.default_rng(23)
+    frames = make_frames(rng, n=3, shape=(64, 64))
+    frames[1] = frames[1] * 2.0
+    frames[2] = (frames[2] - SKY) * 3.0 + SKY  # three times the noise, same background
+    paths = write_frames(tmp_path, frames)
+    result = combine(paths, method="none", normalize="multiplicative_scaling", memory_mb=64)
+    # Frame 1: background ratio 1/2 and dispersion ratio 1/2; frame 2: 1 and 1/3.
+    np.testing.assert_allclose(result.scale, [1.0, 0.25, 1 / 3], rtol=0.1)
+    np.testing.assert_array_equal(result.offset, 0.0)
+    additive_scaling = combine(paths, method="none", normalize="additive_scaling", memory_mb=64)
+    np.testing.assert_allclose(additive_scaling.scale, [1.0, 0.5, 1 / 3], rtol=0.1)
+    frames[0] = -frames[0]
+    negative = write_frames(tmp_path, frames, prefix="negative")
+    with pytest.raises(ValueError, match="multiplicative_scaling normalisation needs a background > 0"):
+        combine(negative, method="none", normalize="multiplicative_scaling", memory_mb=64)

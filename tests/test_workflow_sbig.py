@@ -39,6 +39,12 @@ def test_frames_classified_by_folder_and_all_lights_registered(night):
     assert np.hypot(lights["dx"], lights["dy"]).max() > 20
     header = read_header(results(night, "stack.fits"))
     assert header["NCOMBINE"] == 13 and header["EXPTIME"] == pytest.approx(13 * 20.0)
+    # every scheme's weight and the matched stars' residuals are in frames.csv; the default PSF
+    # signal weight puts the sharpest light first
+    for column in ("weight_noise", "weight_psf", "weight_psf_signal", "n_matches",
+                   "rms_residual_px"):
+        assert lights[column].notna().all(), column
+    assert lights["weight"].idxmax() == lights["fwhm"].idxmin()
 
 
 def test_stack_is_sharp_and_quiet(night):
@@ -58,9 +64,10 @@ def test_stack_is_sharp_and_quiet(night):
         f"(sqrt(13) = {np.sqrt(13):.2f})"
     )
     # Seeing drifted from about 2.6 to 5.2 px over this night, and the average of such profiles
-    # is narrower than the median one: stacking must not blur (at most +10% over the median
-    # single light) and cannot beat the sharpest light.
-    assert stack_q["fwhm"] <= 1.10 * fwhm_single
+    # is narrower than the median one; the PSF signal weights (default) favour the sharp lights
+    # (measured 0.80 of the median single light, 0.87 with noise weights): stacking must not
+    # blur and cannot beat the sharpest light.
+    assert stack_q["fwhm"] <= 0.90 * fwhm_single
     assert stack_q["fwhm"] >= min(q["fwhm"] for q in single)
     assert noise_gain >= 3.2
 

@@ -266,3 +266,26 @@ def test_classical_method_switch_needs_no_weights_and_matches_the_baseline(image
     assert any("classical" in str(line) for line in header["HISTORY"])
     log = (work / "logs" / "starless" / "mono16.log").read_text()
     assert "classical star removal" in log and "weights" not in log
+
+
+@needs_shared_data("cave-nebula")
+@pytest.mark.parametrize("on_signal", ["keep", "apply"])
+def test_gradient_removal_does_not_eat_a_frame_filling_nebula(tmp_path, on_signal):
+    work = tmp_path / "work"
+    targets = {"cave": {"kind": "image", "lights": str(CAVE)}}
+    config = write_config(work, targets, background={"kinds": ["deep-sky", "image"], "on_signal": on_signal},
+                          starless={"enabled": False}, deconvolution={"enabled": False})
+    snakemake(work, "results/cave/corrected.fits", "--cores", "2", "--configfile", str(config))
+    results = work / "results" / "cave"
+    image, _ = read_image(results / "image.fits")
+    corrected, header = read_image(results / "corrected.fits")
+    model, _ = read_image(results / "background.fits")
+    log = (work / "logs" / "background" / "cave.log").read_text()
+    assert "looks like extended signal" in log  # the model followed the nebula (BackgroundWarning)
+    assert np.ptp(model) > 0.1  # and is kept in background.fits for the user to look at
+    if on_signal == "keep":
+        assert header["BGMODEL"] == "kept" and "not removed" in log
+        np.testing.assert_array_equal(corrected, image)
+    else:
+        assert header["BGMODEL"] == "rbf"
+        assert np.abs(corrected - image).max() > 0.1

@@ -16,6 +16,7 @@ BAYER_PATTERNS = ("RGGB", "BGGR", "GRBG", "GBRG")
 # parity of every mirrored pixel, so the padded mosaic has the same Bayer phase. The margin
 # covers the largest kernel used by the interpolations (Menon 2007 refining step).
 _PAD = 8
+_CHANNEL = {"R": 0, "G": 1, "B": 2}
 
 
 def validate_pattern(pattern):
@@ -66,6 +67,33 @@ def cfa_colour_cells(pattern):
     for index, colour in enumerate(name):
         cells[colour].append(divmod(index, 2))
     return cells
+
+
+def cfa_channel_map(shape, pattern):
+    """Colour channel (0 red, 1 green, 2 blue) of every pixel of a Bayer mosaic.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(H, W)`` of the mosaic.
+    pattern : str
+        Bayer pattern of ``data[0:2, 0:2]`` (see :func:`validate_pattern`).
+
+    Returns
+    -------
+    numpy.ndarray
+        int8 ``(H, W)``.
+
+    Raises
+    ------
+    ValueError
+        If ``pattern`` is not a Bayer pattern.
+    """
+    channels = np.empty(shape[:2], dtype=np.int8)
+    for colour, cells in cfa_colour_cells(pattern).items():
+        for dy, dx in cells:
+            channels[dy::2, dx::2] = _CHANNEL[colour]
+    return channels
 
 
 def _colour_demosaicing():

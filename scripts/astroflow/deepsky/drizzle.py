@@ -12,7 +12,9 @@ Here the mapping of each frame (a lucky-imaging patch) to the reference grid is 
 translation ``(dy, dx)`` in input pixels, so the drops are axis-aligned squares and the overlap
 areas are separable: the overlap of input pixel ``(i, j)`` with output pixel ``(k, l)`` is
 ``Ay[k, i] * Ax[l, j]`` with 1-D overlap-length matrices ``Ay`` and ``Ax``.  Accumulation is then
-two small matrix products per channel, and exact.
+two small matrix products per channel, and exact. Deep-sky integration, with rotations and the
+full registration transform, goes through STScI's drizzle package instead
+(:mod:`astroflow.deepsky.drizzle_stack`).
 
 Geometry (input pixel units, pixel ``(i, j)`` covering ``[i, i+1) x [j, j+1)`` of its frame):
 input pixel ``(i, j)`` of a patch drizzled with offset ``(dy, dx)`` covers the reference square

@@ -44,7 +44,10 @@ def frames_table(ingested_paths, registration):
         Columns ``frame``, ``type``, the provenance columns of :data:`HEADER_COLUMNS`, ``status``
         (``used`` or ``rejected``), ``reason``, then the registration columns for lights, among
         them ``flat`` (``real`` from flat frames, ``sky`` from the lights, ``network``, ``none``;
-        empty for lights rejected before calibration and for other frames). A light
+        empty for lights rejected before calibration and for other frames), the weight of every
+        scheme and the residuals of the matched stars. The thin-plate spline of the distortion
+        model (column ``tps``) stays in ``registration.csv`` only, where
+        :func:`astroflow.deepsky.register.pixel_map` reads it. A light
         rejected at ingest keeps the ingest reason; calibration frames are ``used`` unless
         unreadable.
     """
@@ -62,7 +65,8 @@ def frames_table(ingested_paths, registration):
         rows.append(row)
     table = pd.DataFrame(rows)
     is_light = table["type"] == "light"
-    reg = registration.rename(columns={"status": "reg_status", "reason": "reg_reason"})
+    reg = registration.drop(columns=["tps"], errors="ignore")
+    reg = reg.rename(columns={"status": "reg_status", "reason": "reg_reason"})
     reg = reg.assign(type="light")
     table = table.merge(reg, on=["frame", "type"], how="left")
     late = is_light & (table["status"] == "used") & (table["reg_status"] == "rejected")

@@ -10,20 +10,44 @@ deviations to the run's end values (see :class:`_SortedStack`), with no masks. E
 pass is then a handful of whole-array numpy operations, and later passes visit only the pixels
 whose run changed.
 
-Rejection methods:
+Rejection methods (``method``), after Siril's ``src/stacking/rejection_float.c`` (itself after
+PixInsight's ImageIntegration) unless said otherwise; every one rejects only the lowest or the
+highest samples of a run, so each pass is a new ``[lo, hi)``:
 
+* ``"none"`` (alias ``"mean"``): no rejection, the weighted mean of every valid sample;
+  ``"median"``: the median of the valid samples (weights are not used).
+* ``"percentile"``: one pass; samples below ``median * (1 - percentile_low)`` or above
+  ``median * (1 + percentile_high)`` are rejected (fractions of the median, so the data need a
+  positive background).
 * ``"sigma_clip"``: iterative kappa-sigma clipping around the median with the population
   standard deviation (``ddof=0``) of the kept samples, until nothing changes or ``max_iters``:
   the same as :func:`astropy.stats.sigma_clip` with ``cenfunc="median", stdfunc="std"``, and
-  so as ``ccdproc.combine(sigma_clip=True)`` (one pass) and Siril's sigma clipping.
-* ``"winsorized"``: winsorized sigma clipping as implemented in Siril
-  (``src/stacking/rejection_float.c``, after PixInsight's ImageIntegration): the scale is
-  Huber's robust sigma, the sample standard deviation (``ddof=1``, as Siril) of the kept
-  samples winsorised at ``median +- 1.5 sigma`` times ``1.134`` (which makes it unbiased for
-  Gaussian data), iterated with cumulative winsorisation until it changes by less than
-  0.05 %; samples more than ``sigma_low`` (below) or ``sigma_high`` (above) such sigmas from
-  the median are rejected, and the whole is iterated like ``"sigma_clip"``. P. J. Huber,
-  *Robust Statistics* (Wiley, 1981), ch. 5.
+  so as ``ccdproc.combine(sigma_clip=True)`` (one pass). Siril's differs in its ``ddof=1``.
+* ``"mad"``: the same iteration with the scale ``1.4826 * MAD`` (median absolute deviation
+  from the median of the kept samples), as :func:`astropy.stats.sigma_clip` with
+  ``stdfunc="mad_std"``. The MAD of a sorted run is the median of two sorted sequences (the
+  deviations below and above the median), found by a vectorised bisection, with no sort.
+* ``"winsorized"``: winsorized sigma clipping: the scale is Huber's robust sigma, the sample
+  standard deviation (``ddof=1``, as Siril) of the kept samples winsorised at
+  ``median +- 1.5 sigma`` times ``1.134`` (which makes it unbiased for Gaussian data),
+  iterated with cumulative winsorisation until it changes by less than 0.05 %; samples more
+  than ``sigma_low`` (below) or ``sigma_high`` (above) such sigmas from the median are
+  rejected, and the whole is iterated like ``"sigma_clip"``. P. J. Huber, *Robust
+  Statistics* (Wiley, 1981), ch. 5.
+* ``"linear_fit"``: linear fit clipping: a least-squares line ``a * k + b`` through the kept
+  samples against their rank ``k``; with ``sigma`` the mean absolute residual (as Siril),
+  samples more than ``sigma_low * sigma`` below or ``sigma_high * sigma`` above the line are
+  rejected, iterated while anything changes (at most ``max_iters``) and while more than three
+  samples remain. Siril rejects every sample past the thresholds; here a rejected sample must
+  have only rejected samples beyond it (a sample inside the run that strays from the line is
+  kept), which on sorted data differs only for a gap in the middle of the distribution.
+* ``"gesd"``: the generalized extreme studentized deviate test (B. Rosner, *Technometrics*
+  25, 165, 1983): up to ``floor(gesd_outliers * n)`` times, the sample farthest from the mean
+  of the remaining ``m`` is removed, with ``R = |x - mean| / std`` (``ddof=1``) tested against
+  ``lambda = (m - 1) t / sqrt((m - 2 + t**2) m)``, ``t`` the Student-t quantile
+  ``1 - gesd_alpha / (2 m)`` with ``m - 2`` degrees of freedom; the outliers are the first
+  ``r`` removed, ``r`` the last step whose ``R`` exceeded ``lambda``. Siril counts its
+  no-data samples against the outlier allowance; here it is a fraction of the valid samples.
 
 The combined value is the weighted mean of the kept samples; where every valid sample of a
 pixel is rejected it is the median of its valid samples, and it is NaN only where no frame
@@ -38,14 +62,31 @@ from dataclasses import dataclass
 
 import numpy as np
 from astropy.io import fits
+from scipy.special import stdtrit
 
 from astroflow.checks import check_float, check_int
 from astroflow.io.fits import REASON_KEY, image_shape, is_rejected, top_down_rows
 
 log = logging.getLogger(__name__)
 
-METHODS = ("mean", "median", "sigma_clip", "winsorized")
-NORMALIZATIONS = ("none", "additive", "multiplicative", "additive_scaling")
+METHODS = (
+    "none",
+    "mean",
+    "median",
+    "percentile",
+    "sigma_clip",
+    "mad",
+    "winsorized",
+    "linear_fit",
+    "gesd",
+)
+NORMALIZATIONS = (
+    "none",
+    "additive",
+    "multiplicative",
+    "additive_scaling",
+    "multiplicative_scaling",
+)
 MAD_TO_SIGMA = 1.4826
 
 # Huber's winsorisation constants, as used by Siril and PixInsight.
@@ -85,13 +126,17 @@ class StackResult:
         Combined image, float32 ``(H, W)`` or ``(H, W, 3)``, in the ADU of the first frame
         after normalisation; NaN only where no frame has data.
     rejected : numpy.ndarray
-        int16, same shape as ``image``: number of samples rejected at each pixel.
+        int16, same shape as ``image``: number of samples rejected at each pixel
+        (``rejected_low + rejected_high``).
     ncombine_map : numpy.ndarray
         int16, same shape as ``image``: number of samples averaged into each pixel.
     offset, scale : numpy.ndarray
         float64 ``(N,)`` for mono or ``(N, C)`` for colour: frame ``i`` was normalised as
         ``data * scale[i] + offset[i]`` before rejection (``offset`` in ADU, ``scale``
         dimensionless); ``offset[0] == 0`` and ``scale[0] == 1``.
+    rejected_low, rejected_high : numpy.ndarray
+        int16, same shape as ``image``: samples rejected as too low (the lowest of the pixel's
+        sorted samples) and as too high.
     """
 
     image: np.ndarray
@@ -99,9 +144,38 @@ class StackResult:
     ncombine_map: np.ndarray
     offset: np.ndarray
     scale: np.ndarray
+    rejected_low: np.ndarray
+    rejected_high: np.ndarray
 
 
-def combine_chunk(cube, *, method, sigma_low=3.0, sigma_high=3.0, max_iters=5, weights=None):
+@dataclass(frozen=True)
+class _Settings:
+    """Checked rejection settings (see :func:`combine_chunk`)."""
+
+    method: str
+    sigma_low: float
+    sigma_high: float
+    max_iters: int
+    percentile_low: float
+    percentile_high: float
+    gesd_outliers: float
+    gesd_alpha: float
+
+
+def combine_chunk(
+    cube,
+    *,
+    method,
+    sigma_low=3.0,
+    sigma_high=3.0,
+    max_iters=5,
+    weights=None,
+    percentile_low=0.2,
+    percentile_high=0.1,
+    gesd_outliers=0.3,
+    gesd_alpha=0.05,
+    sides=False,
+):
     """Combine an in-memory stack of frames pixel by pixel, with outlier rejection.
 
     Parameters
@@ -109,17 +183,29 @@ def combine_chunk(cube, *, method, sigma_low=3.0, sigma_high=3.0, max_iters=5, w
     cube : numpy.ndarray
         ``(N, rows, W)`` or ``(N, rows, W, C)`` samples (ADU), converted to float32; NaN (any
         non-finite value) means no data. Not modified.
-    method : {"mean", "median", "sigma_clip", "winsorized"}
-        ``"mean"``: weighted mean of the valid samples; ``"median"``: their median (weights
-        are not used); ``"sigma_clip"`` and ``"winsorized"``: the rejections described in the
-        module docstring, then the weighted mean of the kept samples.
+    method : {"none", "mean", "median", "percentile", "sigma_clip", "mad", "winsorized", \
+"linear_fit", "gesd"}
+        ``"none"`` or ``"mean"``: weighted mean of the valid samples; ``"median"``: their
+        median (weights are not used); the others: the rejections described in the module
+        docstring, then the weighted mean of the kept samples.
     sigma_low, sigma_high : float, optional
-        Rejection thresholds below and above the median, in sigmas (>= 0). Default 3.0.
+        Rejection thresholds below and above the centre, in sigmas (>= 0), for
+        ``"sigma_clip"``, ``"mad"``, ``"winsorized"`` and ``"linear_fit"``. Default 3.0.
     max_iters : int, optional
-        Most rejection iterations (>= 1); iteration stops earlier when nothing changes.
-        Default 5.
+        Most rejection iterations (>= 1) of those four; iteration stops earlier when nothing
+        changes. Default 5.
     weights : array_like or None, optional
         ``(N,)`` positive weight of each frame, normalised to sum 1; None gives equal weights.
+    percentile_low, percentile_high : float, optional
+        ``"percentile"``: rejection below ``median * (1 - percentile_low)`` and above
+        ``median * (1 + percentile_high)`` (>= 0). Default 0.2 and 0.1 (Siril's).
+    gesd_outliers : float, optional
+        ``"gesd"``: most outliers, as a fraction of the valid samples of a pixel, in [0, 1).
+        Default 0.3 (Siril's).
+    gesd_alpha : float, optional
+        ``"gesd"``: significance of each test, in (0, 1). Default 0.05 (Siril's).
+    sides : bool, optional
+        True: return the low and high rejection counts apart. Default False.
 
     Returns
     -------
@@ -127,40 +213,50 @@ def combine_chunk(cube, *, method, sigma_low=3.0, sigma_high=3.0, max_iters=5, w
         float32 ``(rows, W[, C])``: weighted mean of the kept samples; the median of the valid
         samples where all were rejected; NaN where no sample is valid.
     rejected : numpy.ndarray
-        int16 ``(rows, W[, C])``: samples rejected (0 where the median fallback was used).
+        int16 ``(rows, W[, C])``: samples rejected (0 where the median fallback was used);
+        with ``sides=True`` two such arrays, the samples rejected low and those rejected high.
     used : numpy.ndarray
         int16 ``(rows, W[, C])``: samples that make the value.
 
     Raises
     ------
     ValueError
-        For a cube that is not 3-D or 4-D, an unknown method, negative thresholds, ``max_iters``
-        below 1, more than 32767 frames, or weights of the wrong length or not positive.
+        For a cube that is not 3-D or 4-D, an unknown method, a setting out of its range, more
+        than 32767 frames, or weights of the wrong length or not positive.
     """
     cube = np.asarray(cube, dtype=np.float32)
     if cube.ndim not in (3, 4):
         raise ValueError(f"cube must be (N, rows, W) or (N, rows, W, C), got shape {cube.shape}")
-    sigma_low, sigma_high, max_iters = _check_settings(
-        method, sigma_low, sigma_high, max_iters, cube.shape[0]
-    )
-    w = _normalised_weights(weights, cube.shape[0])
-    out_shape = cube.shape[1:]
-    image = np.empty(out_shape, dtype=np.float32)
-    rejected = np.empty(out_shape, dtype=np.int16)
-    used = np.empty(out_shape, dtype=np.int16)
-    _combine_pixels(
-        cube.reshape(cube.shape[0], -1),
-        image.reshape(-1),
-        rejected.reshape(-1),
-        used.reshape(-1),
+    settings = _check_settings(
+        cube.shape[0],
         method=method,
         sigma_low=sigma_low,
         sigma_high=sigma_high,
         max_iters=max_iters,
+        percentile_low=percentile_low,
+        percentile_high=percentile_high,
+        gesd_outliers=gesd_outliers,
+        gesd_alpha=gesd_alpha,
+    )
+    w = _normalised_weights(weights, cube.shape[0])
+    out_shape = cube.shape[1:]
+    image = np.empty(out_shape, dtype=np.float32)
+    low = np.empty(out_shape, dtype=np.int16)
+    high = np.empty(out_shape, dtype=np.int16)
+    used = np.empty(out_shape, dtype=np.int16)
+    _combine_pixels(
+        cube.reshape(cube.shape[0], -1),
+        image.reshape(-1),
+        low.reshape(-1),
+        high.reshape(-1),
+        used.reshape(-1),
+        settings=settings,
         weights=w,
         work=_workspace(cube.shape[0], max(1, min(_default_block(cube.shape[0]), image.size))),
     )
-    return image, rejected, used
+    if sides:
+        return image, low, high, used
+    return image, low + high, used
 
 
 def combine(
@@ -173,13 +269,17 @@ def combine(
     weights=None,
     normalize,
     memory_mb,
+    percentile_low=0.2,
+    percentile_high=0.1,
+    gesd_outliers=0.3,
+    gesd_alpha=0.05,
 ):
     """Stack registered FITS frames in row chunks that fit a memory budget.
 
     Each chunk of rows is read from every file through astropy's memory map (one file open at
     a time, closed before the next), normalised, and combined by :func:`combine_chunk`'s
     algorithm. Peak memory (outputs, the chunk of every frame and the working arrays) stays
-    under ``memory_mb`` however many frames there are.
+    under ``memory_mb`` however many frames there are, whatever the method.
 
     Parameters
     ----------
@@ -187,29 +287,35 @@ def combine(
         FITS files written by :func:`astroflow.io.fits.write_image`: unscaled data (float32),
         ``(H, W)`` or ``(C, H, W)`` on disk, all the same shape, rows in the order that
         ``ROWORDER`` says (:func:`astroflow.io.fits.top_down_rows`). NaN marks no data.
-    method : {"mean", "median", "sigma_clip", "winsorized"}, optional
-        See :func:`combine_chunk`. Default "winsorized".
+    method : str, optional
+        One of :data:`METHODS`; see :func:`combine_chunk`. Default "winsorized".
     sigma_low, sigma_high : float, optional
         Rejection thresholds in sigmas. Default 3.0.
     max_iters : int, optional
         Most rejection iterations. Default 5.
     weights : array_like or None, optional
         ``(N,)`` positive per-frame weights (e.g. inverse noise variance); default equal.
-    normalize : {"none", "additive", "multiplicative", "additive_scaling"}
+    normalize : {"none", "additive", "multiplicative", "additive_scaling", \
+"multiplicative_scaling"}
         Per-frame (and per-channel) normalisation to the first frame before rejection, so that
-        a frame with a brighter sky is not rejected wholesale: ``"additive"`` matches the median
-        background, ``"multiplicative"`` scales by the ratio of medians, ``"additive_scaling"``
-        (Siril's default) matches the median and the scale (1.4826 MAD). The location and
-        scale are estimated on a strided subsample of about 65k pixels per channel. No default:
-        the pipeline's is ``stacking.normalize`` in ``schemas/config.schema.yaml``.
+        a frame with a brighter sky is not rejected wholesale, with location ``m`` the median
+        and scale ``s`` 1.4826 MAD of each frame: ``"additive"`` adds ``m0 - m``,
+        ``"multiplicative"`` multiplies by ``m0 / m``, ``"additive_scaling"`` maps
+        ``v -> (v - m) * s0 / s + m0``, and ``"multiplicative_scaling"`` multiplies by
+        ``(m0 / m) * (s0 / s)``, as Siril's normalisations of the same names. The location
+        and scale are estimated on a strided subsample of about 65k pixels per channel. No
+        default: the pipeline's is ``stacking.normalize`` in ``schemas/config.schema.yaml``.
     memory_mb : float
         Memory budget in MiB for everything this function allocates (the pipeline's:
         ``stacking.memory_mb``).
+    percentile_low, percentile_high, gesd_outliers, gesd_alpha : float, optional
+        Settings of the percentile and GESD rejections; see :func:`combine_chunk`.
 
     Returns
     -------
     StackResult
-        Combined image, rejected and used counts (int16) and the per-frame normalisation.
+        Combined image, rejected (total, low, high) and used counts (int16) and the per-frame
+        normalisation.
 
     Raises
     ------
@@ -223,8 +329,16 @@ def combine(
     if not paths:
         raise ValueError("combine: no frames to stack")
     n_frames = len(paths)
-    sigma_low, sigma_high, max_iters = _check_settings(
-        method, sigma_low, sigma_high, max_iters, n_frames
+    settings = _check_settings(
+        n_frames,
+        method=method,
+        sigma_low=sigma_low,
+        sigma_high=sigma_high,
+        max_iters=max_iters,
+        percentile_low=percentile_low,
+        percentile_high=percentile_high,
+        gesd_outliers=gesd_outliers,
+        gesd_alpha=gesd_alpha,
     )
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
@@ -235,7 +349,9 @@ def combine(
     row_pixels = width * channels
 
     budget = int(memory_mb * 2**20)
-    fixed = height * row_pixels * (4 + 2 + 2) + _OVERHEAD_BYTES
+    # Outputs: the image (float32), the low, high and used counts and at the end their total
+    # (int16).
+    fixed = height * row_pixels * (4 + 2 + 2 + 2 + 2) + _OVERHEAD_BYTES
     per_column = n_frames * _WORK_BYTES_PER_SAMPLE + _WORK_BYTES_PER_PIXEL
     per_row = n_frames * row_pixels * 4
     available = budget - fixed
@@ -261,7 +377,8 @@ def combine(
     offset, scale = _normalisation(paths, normalize, shape, sample_pixels)
 
     image = np.empty(shape, dtype=np.float32)
-    rejected = np.empty(shape, dtype=np.int16)
+    low = np.empty(shape, dtype=np.int16)
+    high = np.empty(shape, dtype=np.int16)
     used = np.empty(shape, dtype=np.int16)
     chunk_flat = np.empty(n_frames * rows * row_pixels, dtype=np.float32)
     work = _workspace(n_frames, block)
@@ -279,32 +396,48 @@ def combine(
         _combine_pixels(
             chunk.reshape(n_frames, -1),
             image[r0:r1].reshape(-1),
-            rejected[r0:r1].reshape(-1),
+            low[r0:r1].reshape(-1),
+            high[r0:r1].reshape(-1),
             used[r0:r1].reshape(-1),
-            method=method,
-            sigma_low=sigma_low,
-            sigma_high=sigma_high,
-            max_iters=max_iters,
+            settings=settings,
             weights=w,
             work=work,
         )
+    del chunk_flat, work
     if channels == 1:
         offset, scale = offset[:, 0], scale[:, 0]
+    # The total is made in place of the low map's copy: one more image-sized int16 array.
+    rejected = np.add(low, high)
     return StackResult(
-        image=image, rejected=rejected, ncombine_map=used, offset=offset, scale=scale
+        image=image,
+        rejected=rejected,
+        ncombine_map=used,
+        offset=offset,
+        scale=scale,
+        rejected_low=low,
+        rejected_high=high,
     )
 
 
-def _check_settings(method, sigma_low, sigma_high, max_iters, n_frames):
-    """The checked ``(sigma_low, sigma_high, max_iters)`` as float, float, int."""
+def _check_settings(n_frames, *, method, **values):
+    """The checked settings as a :class:`_Settings`."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if n_frames < 1 or n_frames > np.iinfo(np.int16).max:
         raise ValueError(f"can stack 1 to 32767 frames, got {n_frames}")
-    return (
-        check_float("sigma_low", sigma_low, 0.0),
-        check_float("sigma_high", sigma_high, 0.0),
-        check_int("max_iters", max_iters, 1),
+    return _Settings(
+        method="none" if method == "mean" else method,
+        sigma_low=check_float("sigma_low", values["sigma_low"], 0.0),
+        sigma_high=check_float("sigma_high", values["sigma_high"], 0.0),
+        max_iters=check_int("max_iters", values["max_iters"], 1),
+        percentile_low=check_float("percentile_low", values["percentile_low"], 0.0),
+        percentile_high=check_float("percentile_high", values["percentile_high"], 0.0),
+        gesd_outliers=check_float(
+            "gesd_outliers", values["gesd_outliers"], 0.0, high=1.0, high_open=True
+        ),
+        gesd_alpha=check_float(
+            "gesd_alpha", values["gesd_alpha"], 0.0, strict=True, high=1.0, high_open=True
+        ),
     )
 
 
@@ -388,21 +521,23 @@ def _normalisation(paths, normalize, shape, sample_pixels):
             spread[i, c] = MAD_TO_SIGMA * np.median(np.abs(values - location[i, c]))
     if normalize == "additive":
         offset = location[0] - location
-    elif normalize == "multiplicative":
+        return offset, scale
+    if normalize in ("multiplicative", "multiplicative_scaling"):
         bad = ~(location > 0).all(axis=1)
         if bad.any():
             names = ", ".join(p for p, b in zip(paths, bad) if b)
-            raise ValueError(f"multiplicative normalisation needs a background > 0: {names}")
+            raise ValueError(f"{normalize} normalisation needs a background > 0: {names}")
         scale = location[0] / location
-    else:
+    if normalize in ("additive_scaling", "multiplicative_scaling"):
         bad = ~(spread > 0).all(axis=1)
         if bad.any():
             names = ", ".join(p for p, b in zip(paths, bad) if b)
-            raise ValueError(
-                f"additive_scaling normalisation needs a background noise > 0: {names}"
-            )
-        scale = spread[0] / spread
-        offset = location[0] - location * scale
+            raise ValueError(f"{normalize} normalisation needs a background noise > 0: {names}")
+        if normalize == "multiplicative_scaling":
+            scale = scale * (spread[0] / spread)
+        else:
+            scale = spread[0] / spread
+            offset = location[0] - location * scale
     return offset, scale
 
 
@@ -515,6 +650,16 @@ class _SortedStack:
         mask = np.less_equal(self.data, threshold, out=self._scratch("mask"))
         return mask.sum(axis=0, dtype=np.int16).astype(np.intp)
 
+    def ranked(self):
+        """The same stack with its rows in rank order (``order`` the identity), in "spare"."""
+        r, b = self.data.shape
+        if np.array_equal(self.order, np.arange(r)):
+            return self
+        # The rows not in ``order`` (the sorting network's scratch row, all NaN) rank last.
+        rows = np.concatenate([self.order, np.setdiff1d(np.arange(r), self.order)])
+        data = np.take(self.data, rows, axis=0, out=self._scratch("spare"))
+        return _SortedStack(data, np.arange(r), self.nvalid, self.work)
+
     def compress(self, keep):
         """The pixels where ``keep`` is True."""
         data = np.compress(keep, self.data, axis=1)
@@ -573,22 +718,227 @@ def _winsorized_sigma(stk, e, e_lo, e_hi, lo, hi, sigma):
     return sigma
 
 
-def _reject_once(stk, lo, hi, method, sigma_low, sigma_high, centre):
-    """One rejection pass around ``centre``, the median of each run: the new runs ``[lo, hi)``."""
-    count = (hi - lo).astype(np.float32)
-    e, e_lo, e_hi = stk.clamped(lo, hi, centre)
-    total, squares = stk.run_sums(e, e_lo, e_hi, lo, hi)
-    if method == "winsorized":
-        sigma = _winsorized_sigma(stk, e, e_lo, e_hi, lo, hi, _std(total, squares, count, ddof=1))
+def _reject_sigma(stk, lo, hi, settings, centre):
+    """One kappa-sigma pass around ``centre``, the median of each run: the new runs.
+
+    The scale is the standard deviation (``"sigma_clip"``), 1.4826 MAD (``"mad"``) or
+    Huber's winsorised sigma (``"winsorized"``) of each run.
+    """
+    method = settings.method
+    if method == "mad":
+        with np.errstate(invalid="ignore"):  # empty runs: NaN centre, NaN scale
+            sigma = np.float32(MAD_TO_SIGMA) * _run_mad(stk, lo, hi, centre)
     else:
-        sigma = _std(total, squares, count)
-    del e
-    new_lo = np.maximum(lo, stk.count_below(centre - np.float32(sigma_low) * sigma))
-    new_hi = np.minimum(hi, stk.count_at_or_below(centre + np.float32(sigma_high) * sigma))
+        count = (hi - lo).astype(np.float32)
+        e, e_lo, e_hi = stk.clamped(lo, hi, centre)
+        total, squares = stk.run_sums(e, e_lo, e_hi, lo, hi)
+        if method == "winsorized":
+            sigma = _winsorized_sigma(
+                stk, e, e_lo, e_hi, lo, hi, _std(total, squares, count, ddof=1)
+            )
+        else:
+            sigma = _std(total, squares, count)
+        del e
+    new_lo = np.maximum(lo, stk.count_below(centre - np.float32(settings.sigma_low) * sigma))
+    new_hi = np.minimum(
+        hi, stk.count_at_or_below(centre + np.float32(settings.sigma_high) * sigma)
+    )
+    return _keep_empty(lo, hi, new_lo, new_hi)
+
+
+def _keep_empty(lo, hi, new_lo, new_hi):
     # An emptied run (NaN centre) stays empty; the caller falls back to the median there.
     empty = hi <= lo
     new_lo[empty], new_hi[empty] = lo[empty], hi[empty]
     return new_lo, np.maximum(new_hi, new_lo)
+
+
+def _run_mad(stk, lo, hi, centre):
+    """Median absolute deviation of each run ``[lo, hi)`` from ``centre``, its median.
+
+    The deviations of a sorted run are two sorted sequences: ``centre - x[c - j]`` for
+    ``j = 0 .. c - lo`` and ``x[c + 1 + j] - centre`` for ``j = 0 .. hi - 2 - c``, with ``c``
+    the lower middle rank. Their median is that of the merged sequences: a bisection, for
+    every pixel at once, on how many of the ``k + 1`` smallest (``k = (n - 1) // 2``) come
+    from the first one gives the ``k``-th smallest, and the next is the smaller of the two
+    sequences' next elements. ``log2(N)`` steps of a few gathers: no sort, no pass over every
+    sample.
+    """
+    n = (hi - lo).astype(np.int32)
+    c = ((lo + hi - 1) // 2).astype(np.int32)
+    n_left = c - lo.astype(np.int32) + 1
+    n_right = n - n_left
+    k1 = (n - 1) // 2 + 1  # how many of the smallest make the lower middle one
+    # i = how many of those come from the left sequence, in [lo_i, hi_i].
+    lo_i = np.maximum(0, k1 - n_right)
+    hi_i = np.minimum(k1, n_left)
+    inf = np.float32(np.inf)
+    for _ in range(int(np.ceil(np.log2(stk.data.shape[0] + 1))) + 1):
+        active = lo_i < hi_i
+        if not active.any():
+            break
+        i = (lo_i + hi_i) >> 1
+        j = k1 - i
+        # The next left deviation is smaller than the last right one taken: take more from
+        # the left. (i < n_left and j > 0 wherever lo_i < hi_i.)
+        more = (centre - stk.take(c - i)) < (stk.take(c + j) - centre)
+        more &= active
+        np.copyto(lo_i, i + 1, where=more)
+        np.copyto(hi_i, i, where=active & ~more)
+    i, j = lo_i, k1 - lo_i
+    last_left = np.where(i > 0, centre - stk.take(c - i + 1), -inf)
+    last_right = np.where(j > 0, stk.take(c + j) - centre, -inf)
+    mad = np.maximum(last_left, last_right)
+    even = n % 2 == 0
+    if even.any():
+        next_left = np.where(i < n_left, centre - stk.take(c - i), inf)
+        next_right = np.where(j < n_right, stk.take(c + j + 1) - centre, inf)
+        upper = np.minimum(next_left, next_right)
+        mad = np.where(even, (mad + upper) * np.float32(0.5), mad)
+    mad[n <= 0] = np.nan
+    return mad
+
+
+def _reject_linear_fit(stk, lo, hi, settings, centre):
+    """One linear-fit clipping pass on a rank-ordered stack (:meth:`_SortedStack.ranked`).
+
+    A least-squares line ``a x + b`` (``x = rank - lo``) through each run, ``sigma`` the mean
+    absolute residual; the rejected samples are the lowest ranks of the run whose residuals
+    are all below ``-sigma_low * sigma`` and the highest whose residuals are all above
+    ``sigma_high * sigma``. Runs of three samples or fewer are left as they are.
+
+    No masks: outside its run a pixel's deviations are clamped to the run's end values and
+    its line to the line's end values (the slope of sorted samples is >= 0), so each sample
+    outside has the residual of the run's nearest end, whose share is subtracted exactly.
+    """
+    r = stk.data.shape[0]
+    n = (hi - lo).astype(np.float64)
+    e, e_lo, e_hi = stk.clamped(lo, hi, centre)
+    total, _ = stk.run_sums(e, e_lo, e_hi, lo, hi)
+    rank = np.arange(r, dtype=np.float32)
+    lo64, hi64 = lo.astype(np.float64), hi.astype(np.float64)
+    # Sum of rank * deviation over the run, from the whole clamped stack.
+    above = (r * (r - 1) - hi64 * (hi64 - 1)) / 2
+    rank_sum = rank @ e - e_lo * (lo64 * (lo64 - 1) / 2) - e_hi * above
+    with np.errstate(invalid="ignore", divide="ignore"):
+        x_mean = (n - 1) / 2
+        sxx = n * (n * n - 1) / 12
+        slope = np.where(sxx > 0, (rank_sum - (lo64 + x_mean) * total) / sxx, 0.0)
+        intercept = total / n - slope * x_mean
+    start = intercept.astype(np.float32)
+    end = (intercept + slope * (n - 1)).astype(np.float32)
+    # Residuals in place of the deviations: e - clamp(a (rank - lo) + b, b, b + a (n - 1)).
+    line = np.multiply.outer(rank, slope.astype(np.float32))
+    line += (intercept - slope * lo64).astype(np.float32)
+    np.maximum(line, start, out=line)
+    np.minimum(line, end, out=line)
+    np.subtract(e, line, out=e)
+    np.abs(e, out=line)
+    res_lo, res_hi = e_lo - start, e_hi - end
+    with np.errstate(invalid="ignore", divide="ignore"):
+        spread = line.sum(axis=0) - lo * np.abs(res_lo) - (r - hi) * np.abs(res_hi)
+        sigma = (spread / n).astype(np.float32)
+    del line
+    # Ranks below the run share the residual of its lowest sample, so a count of leading
+    # low flags from rank 0 is either 0 (the lowest kept sample stays) or lo plus the new ones.
+    new_lo = np.maximum(lo, _leading(e, -np.float32(settings.sigma_low) * sigma, low=True))
+    new_hi = np.minimum(hi, r - _leading(e[::-1], np.float32(settings.sigma_high) * sigma, low=False))
+    del e
+    small = hi - lo <= 3
+    new_lo[small], new_hi[small] = lo[small], hi[small]
+    return _keep_empty(lo, hi, new_lo, new_hi)
+
+
+def _leading(values, threshold, *, low):
+    """How many rows of ``values`` (R, B) lie beyond ``threshold`` (B,) before the first that
+    does not, per column: below it (``low``) or above it.
+
+    Row by row with an early end, as few ranks are ever rejected (rows are contiguous; a
+    whole-array comparison and ``numpy.logical_and.accumulate`` on axis 0 cost far more).
+    """
+    beyond = np.less if low else np.greater
+    alive = beyond(values[0], threshold)
+    count = alive.astype(np.intp)
+    for row in values[1:]:
+        if not alive.any():
+            break
+        alive &= beyond(row, threshold)
+        count += alive
+    return count
+
+
+@functools.cache
+def _gesd_critical(n_max, alpha):
+    """Rosner's critical values ``lambda[m]`` for ``m = 0 .. n_max`` remaining samples.
+
+    ``lambda = (m - 1) t / sqrt((m - 2 + t**2) m)`` with ``t`` the ``1 - alpha / (2 m)``
+    quantile of Student's t with ``m - 2`` degrees of freedom (B. Rosner, *Technometrics* 25,
+    165, 1983); infinite (no test) for ``m < 3``.
+    """
+    m = np.arange(n_max + 1, dtype=np.float64)
+    lam = np.full(n_max + 1, np.inf)
+    ok = m >= 3
+    t = stdtrit(m[ok] - 2, 1 - alpha / (2 * m[ok]))
+    lam[ok] = (m[ok] - 1) * t / np.sqrt((m[ok] - 2 + t * t) * m[ok])
+    return lam
+
+
+def _reject_gesd(stk, lo, hi, settings, centre):
+    """GESD on each run: the runs after the last significant removal (see the module doc).
+
+    The sample farthest from the mean is always the lowest or the highest of the run, so each
+    step moves one end of the run in; the sums of the run are updated by the removed sample.
+    """
+    nvalid = hi - lo
+    allowed = np.floor(settings.gesd_outliers * nvalid + 1e-9).astype(np.intp)
+    steps = int(allowed.max(initial=0))
+    if steps == 0:
+        return lo, hi
+    lam = _gesd_critical(stk.data.shape[0], settings.gesd_alpha)
+    e, e_lo, e_hi = stk.clamped(lo, hi, centre)
+    total, squares = stk.run_sums(e, e_lo, e_hi, lo, hi)
+    del e
+    total, squares = total.astype(np.float64), squares.astype(np.float64)
+    cur_lo, cur_hi = lo.copy(), hi.copy()
+    best_lo, best_hi = lo.copy(), hi.copy()
+    centre64 = centre.astype(np.float64)
+    for step in range(steps):
+        m = cur_hi - cur_lo
+        active = (step < allowed) & (m >= 3)
+        if not active.any():
+            break
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = total / m
+            sd = np.sqrt(np.maximum(squares - total * mean, 0) / (m - 1))
+            x_lo = stk.take(cur_lo) - centre64
+            x_hi = stk.take(cur_hi - 1) - centre64
+            high = (x_hi - mean) > (mean - x_lo)
+            stat = np.where(high, x_hi - mean, mean - x_lo) / sd
+        removed = np.where(high, x_hi, x_lo)
+        total = np.where(active, total - removed, total)
+        squares = np.where(active, squares - removed * removed, squares)
+        cur_lo = np.where(active & ~high, cur_lo + 1, cur_lo)
+        cur_hi = np.where(active & high, cur_hi - 1, cur_hi)
+        significant = active & (stat > lam[m])
+        best_lo = np.where(significant, cur_lo, best_lo)
+        best_hi = np.where(significant, cur_hi, best_hi)
+    return best_lo, best_hi
+
+
+def _reject_percentile(stk, lo, hi, settings, centre):
+    """Percentile clipping, one pass around ``centre``, the median of the valid samples."""
+    new_lo = stk.count_below(centre - centre * np.float32(settings.percentile_low))
+    new_hi = stk.count_at_or_below(centre + centre * np.float32(settings.percentile_high))
+    return _keep_empty(lo, hi, np.maximum(lo, new_lo), np.minimum(hi, new_hi))
+
+
+_ITERATED = {
+    "sigma_clip": _reject_sigma,
+    "mad": _reject_sigma,
+    "winsorized": _reject_sigma,
+    "linear_fit": _reject_linear_fit,
+}
+_ONE_PASS = {"percentile": _reject_percentile, "gesd": _reject_gesd}
 
 
 def _workspace(n_frames, block):
@@ -602,9 +952,7 @@ def _workspace(n_frames, block):
     }
 
 
-def _combine_pixels(
-    cube, image, rejected, used, *, method, sigma_low, sigma_high, max_iters, weights, work
-):
+def _combine_pixels(cube, image, low, high, used, *, settings, weights, work):
     """Combine ``cube`` (N, P) float32 into the (P,) outputs, block of pixels by block.
 
     The block size is what ``work`` (from :func:`_workspace`) was made for.
@@ -613,34 +961,41 @@ def _combine_pixels(
     b = work["mask"].size // (n + 1)
     for b0 in range(0, p, b):
         b1 = min(p, b0 + b)
-        image[b0:b1], rejected[b0:b1], used[b0:b1] = _combine_block(
-            cube[:, b0:b1], work, method, sigma_low, sigma_high, max_iters, weights
+        image[b0:b1], low[b0:b1], high[b0:b1], used[b0:b1] = _combine_block(
+            cube[:, b0:b1], work, settings, weights
         )
 
 
-def _combine_block(x, work, method, sigma_low, sigma_high, max_iters, weights):
-    if method == "mean":
+def _combine_block(x, work, settings, weights):
+    method = settings.method
+    if method == "none":
         return _mean_all(x, weights)
     stk = _SortedStack.from_frames(x, work)
     nvalid = stk.nvalid
     lo = np.zeros(nvalid.size, dtype=np.intp)
     hi = nvalid.copy()
     median_all = stk.median(lo, hi)
+    zeros = np.zeros(nvalid.size, dtype=np.int16)
     if method == "median":
-        return median_all, np.zeros(nvalid.size, dtype=np.int16), nvalid
-    # A pixel whose run did not change would compute the same thresholds again, so later
-    # passes only visit the pixels that changed (a few percent after the first).
-    columns, act, lo_act, hi_act, centre = np.arange(nvalid.size), stk, lo, hi, median_all
-    for _ in range(max_iters):
-        new_lo, new_hi = _reject_once(act, lo_act, hi_act, method, sigma_low, sigma_high, centre)
-        changed = (new_lo != lo_act) | (new_hi != hi_act)
-        lo[columns], hi[columns] = new_lo, new_hi
-        if not changed.any():
-            break
-        columns, act = columns[changed], act.compress(changed)
-        lo_act, hi_act = new_lo[changed], new_hi[changed]
-        centre = act.median(lo_act, hi_act)
-    del act
+        return median_all, zeros, zeros, nvalid
+    if method in _ONE_PASS:
+        lo, hi = _ONE_PASS[method](stk, lo, hi, settings, median_all)
+    else:
+        reject = _ITERATED[method]
+        act = stk.ranked() if method == "linear_fit" else stk
+        # A pixel whose run did not change would compute the same thresholds again, so later
+        # passes only visit the pixels that changed (a few percent after the first).
+        columns, lo_act, hi_act, centre = np.arange(nvalid.size), lo, hi, median_all
+        for _ in range(settings.max_iters):
+            new_lo, new_hi = reject(act, lo_act, hi_act, settings, centre)
+            changed = (new_lo != lo_act) | (new_hi != hi_act)
+            lo[columns], hi[columns] = new_lo, new_hi
+            if not changed.any():
+                break
+            columns, act = columns[changed], act.compress(changed)
+            lo_act, hi_act = new_lo[changed], new_hi[changed]
+            centre = act.median(lo_act, hi_act)
+        del act
     kept = hi - lo
     with np.errstate(invalid="ignore", divide="ignore"):
         if weights is None:
@@ -650,8 +1005,9 @@ def _combine_block(x, work, method, sigma_low, sigma_high, max_iters, weights):
             value = _weighted_mean_between(x, stk.take(lo), stk.take(hi - 1), weights, median_all)
     fallback = (kept == 0) & (nvalid > 0)
     value[fallback] = median_all[fallback]
-    nused = np.where(fallback, nvalid, kept)
-    return value, nvalid - nused, nused
+    rej_low = np.where(fallback, 0, lo)
+    rej_high = np.where(fallback, 0, nvalid - hi)
+    return value, rej_low, rej_high, nvalid - rej_low - rej_high
 
 
 def _weighted_mean_between(x, low, high, weights, ref):
@@ -673,4 +1029,5 @@ def _mean_all(x, weights):
             mean = values.sum(axis=0) / nvalid
         else:
             mean = weights @ values / (weights @ valid)
-    return mean.astype(np.float32), np.zeros(x.shape[1], dtype=np.int16), nvalid
+    zeros = np.zeros(x.shape[1], dtype=np.int16)
+    return mean.astype(np.float32), zeros, zeros, nvalid

@@ -36,6 +36,7 @@ from astroflow.stretch import MTFStretch, auto_stretch
 __all__ = [
     "StarRemoval",
     "classical_star_removal",
+    "inpaint",
     "network_stretch",
     "remove_stars",
     "screen",
@@ -225,10 +226,37 @@ def classical_star_removal(display, *, threshold_sigma=3.0, grow=2.0, radius=5):
             np.maximum(objects["b"] * grow * 2, 3.0),
             objects["theta"],
         )
-    mask8 = mask.astype(np.uint8)
+    return inpaint(image, mask, radius=radius), mask
+
+
+def inpaint(display, mask, *, radius=5):
+    """Fill the masked pixels of display data from their surroundings (Telea inpainting).
+
+    OpenCV's fast marching method (A. Telea, "An Image Inpainting Technique Based on the Fast
+    Marching Method", J. Graphics Tools 9, 2004), channel by channel.
+
+    Parameters
+    ----------
+    display : numpy.ndarray
+        ``(H, W)`` or ``(H, W, C)`` display data in ``[0, 1]``.
+    mask : numpy.ndarray
+        bool ``(H, W)``: the pixels to fill.
+    radius : int, optional
+        Inpainting radius (px).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32, same shape; outside the mask the input itself (not even quantised).
+    """
+    image = np.asarray(display, dtype=np.float32)
+    mask = np.asarray(mask, dtype=bool)
     channels = image[:, :, None] if image.ndim == 2 else image
+    if not mask.any():
+        return image.copy()
+    mask8 = mask.astype(np.uint8)
     # OpenCV 5's Telea inpainting of float32 data overshoots badly (values above 1.7 in [0, 1]
-    # data); its 16-bit path is exact to the quantisation, so the baseline works in 16 bits.
+    # data); its 16-bit path is exact to the quantisation, so the fill is done in 16 bits.
     as16 = np.round(np.clip(channels, 0.0, 1.0) * 65535).astype(np.uint16)
     out = np.stack(
         [
@@ -237,9 +265,8 @@ def classical_star_removal(display, *, threshold_sigma=3.0, grow=2.0, radius=5):
         ],
         axis=2,
     ).astype(np.float32) / 65535.0
-    # Outside the mask the image is untouched (not even quantised).
     out = np.where(mask[:, :, None], out, channels)
-    return (out[:, :, 0] if image.ndim == 2 else out).astype(np.float32), mask
+    return (out[:, :, 0] if image.ndim == 2 else out).astype(np.float32)
 
 
 def starless_metrics(output, truth, starry, footprint):

@@ -60,6 +60,7 @@ __all__ = [
     "noise_map",
     "noise_sigma",
     "outside_change",
+    "residual_objects",
     "residual_sources",
     "ring_energy",
     "star_removal_measures",
@@ -373,11 +374,7 @@ def residual_sources(starry, starless, *, threshold_sigma=5.0, min_area=4):
     ValueError
         Non-finite pixels.
     """
-    before, after = grey(starry), grey(starless)
-    _check_finite(before, "input")
-    _check_finite(after, "starless image")
-    objects, _, _, rms = _extract(before, threshold_sigma, min_area)
-    residual, _, _, _ = _extract(after, threshold_sigma, min_area, rms=rms)
+    objects, residual, rms = residual_objects(starry, starless, threshold_sigma=threshold_sigma, min_area=min_area)
     n0, n1 = len(objects), len(residual)
     return {
         "sources_before": n0,
@@ -385,6 +382,39 @@ def residual_sources(starry, starless, *, threshold_sigma=5.0, min_area=4):
         "removed_fraction": 1.0 - n1 / n0 if n0 else float("nan"),
         "threshold": threshold_sigma * rms,
     }
+
+
+def residual_objects(starry, starless, *, threshold_sigma=5.0, min_area=4):
+    """SEP detections before and after star removal, at the input's threshold for both.
+
+    Parameters
+    ----------
+    starry, starless : numpy.ndarray
+        ``(H, W)`` or ``(H, W, C)`` display data of one scale, finite.
+    threshold_sigma : float, optional
+        Threshold in units of SEP's global background RMS of the input (Barbary 2016).
+    min_area : int, optional
+        Minimum connected pixels.
+
+    Returns
+    -------
+    before, after : numpy.ndarray
+        SEP object records (fields ``x``, ``y``, ``a``, ``b``, ``theta``, ``peak``, ``flux``...)
+        of the input and of the starless image.
+    rms : float
+        The input's global background RMS (grey display units).
+
+    Raises
+    ------
+    ValueError
+        Non-finite pixels.
+    """
+    before, after = grey(starry), grey(starless)
+    _check_finite(before, "input")
+    _check_finite(after, "starless image")
+    objects, _, _, rms = _extract(before, threshold_sigma, min_area)
+    residual, _, _, _ = _extract(after, threshold_sigma, min_area, rms=rms)
+    return objects, residual, rms
 
 
 def _annulus_pixels(shape, x, y, r_in, r_out):

@@ -23,13 +23,15 @@ import logging
 
 import cv2
 import numpy as np
+import sep
 import torch
 
 from astroflow.nets.tiling import predict_tiled
 from astroflow.nets.unet import WeightsError, load_weights
-from astroflow.restoration.starmetrics import noise_sigma
+from astroflow.restoration.starless import inpaint
+from astroflow.restoration.starmetrics import detect, noise_sigma, residual_objects
 
-__all__ = ["clamp_holes", "default_device", "load_starless", "masked_background", "predictor"]
+__all__ = ["clamp_holes", "default_device", "inpaint_residuals", "load_starless", "masked_background", "predictor"]
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +241,92 @@ def clamp_holes(display, starless, *, low=1.0, high=3.0, exclude=2.0, grow=2, di
     return ((1.0 - h) * raised + h * np.minimum(raised, floor)).astype(np.float32)
 
 
-def predictor(model, *, tile=256, overlap=32, batch=4, device=None, no_holes=True):
+def inpaint_residuals(
+    display, starless, *, threshold_sigma=5.0, grow=2.0, radius=5, min_area=4, passes=3, max_fwhm_ratio=3.0
+):
+    """Inpaint the compact sources a network left where the input had a star.
+
+    Residual stars are what a user sees first in a starless image, and the classical baseline
+    (detect, mask, inpaint) leaves none of the ones it detects. Here the network's answer is
+    searched with SEP (Barbary 2016) at ``threshold_sigma`` times the *input's* background RMS
+    (the threshold of :func:`astroflow.restoration.starmetrics.residual_sources`); each
+    detection whose centre lies on a *star-sized* detection of the input (FWHM at most
+    ``max_fwhm_ratio`` times the median FWHM of the input's detections,
+    :func:`astroflow.restoration.starmetrics.detect`) is masked by its ellipse grown ``grow``
+    times (at least 3 px) and filled by Telea inpainting
+    (:func:`astroflow.restoration.starless.inpaint`). The size test keeps what the network
+    rightly left: a galaxy's nucleus (M 94's: 13 px against 3.2 px for its stars), galaxies
+    of the Hubble Deep Field and knots of nebulosity (20-30 px on the real images measured),
+    which the classical baseline inpaints like stars.
+    Everything else is the network's answer, untouched; the filled pixels are never brighter
+    than the input. A filled star can uncover a fainter neighbour or leave part of a wide halo,
+    so the search is repeated on the result, up to ``passes`` times or until it finds nothing
+    (on one real SBIG light, 41 residual sources after the network: 20 after one pass, none
+    after two).
+
+    Parameters
+    ----------
+    display : numpy.ndarray
+        ``(H, W, C)`` float32, the network's input, in ``[0, 1]``.
+    starless : numpy.ndarray
+        ``(H, W, C)`` float32, the network's (clamped) answer.
+    threshold_sigma : float, optional
+        Detection threshold (input background RMS).
+    grow : float, optional
+        Mask ellipse size in units of each detection's semi-axes (times 2).
+    radius : int, optional
+        Inpainting radius (px).
+    min_area : int, optional
+        Minimum connected pixels of a detection.
+    passes : int, optional
+        Most searches.
+    max_fwhm_ratio : float, optional
+        Largest FWHM of an input detection, in units of their median, treated as a star.
+
+    Returns
+    -------
+    out : numpy.ndarray
+        ``(H, W, C)`` float32.
+    n : int
+        Residual sources inpainted, over all passes.
+
+    Raises
+    ------
+    ValueError
+        Shapes that differ or are not ``(H, W, C)``, or non-finite pixels.
+    """
+    display = np.asarray(display, dtype=np.float32)
+    starless = np.asarray(starless, dtype=np.float32)
+    if display.shape != starless.shape or display.ndim != 3:
+        raise ValueError(f"display {display.shape} and starless {starless.shape} must be one (H, W, C) shape")
+    out, total = starless.copy(), 0
+    h, w = display.shape[:2]
+    stars = None
+    for _ in range(passes):
+        before, after, _ = residual_objects(display, out, threshold_sigma=threshold_sigma, min_area=min_area)
+        if not len(after) or not len(before):
+            break
+        if stars is None:
+            catalog = detect(display, threshold_sigma=threshold_sigma, min_area=min_area)
+            star_sized = catalog.fwhm <= max_fwhm_ratio * np.median(catalog.fwhm)
+            stars = np.zeros((h, w), dtype=bool)
+            x, y, r = catalog.x[star_sized], catalog.y[star_sized], catalog.fwhm[star_sized]
+            sep.mask_ellipse(stars, x, y, np.maximum(r, 1.5), np.maximum(r, 1.5), np.zeros_like(r))
+        ix = np.clip(np.round(after["x"]).astype(int), 0, w - 1)
+        iy = np.clip(np.round(after["y"]).astype(int), 0, h - 1)
+        keep = stars[iy, ix]
+        if not keep.any():
+            break
+        r = after[keep]
+        mask = np.zeros((h, w), dtype=bool)
+        sep.mask_ellipse(mask, r["x"], r["y"], np.maximum(r["a"] * grow * 2, 3.0),
+                         np.maximum(r["b"] * grow * 2, 3.0), r["theta"])
+        out = np.minimum(inpaint(out, mask, radius=radius), display).astype(np.float32)
+        total += int(keep.sum())
+    return out, total
+
+
+def predictor(model, *, tile=256, overlap=32, batch=4, device=None, no_holes=True, residuals=True):
     """A function from display data to the network's starless display data, tiled.
 
     Parameters
@@ -254,6 +341,8 @@ def predictor(model, *, tile=256, overlap=32, batch=4, device=None, no_holes=Tru
         Apply :func:`clamp_holes` to the network's answer (default), so that it cannot fall
         below the local sky where it removed a star; False gives the network's raw answer (to
         measure what the clamp does).
+    residuals : bool, optional
+        With ``no_holes``, also :func:`inpaint_residuals` the stars the network left (default).
 
     Returns
     -------
@@ -270,7 +359,13 @@ def predictor(model, *, tile=256, overlap=32, batch=4, device=None, no_holes=Tru
     def predict(display):
         display = np.asarray(display, dtype=np.float32)
         out = network(display)
-        return clamp_holes(display, out) if no_holes else out
+        if not no_holes:
+            return out
+        out = clamp_holes(display, out)
+        if residuals:
+            out, n = inpaint_residuals(display, out)
+            log.info("%d residual stars inpainted", n)
+        return out
 
     def network(display):
         c = display.shape[2]

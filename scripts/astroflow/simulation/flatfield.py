@@ -41,6 +41,7 @@ import numpy as np
 from astroflow.calibration.flatgrid import to_grid
 from astroflow.checks import check_int
 from astroflow.io.atomic import atomic_write
+from astroflow.simulation import optics
 from astroflow.simulation.synthstars import render_sample as render_sky
 
 __all__ = [
@@ -94,10 +95,6 @@ def _logu(rng, lo, hi):
     return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
 
 
-def _sigmoid_disc(r, radius, soft):
-    return 1.0 / (1.0 + np.exp(np.clip((r - radius) / soft, -50.0, 50.0)))
-
-
 def _dust(rng, flat, size_px):
     """Multiply dust motes into ``flat`` in place; return their list (JSON-serialisable)."""
     height, width = flat.shape
@@ -125,8 +122,7 @@ def _dust(rng, flat, size_px):
             continue
         yy, xx = np.mgrid[y0:y1, x0:x1]
         r = np.hypot(xx - x, yy - y)
-        shadow = _sigmoid_disc(r, radius, soft) - lift * _sigmoid_disc(r, hole * radius, soft)
-        flat[y0:y1, x0:x1] *= 1.0 - depth * shadow
+        flat[y0:y1, x0:x1] *= 1.0 - depth * optics.dust_shadow(r, radius, soft, hole, lift)
         motes.append({"kind": str(kind), "x": x, "y": y, "radius_px": radius, "depth": depth})
     return motes
 
@@ -139,7 +135,7 @@ def artifact_fields(rng, shape, sky_adu=1.0):
 
     * vignetting: corner loss ``U(0, 0.45)``, cos^4-like ``(1 + r^2 k)^-2`` (70 %) or
       ``1 - a r^2 - b r^4`` with ``a / (a + b) = U(0, 1)`` (30 %), axis at ``U(0.3, 0.7)`` of
-      the frame in x and y;
+      the frame in x and y (:func:`astroflow.simulation.optics.vignetting`);
     * illumination tilt of the flat: ``U(0, 0.04)`` across the frame at a random angle;
     * dust (none in 15 % of frames, else ``logU(1, 60)`` motes anywhere up to 5 % beyond the
       frame): donuts (78 %; radius ``logU(0.006, 0.05)`` of the frame side, depth
@@ -191,8 +187,7 @@ def artifact_fields(rng, shape, sky_adu=1.0):
     r2 = (u - cx) ** 2 + (v - cy) ** 2
     r2 /= max((a - cx) ** 2 + (b - cy) ** 2 for a in (0.0, 1.0) for b in (0.0, 1.0))
     if cosine:
-        k = (1.0 - loss) ** -0.5 - 1.0
-        flat = (1.0 + k * r2) ** -2
+        flat = optics.vignetting(r2, 1.0, loss)
     else:
         flat = 1.0 - loss * (share * r2 + (1.0 - share) * r2**2)
     p.update(vignetting=loss, vignetting_law="cos4" if cosine else "polynomial", axis=[cx, cy])

@@ -39,6 +39,7 @@ from scipy.special import ndtr
 from astroflow import __version__
 from astroflow.io.atomic import atomic_write
 from astroflow.io.fits import write_image
+from astroflow.simulation import optics
 
 PATTERN = "RGGB"
 RAW_BITS = 14
@@ -881,26 +882,9 @@ def _true_flat(rng, colours, vignetting, n_dust, prnu):
     cy = (height - 1) / 2 + rng.normal(0.0, 0.03) * height
     r2 = (xx - cx) ** 2 + (yy - cy) ** 2
     corner2 = max((x - cx) ** 2 + (y - cy) ** 2 for x in (0, width - 1) for y in (0, height - 1))
-    # cos^4-like falloff (1 + r^2/rv^2)^-2, scaled so the farthest corner loses `vignetting`.
-    rv2 = corner2 / ((1.0 - vignetting) ** -0.5 - 1.0) if vignetting > 0 else np.inf
-    flat = (1.0 + r2 / rv2) ** -2
-
-    size = min(width, height)
-    dust = pd.DataFrame(
-        {
-            "x": rng.uniform(0.1, 0.9, n_dust) * width,
-            "y": rng.uniform(0.1, 0.9, n_dust) * height,
-            "radius_px": rng.uniform(0.015, 0.04, n_dust) * size + 3,
-            "depth": rng.uniform(0.04, 0.12, n_dust),
-        }
-    )
-    for mote in dust.itertuples():
-        # Out-of-focus dust casts a ring: darkest at the rim, lighter (35 %) in the middle.
-        r = np.hypot(xx - mote.x, yy - mote.y)
-        soft = 0.12 * mote.radius_px
-        outer = 1.0 / (1.0 + np.exp(np.clip((r - mote.radius_px) / soft, -50, 50)))
-        inner = 1.0 / (1.0 + np.exp(np.clip((r - 0.55 * mote.radius_px) / soft, -50, 50)))
-        flat *= 1.0 - mote.depth * (outer - 0.65 * inner)
+    flat = optics.vignetting(r2, corner2, vignetting)
+    dust = optics.draw_dust(rng, (height, width), n_dust)
+    optics.apply_dust(flat, dust, xx, yy)
     flat *= 1.0 + prnu * rng.standard_normal(flat.shape)
     for c in range(3):
         flat[colours == c] /= np.median(flat[colours == c])
