@@ -446,8 +446,8 @@ def frame_filters(wildcards):
 
 
 def registration_reference(wildcards):
-    """The reference light of rule register: registration.reference as configured (auto or a
-    frame name); a light's name without its {session}_ prefix also names it, when one light of
+    """The reference light for the register rule: registration.reference as configured (auto or
+    a frame name); a light's name without its {session}_ prefix also names it, when one light of
     the target's sessions has it."""
     reference = config["registration"]["reference"]
     lights = FRAMES[wildcards.target]["light"]
