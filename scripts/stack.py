@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from astroflow.deepsky.frames import lights_to_stack
 from astroflow.deepsky.stack import combine
 from astroflow.io.export import save_map_png, save_preview_png, save_tiff16, save_tiff32
 from astroflow.io.fits import combined_header, read_header, write_image
@@ -15,10 +16,11 @@ out = snakemake.output
 registration = pd.read_csv(snakemake.input.registration)
 paths = {Path(path).stem: path for path in snakemake.input.frames}
 # rule stack_filter passes the lights of one filter: stack those only
-registration = registration[registration["frame"].isin(paths)].copy()
-registration["path"] = registration["frame"].map(paths)
-# The reference frame first: frames are normalised to the first one.
-used = registration[registration["status"] == "used"].sort_values("reference", ascending=False)
+where = f"target '{snakemake.wildcards.target}'"
+if "filter" in snakemake.wildcards.keys():
+    where += f", filter {snakemake.wildcards.filter}"
+used = lights_to_stack(registration, paths, where=where)
+registration = registration[registration["frame"].isin(paths)]
 log.info("stacking %d of %d lights with %s", len(used), len(registration), p.method)
 result = combine(
     list(used["path"]),

@@ -666,3 +666,23 @@ def test_multiplicative_scaling_multiplies_both_ratios(tmp_path):
     negative = write_frames(tmp_path, frames, prefix="negative")
     with pytest.raises(ValueError, match="multiplicative_scaling normalisation needs a background > 0"):
         combine(negative, method="none", normalize="multiplicative_scaling", memory_mb=64)
+
+
+def test_lights_to_stack_puts_the_reference_first_and_names_an_empty_filter():
+    import pandas as pd
+
+    from astroflow.deepsky.frames import lights_to_stack
+
+    registration = pd.DataFrame({
+        "frame": ["ha1", "ha2", "o1", "o2"],
+        "status": ["used", "used", "rejected", "rejected"],
+        "reason": [None, None, "registration failed: no star pattern in common with the reference",
+                   "registration failed: no star pattern in common with the reference"],
+        "reference": [False, True, False, False],
+        "weight": [1.0, 1.0, 0.0, 0.0],
+    })
+    used = lights_to_stack(registration, {"ha1": "a.fits", "ha2": "b.fits"}, where="target 't', filter Ha")
+    assert list(used["frame"]) == ["ha2", "ha1"] and list(used["path"]) == ["b.fits", "a.fits"]
+    with pytest.raises(ValueError, match=r"target 't', filter OIII: none of its 2 lights can be stacked "
+                                         r"\(2 x registration failed: no star pattern"):
+        lights_to_stack(registration, {"o1": "c.fits", "o2": "d.fits"}, where="target 't', filter OIII")

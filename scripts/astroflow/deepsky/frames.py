@@ -73,3 +73,40 @@ def frames_table(ingested_paths, registration):
     table.loc[late, "status"] = "rejected"
     table.loc[late, "reason"] = table.loc[late, "reg_reason"]
     return table.drop(columns=["reg_status", "reg_reason"])
+
+
+def lights_to_stack(registration, paths, *, where):
+    """The used lights of a stack, reference first, or a clear error when none is left.
+
+    Parameters
+    ----------
+    registration : pandas.DataFrame
+        ``registration.csv`` (:func:`astroflow.deepsky.register.register_frames`): columns
+        ``frame``, ``status``, ``reason``, ``reference``, ``weight``.
+    paths : mapping of str to str
+        Frame name -> registered FITS file of the lights of this stack (all lights of a target,
+        or those of one filter).
+    where : str
+        What is stacked, for the error (e.g. ``"target 'm31', filter OIII"``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The rows of ``paths``' frames with status ``used``, the reference first (frames are
+        normalised to the first one), with a ``path`` column.
+
+    Raises
+    ------
+    ValueError
+        If none of these lights is used: names ``where`` and counts the rejection reasons (a
+        filter whose every light failed to match the reference, say), instead of a stacker
+        error about an empty list.
+    """
+    table = registration[registration["frame"].isin(list(paths))].copy()
+    table["path"] = table["frame"].map(paths)
+    used = table[table["status"] == "used"].sort_values("reference", ascending=False)
+    if used.empty:
+        reasons = table["reason"].fillna("no reason recorded").value_counts()
+        summary = "; ".join(f"{n} x {reason}" for reason, n in reasons.items()) or "no lights at all"
+        raise ValueError(f"{where}: none of its {len(table)} lights can be stacked ({summary})")
+    return used
