@@ -513,7 +513,11 @@ def benchmark_files(wildcards):
             )
         else:
             files += expand(rules.stack.benchmark, target=target)
-        if drizzles(target):
+        if drizzles(target) and len(FILTERS[target]) > 1:
+            files += expand(
+                rules.drizzle_filter.benchmark, target=target, filter=FILTERS[target]
+            )
+        elif drizzles(target):
             files += expand(rules.drizzle.benchmark, target=target)
     for target, types in SEQUENCES.items():
         producers = [
@@ -692,7 +696,12 @@ def target_outputs(target):
             )
             for path in _outputs(rule, target=target)
         ]
-        if drizzles(target):
+        if drizzles(target) and several:
+            outputs += _outputs(rules.combine_drizzles, target=target)
+            outputs += _outputs(
+                rules.drizzle_filter, target=target, filter=FILTERS[target]
+            )
+        elif drizzles(target):
             outputs += _outputs(rules.drizzle, target=target)
         if several:
             outputs += _outputs(
@@ -745,10 +754,10 @@ CALIBRATED_CFA = (
 
 
 def drizzles(target):
-    """Whether a deep-sky target is drizzled: drizzle.enabled, and one filter (the drizzle of
-    each filter stack of a target with several is not wired yet: it keeps its stack.fits).
+    """Whether a deep-sky target is drizzled (drizzle.enabled): with several filters, each filter
+    (drizzle_filter), combined into drizzle.fits like the filter stacks (combine_drizzles).
     """
-    return DRIZZLE["enabled"] and len(FILTERS[target]) == 1
+    return DRIZZLE["enabled"]
 
 
 def drizzle_lights(wildcards):
@@ -758,6 +767,25 @@ def drizzle_lights(wildcards):
         f"results/{wildcards.target}/{folder}/{frame}.fits"
         for frame in FRAMES[wildcards.target]["light"]
     ]
+
+
+def filter_drizzle_lights(wildcards):
+    """The lights of one filter that a drizzle_filter job drops (input function)."""
+    folder = "calibrated_cfa" if BAYER_DRIZZLE else "calibrated"
+    filters = FILTER_OF[wildcards.target]
+    return [
+        f"results/{wildcards.target}/{folder}/{frame}.fits"
+        for frame in FRAMES[wildcards.target]["light"]
+        if filters[frame] == wildcards.filter
+    ]
+
+
+def filter_drizzles(wildcards):
+    """Every filter drizzle of a target with several filters (input of combine_drizzles)."""
+    return {
+        f: f"results/{wildcards.target}/filters/{f}/drizzle.fits"
+        for f in FILTERS[wildcards.target]
+    }
 
 
 def drizzle_memory(wildcards, input, attempt):

@@ -17,7 +17,8 @@ log = setup_logging(snakemake.log[0])
 p = snakemake.params
 registration = pd.read_csv(snakemake.input.registration)
 paths = {Path(path).stem: path for path in snakemake.input.lights}
-used = registration[registration["status"] == "used"]
+# rule drizzle_filter passes the lights of one filter: drizzle those only
+used = registration[(registration["status"] == "used") & registration["frame"].isin(list(paths))]
 stack, _ = read_image(snakemake.input.stack)
 rejection = p.outliers["enabled"]
 

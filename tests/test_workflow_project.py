@@ -82,3 +82,23 @@ def test_hoo_combination_keeps_the_true_star_colours(project):
     factor = combined["ratio_OIII"] / combined["true_ratio_OIII"]
     print(combined[["ratio_OIII", "true_ratio_OIII"]], factor)
     assert np.ptp(factor) / np.median(factor) < 0.1
+
+
+def test_drizzle_of_a_multi_filter_target_is_combined_like_its_stacks(project):
+    config = yaml.safe_load((project / "project.yaml").read_text())
+    config["drizzle"] = {"enabled": True, "scale": 2}
+    path = project / "drizzle.yaml"
+    path.write_text(yaml.safe_dump(config))
+    snakemake(project, "results/sim-project/corrected.fits", "--cores", "2",
+              "--configfile", str(ROOT / "config.yaml"), str(path))
+    results = project / "results" / "sim-project"
+    for f in FILTERS:
+        stack, _ = read_image(results / "filters" / f / "stack.fits")
+        drizzled, header = read_image(results / "filters" / f / "drizzle.fits")
+        assert drizzled.shape == (2 * stack.shape[0], 2 * stack.shape[1])
+        assert header["FILTER"] == f  # only that filter's lights were dropped
+    colour, header = read_image(results / "drizzle.fits")
+    assert colour.shape == drizzled.shape + (3,) and header["PALETTE"] == "HOO"
+    np.testing.assert_array_equal(colour[:, :, 1], colour[:, :, 2])
+    corrected, _ = read_image(results / "corrected.fits")
+    assert corrected.shape == colour.shape  # gradient removal read the drizzle
