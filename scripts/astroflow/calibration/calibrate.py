@@ -294,6 +294,20 @@ def _exposure(header):
     return None if value is None else float(value)
 
 
+def _chained(indices, value, joins):
+    """Indices grouped by ``value``: sorted by it, each joining the group of the smallest value
+    it ``joins(first, value)``; those without a value (None) form one group of their own first."""
+    unknown = [i for i in indices if value(i) is None]
+    groups = [unknown] if unknown else []
+    start = len(groups)
+    for i in sorted((i for i in indices if value(i) is not None), key=value):
+        if len(groups) > start and joins(value(groups[-1][0]), value(i)):
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
 def dark_groups(headers, *, exposure_tolerance=0.1, temperature_tolerance=2.0):
     """Group darks that make one master: same binning, close exposure and temperature.
 
@@ -324,35 +338,13 @@ def dark_groups(headers, *, exposure_tolerance=0.1, temperature_tolerance=2.0):
     for i, header in enumerate(headers):
         by_binning.setdefault(_binning(header), []).append(i)
     groups = []
+    exposure, temperature = (lambda i: _exposure(headers[i])), (lambda i: _temperature(headers[i]))
     for members in by_binning.values():
-        unknown = [i for i in members if _exposure(headers[i]) is None]
-        if unknown:
-            groups.append(unknown)
-        timed = sorted(
-            (i for i in members if _exposure(headers[i]) is not None), key=lambda i: _exposure(headers[i])
-        )
-        exposure_groups = []
-        for i in timed:
-            t = _exposure(headers[i])
-            if exposure_groups and t <= _exposure(headers[exposure_groups[-1][0]]) * (1 + exposure_tolerance):
-                exposure_groups[-1].append(i)
+        for group in _chained(members, exposure, lambda t0, t: t <= t0 * (1 + exposure_tolerance)):
+            if exposure(group[0]) is None:  # no EXPTIME: one group, whatever the temperatures
+                groups.append(group)
             else:
-                exposure_groups.append([i])
-        for group in exposure_groups:
-            no_temp = [i for i in group if _temperature(headers[i]) is None]
-            if no_temp:
-                groups.append(no_temp)
-            temps = sorted(
-                (i for i in group if _temperature(headers[i]) is not None), key=lambda i: _temperature(headers[i])
-            )
-            temp_groups = []
-            for i in temps:
-                coldest = _temperature(headers[temp_groups[-1][0]]) if temp_groups else None
-                if coldest is not None and _temperature(headers[i]) - coldest <= temperature_tolerance:
-                    temp_groups[-1].append(i)
-                else:
-                    temp_groups.append([i])
-            groups += temp_groups
+                groups += _chained(group, temperature, lambda t0, t: t - t0 <= temperature_tolerance)
     return sorted(groups, key=lambda g: (-len(g), -(_exposure(headers[g[0]]) or 0.0)))
 
 

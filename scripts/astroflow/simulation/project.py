@@ -45,6 +45,7 @@ from astroflow.io.atomic import atomic_write
 from astroflow.io.fits import write_image
 from astroflow.simulation import optics
 from astroflow.simulation.night import (
+    _atomic_text,
     _bias_map,
     _dark_rate_map,
     _expose,
@@ -903,6 +904,3 @@ def _clear_stale(outdir, layout):
             if path.is_file() and (_STALE_TRUTH.match(path.name) or re.match(r"^dust_night\d+\.csv$", path.name)):
                 path.unlink()
 
-
-def _atomic_text(path, text):
-    atomic_write(path, lambda tmp: tmp.write_bytes(text.encode("utf-8")))
