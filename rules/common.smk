@@ -3,14 +3,12 @@ import posixpath
 import re
 from pathlib import Path
 
-import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
-from snakemake.utils import validate
 
 from astroflow.deepsky.palette import PaletteError, light_filter, palette_channels
 from astroflow.simulation.project import project_layout
-from astroflow.workflow.config import kind_errors, session_errors
+from astroflow.workflow.config import ConfigError, configfile_targets, validate_config
 from astroflow.workflow.discovery import (
     FRAME_TYPES,
     DiscoveryError,
@@ -31,18 +29,10 @@ WORKFLOW_DIR = Path(workflow.current_basedir.get_path_or_uri(secret_free=True)).
 
 # Targets named in a --configfile replace the default (simulated) target rather than being
 # merged with it: a user pointing astroflow at their own night does not want the simulation too.
-def _cli_targets():
-    targets = {}
-    for path in workflow.overwrite_configfiles:
-        with open(path) as handle:
-            data = yaml.safe_load(handle) or {}
-        if not isinstance(data, dict):
-            raise WorkflowError(f"{path}: a config file must be a YAML mapping")
-        targets.update(data.get("targets") or {})
-    return targets
-
-
-CLI_TARGETS = _cli_targets()
+try:
+    CLI_TARGETS = configfile_targets(workflow.overwrite_configfiles)
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
 if CLI_TARGETS:
     config["targets"] = CLI_TARGETS
 
@@ -56,17 +46,10 @@ def library_code(script):
 
 SCHEMA = WORKFLOW_DIR / "schemas" / "config.schema.yaml"
 # Sessions first: their mistakes get sentences of their own, before the schema's.
-_session_messages = session_errors(config)
-if _session_messages:
-    raise WorkflowError(f"invalid configuration: {'; '.join(_session_messages)}")
 try:
-    validate(config, str(SCHEMA))
-except WorkflowError as err:
-    with open(SCHEMA) as handle:
-        _messages = kind_errors(config, yaml.safe_load(handle))
-    raise WorkflowError(
-        f"invalid configuration: {'; '.join(_messages) if _messages else err}"
-    ) from None
+    validate_config(config, SCHEMA)
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
 
 
 SIM = config["simulate"]

@@ -196,6 +196,36 @@ def read_header(path):
         return hdul[0].header.copy()
 
 
+def parsable_header(header):
+    """A copy of a FITS header without the cards whose value astropy cannot parse.
+
+    A camera or a program that writes ``EXPTIME = nan`` (no such FITS value) or a cut card
+    leaves a header on which every later ``header.get`` of that keyword raises astropy's
+    ``VerifyError``; the frame's data are still good.
+
+    Parameters
+    ----------
+    header : astropy.io.fits.Header
+
+    Returns
+    -------
+    header : astropy.io.fits.Header
+        A copy, every card parsable.
+    dropped : list of str
+        The keywords of the cards left out, in header order (to warn about).
+    """
+    parsed, dropped = fits.Header(), []
+    for card in header.cards:
+        try:
+            card.value  # noqa: B018 (parsing it is the test)
+            card.comment  # noqa: B018
+        except (fits.VerifyError, ValueError):
+            dropped.append(card.keyword)
+            continue
+        parsed.append(card, end=True)
+    return parsed, dropped
+
+
 def is_rejected(header):
     """True when a header marks its frame as rejected."""
     return header.get(STATUS_KEY, "OK") == "REJECTED"
@@ -444,7 +474,10 @@ def _parse_date(text):
     except ValueError:
         return None
     if stamp.tzinfo is not None:
-        stamp = stamp.astimezone(dt.UTC).replace(tzinfo=None)
+        try:
+            stamp = stamp.astimezone(dt.UTC).replace(tzinfo=None)
+        except OverflowError:  # '0001-01-01T00:00:00+05:00' is before year 1 in UTC (fuzzing)
+            return None
     return stamp
 
 

@@ -32,6 +32,7 @@ from astroflow.io.fits import (
     ROWORDER_KEY,
     fits_text,
     iso_date,
+    parsable_header,
     read_header,
     top_down_rows,
     write_image,
@@ -136,7 +137,11 @@ def read_frame(path):
         (as recorded: degrees or sexagesimal text), ``XBINNING``, ``YBINNING``, ``XPIXSZ``,
         ``YPIXSZ``, ``FOCALLEN`` when present. RAW and TIFF give ``FOCALLEN`` (mm, the lens's
         from EXIF) and ``SITELAT``/``SITELONG`` (degrees, north and east positive, from the
-        EXIF GPS tags) when the camera recorded them.
+        EXIF GPS tags) when the camera recorded them. A numeric FITS keyword is omitted, with a
+        warning, when its value is not a finite number, is negative where the quantity cannot
+        be (``EXPTIME``, ``ISOSPEED``, ``GAIN``, ``EGAIN``, ``XPIXSZ``, ``YPIXSZ``,
+        ``FOCALLEN``, ``WHITELVL``) or, for ``XBINNING``/``YBINNING``, is not a whole number
+        from 1.
 
     Raises
     ------
@@ -264,14 +269,16 @@ def _read_fits(path):
             with fits.open(path, memmap=False) as hdul:
                 hdu = _first_image_hdu(hdul, path)
                 _check_fits_complete(hdu, size, path)
-                header = hdu.header.copy()
+                header, dropped = parsable_header(hdu.header)
+                if dropped:
+                    log.warning("%s: unparsable header cards %s omitted", path, ", ".join(dropped))
                 raw = hdu.data
                 if raw is None:
                     raise UnreadableFrameError(f"{path}: FITS file holds no image data")
                 data = np.ascontiguousarray(top_down_rows(raw, header), dtype=np.float32)
     except UnreadableFrameError:
         raise
-    except (OSError, ValueError, TypeError, IndexError) as exc:
+    except (OSError, ValueError, TypeError, IndexError, fits.VerifyError) as exc:
         raise UnreadableFrameError(f"{path}: cannot read FITS ({type(exc).__name__}: {exc})") from exc
     if data.ndim == 3 and data.shape[0] == 3:
         data = np.ascontiguousarray(np.moveaxis(data, 0, 2))
@@ -361,13 +368,21 @@ def _fits_meta(header, path):
             if key in _FITS_NUMERIC:
                 try:
                     value = float(value)
-                except (TypeError, ValueError):
+                except (TypeError, ValueError, OverflowError):
                     log.warning("%s: %s = %r is not a number; omitted", path, alias, value)
+                    continue
+                problem = _implausible(key, value)
+                if problem:
+                    # NaN and Inf cannot even be written to a FITS header (found by fuzzing).
+                    log.warning("%s: %s = %r %s; omitted", path, alias, value, problem)
                     continue
                 if value.is_integer() and key in ("ISOSPEED", "XBINNING", "YBINNING", "OFFSET", "WHITELVL"):
                     value = int(value)
             elif isinstance(value, str):
                 value = fits_text(value.strip())
+            elif isinstance(value, float) and not np.isfinite(value):  # FILTER = 1E400
+                log.warning("%s: %s = %r is not a finite number; omitted", path, alias, value)
+                continue
             meta[key] = value
             break
     date = header.get("DATE-OBS") or header.get("DATE_OBS")
@@ -382,18 +397,35 @@ def _fits_meta(header, path):
     pattern = str(header.get("BAYERPAT") or header.get("COLORTYP") or "").strip().upper()
     if pattern in BAYER_PATTERNS:
         try:
+            # int(float('inf')) is an OverflowError (found by fuzzing)
             dx, dy = (int(float(header.get(key, 0) or 0)) for key in ("XBAYROFF", "YBAYROFF"))
-        except (TypeError, ValueError):
-            log.warning("%s: XBAYROFF/YBAYROFF unreadable; BAYERPAT omitted", path)
+            rows = int(header.get("NAXIS2", 1))
+        except (TypeError, ValueError, OverflowError):
+            log.warning("%s: XBAYROFF/YBAYROFF or NAXIS2 unreadable; BAYERPAT omitted", path)
         else:
             pattern = _shift_pattern(pattern, dx, dy)
             if str(header.get(ROWORDER_KEY, "")).strip().upper() not in ("TOP-DOWN", "BOTTOM-UP"):
                 # Siril takes the BAYERPAT of a file that does not say its row order (camera
                 # drivers write top-down without saying so) as the cell of the first rows
                 # stored; read bottom-up, stored row H - 1 is row 0 in memory.
-                pattern = _shift_pattern(pattern, 0, int(header["NAXIS2"]) - 1)
+                pattern = _shift_pattern(pattern, 0, rows - 1)
             meta["BAYERPAT"] = pattern
     return meta
+
+
+# Numeric keywords that cannot be negative (the others, temperatures and offsets, can).
+_FITS_POSITIVE = {"EXPTIME", "ISOSPEED", "GAIN", "EGAIN", "XPIXSZ", "YPIXSZ", "FOCALLEN", "WHITELVL"}
+
+
+def _implausible(key, value):
+    """Why a numeric keyword's value cannot be taken as recorded, or "" when it can."""
+    if not np.isfinite(value):
+        return "is not a finite number"
+    if key in ("XBINNING", "YBINNING") and (value < 1 or not value.is_integer()):
+        return "is not a binning (a whole number from 1)"
+    if key in _FITS_POSITIVE and value < 0:
+        return "is negative"
+    return ""
 
 
 def _shift_pattern(pattern, dx, dy):

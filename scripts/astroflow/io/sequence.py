@@ -72,6 +72,10 @@ _DEBAYER_CODES = {
 # SER times are 100 ns ticks since 0001-01-01 00:00:00.
 _TICKS_EPOCH = dt.datetime(1, 1, 1)
 _TICKS_PER_SECOND = 10_000_000
+# A SER file that holds fewer frames than its header declares lists the missing ones as
+# truncated frames, up to this many (or as many as it holds, if more); a FrameCount further off
+# is corrupt and only the frames present are read.
+_SER_MAX_MISSING = 10_000
 
 
 class UnreadableSequenceError(ValueError):
@@ -393,6 +397,18 @@ class _SerSequence(FrameSequence):
                         path, complete)
             declared = complete
         complete = min(complete, declared)
+        if declared - complete > max(complete, _SER_MAX_MISSING):
+            # Not a cut copy but a corrupt FrameCount (2**31 - 1 frames of a 200-byte file):
+            # listing every missing frame would take hours and gigabytes (found by fuzzing).
+            if complete == 0:
+                raise UnreadableSequenceError(
+                    f"{path}: SER header declares {declared} frames of {width}x{height} but the "
+                    f"file ({size} bytes) holds no complete frame"
+                )
+            log.warning("%s: SER header declares %d frames but the file holds only %d; the "
+                        "FrameCount is corrupt, reading the %d frames present",
+                        path, declared, complete, complete)
+            declared = complete
         if complete < declared:
             log.warning("%s: the SER file is truncated: it holds %d complete frames of the %d its "
                         "header declares", path, complete, declared)

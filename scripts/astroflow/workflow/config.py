@@ -8,9 +8,21 @@ the target, the rule and the key.
 
 from __future__ import annotations
 
+import yaml
 from jsonschema.validators import validator_for
 
-__all__ = ["SESSION_KEYS", "kind_errors", "session_errors"]
+__all__ = [
+    "SESSION_KEYS",
+    "ConfigError",
+    "configfile_targets",
+    "kind_errors",
+    "session_errors",
+    "validate_config",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be run; the message names the file or target and the key."""
 
 
 def kind_errors(config, schema):
@@ -65,7 +77,10 @@ def session_errors(config):
         mapping, has unknown keys or no ``lights``. Empty when there is none.
     """
     messages = []
-    for target, settings in (config.get("targets") or {}).items():
+    targets = config.get("targets") if isinstance(config, dict) else None
+    if not isinstance(targets, dict):  # the schema says what targets must be
+        return messages
+    for target, settings in targets.items():
         if not isinstance(settings, dict) or settings.get("kind") != "deep-sky":
             continue
         if "sessions" not in settings:
@@ -97,3 +112,85 @@ def session_errors(config):
             if "lights" not in session:
                 messages.append(f"{where}: no lights given")
     return messages
+
+
+def configfile_targets(paths):
+    """The targets named in configuration files, later files replacing earlier ones' targets.
+
+    Parameters
+    ----------
+    paths : iterable of str or os.PathLike
+        YAML configuration files (Snakemake's ``--configfile``).
+
+    Returns
+    -------
+    dict
+        Target name -> its settings, as written (validated later by :func:`validate_config`).
+
+    Raises
+    ------
+    ConfigError
+        Naming the file: when it is not YAML, not a mapping, or its ``targets`` is given but
+        is not a mapping.
+    OSError
+        If a file cannot be read.
+    """
+    targets = {}
+    for path in paths:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            try:
+                data = yaml.safe_load(handle)
+            except yaml.YAMLError as err:
+                raise ConfigError(f"{path}: not a YAML file: {err}") from None
+        if data is None:
+            continue
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: a config file must be a YAML mapping")
+        found = data.get("targets")
+        if found is None:
+            continue
+        if not isinstance(found, dict):
+            raise ConfigError(
+                f"{path}: targets must map target names to their settings, "
+                f"e.g. targets: {{m42: {{kind: deep-sky, lights: ...}}}}"
+            )
+        targets.update(found)
+    return targets
+
+
+def validate_config(config, schema_path):
+    """Check a configuration against the schema and fill in the schema's defaults.
+
+    The checks of the workflow, in its order: :func:`session_errors` first, then the schema
+    (Snakemake's ``snakemake.utils.validate``, a JSON-schema validator that also sets the
+    ``default`` of every missing key), its failures put in words by :func:`kind_errors` where
+    the schema has a description for them.
+
+    Parameters
+    ----------
+    config : dict
+        The configuration as loaded; defaults are filled in, in place.
+    schema_path : str or os.PathLike
+        The configuration schema (``schemas/config.schema.yaml``).
+
+    Raises
+    ------
+    ConfigError
+        ``"invalid configuration: ..."`` with the sentences of :func:`session_errors` or
+        :func:`kind_errors`, else the validator's message; also for a ``config`` that is not a
+        mapping.
+    """
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    if not isinstance(config, dict):
+        raise ConfigError(f"invalid configuration: a mapping is needed, not {type(config).__name__}")
+    messages = session_errors(config)
+    if messages:
+        raise ConfigError(f"invalid configuration: {'; '.join(messages)}")
+    try:
+        validate(config, str(schema_path))
+    except WorkflowError as err:
+        with open(schema_path) as handle:
+            messages = kind_errors(config, yaml.safe_load(handle))
+        raise ConfigError(f"invalid configuration: {'; '.join(messages) if messages else err}") from None

@@ -65,11 +65,18 @@ def frame_name(path):
     Returns
     -------
     str
-        Letters, digits, ``_``, ``.`` and ``-`` only (anything else becomes ``_``), never empty:
-        a Snakemake wildcard value and a safe file name.
+        Letters, digits, ``_``, ``.`` and ``-`` only (anything else becomes ``_``), never empty,
+        never starting with ``.`` and at most :data:`FRAME_NAME_LENGTH` characters (the rest is
+        cut): a Snakemake wildcard value and a safe file name, also with a session prefix and
+        an extension added (file names have at most 255 bytes). Different files may get the
+        same name (``a b.fits``, ``a_b.tif``): :func:`find_frames` makes them unique.
     """
-    name = strip_extension(path)
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "frame"
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", strip_extension(path)).strip("._")
+    return name[:FRAME_NAME_LENGTH].rstrip("._") or "frame"
+
+
+#: the longest frame name, leaving room in a 255-byte file name for ``{session}_`` and ``.fits``
+FRAME_NAME_LENGTH = 160
 
 
 def _candidates(spec, where, folder_formats):
@@ -101,8 +108,8 @@ def find_frames(spec, where, planned=None):
     Returns
     -------
     dict of str to str
-        Frame name (see :func:`frame_name`; ``-2``, ``-3``... appended to repeated names) ->
-        path, in sorted path order.
+        Frame name (see :func:`frame_name`; ``-2``, ``-3``... appended to repeated names, also
+        to names that differ only in case) -> path, in sorted path order.
 
     Raises
     ------
@@ -118,14 +125,16 @@ def find_frames(spec, where, planned=None):
         raise DiscoveryError(
             f"{where}: no frames found (looked for {', '.join(extensions(DEEP_SKY_FRAME))})"
         )
-    frames = {}
+    frames, taken = {}, set()
     for path in paths:
         name = frame_name(path)
         unique, n = name, 1
-        while unique in frames:
+        # unique also where file names ignore case (macOS, Windows): M42.fits and m42.tif
+        while unique.lower() in taken:
             n += 1
             unique = f"{name}-{n}"
         frames[unique] = path
+        taken.add(unique.lower())
     return frames
 
 
@@ -310,19 +319,22 @@ def source_header(path):
     astropy.io.fits.Header or None
         The header of the first HDU that holds an image (compressed FITS included); None
         when the file is not FITS or does not exist yet (a planned, simulated frame) or
-        cannot be read (ingest then reports it).
+        cannot be read (ingest then reports it). Cards astropy cannot parse are left out
+        (:func:`astroflow.io.fits.parsable_header`).
     """
     if format_of(path) != "fits" or not os.path.isfile(path):
         return None
     from astropy.io import fits
 
+    from astroflow.io.fits import parsable_header
+
     try:
         with fits.open(path, memmap=True, lazy_load_hdus=True) as hdul:
             for hdu in hdul:
                 if hdu.header.get("NAXIS", 0) or hdu.header.get("ZNAXIS", 0):
-                    return hdu.header.copy()
-            return hdul[0].header.copy()
-    except (OSError, ValueError):
+                    return parsable_header(hdu.header)[0]
+            return parsable_header(hdul[0].header)[0]
+    except (OSError, ValueError, fits.VerifyError):
         return None
 
 
