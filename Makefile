@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint setup clean
+.PHONY: run test lint setup clean fuzz
 
 setup: $(STAMP)
 
@@ -29,6 +29,13 @@ lint: $(STAMP)
 # their time waiting on Snakemake, SLURM and apt, so the other worker's CPU work fills it.
 test: lint
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=20
+
+# Coverage-guided fuzzing (atheris) of our parsers: SER, FITS headers, config, frame names.
+# FUZZ_SECONDS per target; corpus, logs and crashing inputs under FUZZ_DIR.
+FUZZ_SECONDS ?= 60
+FUZZ_DIR ?= /tmp/astroflow-fuzz
+fuzz: $(STAMP)
+	$(BIN)/python tests/fuzz/run.py --seconds $(FUZZ_SECONDS) --workdir $(FUZZ_DIR)
 
 clean:
 	rm -rf results resources logs .snakemake

@@ -47,7 +47,7 @@ def library_code(script):
 SCHEMA = WORKFLOW_DIR / "schemas" / "config.schema.yaml"
 # Sessions first: their mistakes get sentences of their own, before the schema's.
 try:
-    validate_config(config, SCHEMA)
+    validate_config(config, SCHEMA, skip_schema=workflow.modifier.skip_validation)
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
 

@@ -16,42 +16,29 @@ crash it found is an ``@example`` here. Settings are small and derandomized: the
 seconds and the same examples every time.
 """
 
-import contextlib
-import copy
-import re
-import signal
-import struct
-from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from fuzz.properties import (
+    KEYWORDS,
+    check_config,
+    check_configfile,
+    check_find_frames,
+    check_frame_name,
+    check_ingest,
+    check_ser,
+    check_target_pattern,
+    fits_bytes,
+    ser_bytes,
+)
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from astroflow.calibration.calibrate import dark_groups, match_dark
-from astroflow.deepsky.palette import light_filter
-from astroflow.io.fits import iso_date
-from astroflow.io.ingest import ingest_frame
 from astroflow.io.sequence import UnreadableSequenceError, open_sequence, write_ser
-from astroflow.workflow.config import ConfigError, configfile_targets, validate_config
-from astroflow.workflow.discovery import (
-    FRAME_NAME_LENGTH,
-    DiscoveryError,
-    find_frames,
-    find_sessions,
-    frame_name,
-    source_header,
-    target_pattern,
-)
 
-ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = ROOT / "schemas" / "config.schema.yaml"
-# the frame wildcard of rules/common.smk
-FRAME_WILDCARD = re.compile(r"[A-Za-z0-9_.-]+")
-
-# No hypothesis deadline: on a loaded CI machine it fails tests as flaky; hangs are caught by
-# time_limit instead.
+# No hypothesis deadline: on a loaded CI machine it fails tests as flaky; a hang fails through
+# properties.time_limit instead.
 FUZZ = settings(
     max_examples=50,
     deadline=None,
@@ -61,36 +48,12 @@ FUZZ = settings(
 )
 
 
-@contextlib.contextmanager
-def time_limit(seconds=30):
-    """Fail, instead of stalling the suite, when a parser hangs (the 2**31-frame SER file)."""
-
-    def expired(signum, frame):
-        raise TimeoutError(f"still parsing after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 @pytest.fixture(scope="module")
 def scratch(tmp_path_factory):
     return tmp_path_factory.mktemp("fuzz")
 
 
 # --- SER -----------------------------------------------------------------------------------------
-
-SER_HEADER = struct.Struct("<14s7i40s40s40sqq")
-
-
-def ser_bytes(colour=0, endian=0, width=4, height=4, depth=8, count=1, stamp=0, tail=b""):
-    fields = (b"LUCAM-RECORDER", 0, colour, endian, width, height, depth, count, b"", b"", b"", stamp, stamp)
-    return SER_HEADER.pack(*fields) + tail
-
 
 int32 = st.integers(-(2**31), 2**31 - 1)
 ser_files = st.one_of(
@@ -108,28 +71,6 @@ ser_files = st.one_of(
         tail=st.binary(max_size=700),
     ),
 )
-
-
-def check_ser(path, content):
-    path.write_bytes(content)
-    try:
-        with time_limit():
-            seq = open_sequence(path)
-    except UnreadableSequenceError as err:
-        assert str(path) in str(err)
-        return None
-    assert len(seq) >= 1 and len(seq.names) == len(seq) == len(set(seq.names))
-    with time_limit():
-        frames = list(seq.frames())
-    assert [f.index for f in frames] == list(range(len(seq)))
-    for frame in frames:
-        if frame.image is None:
-            assert frame.reason.startswith("truncated:")
-        else:
-            assert frame.image.dtype == np.float32 and frame.image.shape == seq.shape
-            assert frame.image.min() >= 0 and frame.image.max() < 2**seq.bit_depth
-        assert frame.timestamp == "" or frame.timestamp.endswith("Z")
-    return seq
 
 
 # Found by the fuzzer (benchmarks/fuzz/fuzz_ser.py): a FrameCount of 2**31 - 1 in a file of one
@@ -183,29 +124,12 @@ def test_ser_written_is_read_back_exactly(scratch, frames):
 
 # --- FITS header normalisation ------------------------------------------------------------------
 
-KEYWORDS = [
-    "EXPTIME", "EXPOSURE", "ISOSPEED", "GAIN", "EGAIN", "CCD-TEMP", "SET-TEMP", "XBINNING",
-    "YBINNING", "XPIXSZ", "FOCALLEN", "BLACKLVL", "WHITELVL", "SATURATE", "FILTER", "INSFLNAM",
-    "OBJECT", "INSTRUME", "RA", "DEC", "DATE-OBS", "DATE_OBS", "TIME-OBS", "BAYERPAT",
-    "COLORTYP", "XBAYROFF", "YBAYROFF", "ROWORDER", "AFSTATUS",
-]  # fmt: skip
 NUMBERS = ["nan", "NAN", "inf", "-inf", "1e400", "-1e400", "-1", "0", "2.5", "1.0E10", "+3", ".5", "1D3", "T", "F"]
 TEXTS = ["'RGGB'", "'GBRG    '", "'TOP-DOWN'", "'BOTTOM-UP'", "'0001-01-01T00:00:00+05:00'",
          "'9999-12-31T23:59:59-05:00'", "'2024-03-09'", "'21:30:00'", "'Ha'", "''", "'O''Brien'"]  # fmt: skip
 printable = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=70)
 values = st.sampled_from(NUMBERS) | st.sampled_from(TEXTS) | printable | printable.map(lambda t: f"'{t}'")
 cards = st.lists(st.tuples(st.sampled_from(KEYWORDS), values), max_size=8)
-
-
-def fits_bytes(cards, rows=4, cols=4):
-    """A 16-bit FITS file whose header holds ``cards`` (keyword, value text) as written."""
-    head = ["SIMPLE  =                    T", "BITPIX  =                   16", "NAXIS   =                    2",
-            f"NAXIS1  = {cols:>20}", f"NAXIS2  = {rows:>20}"]  # fmt: skip
-    head += [f"{key:<8}= {value}"[:80] for key, value in cards] + ["END"]
-    text = "".join(card.ljust(80) for card in head)
-    text = text.ljust(-(-len(text) // 2880) * 2880)
-    data = np.arange(rows * cols, dtype=">i2").tobytes()
-    return text.encode("ascii") + data.ljust(2880, b"\0")
 
 
 # Found by fuzzing (benchmarks/fuzz/fuzz_fits_header.py): each stopped ingest with a traceback.
@@ -219,31 +143,7 @@ def fits_bytes(cards, rows=4, cols=4):
 @given(cards=cards)
 def test_any_header_values_ingest_or_reject(scratch, cards):
     source = _write(scratch / "frame.fits", fits_bytes(cards))
-    out = scratch / "ingested.fits"
-    header = ingest_frame(source, "light", out)  # never raises for a bad frame
-    assert header["AFSTATUS"] in ("OK", "REJECTED")
-    if header["AFSTATUS"] == "REJECTED":
-        assert str(source) in header["AFREASON"]
-        return
-    for key in ("EXPTIME", "ISOSPEED", "GAIN", "CCD-TEMP", "XBINNING", "YBINNING", "WHITELVL"):
-        if key in header:
-            value = header[key]
-            assert isinstance(value, (int, float)) and np.isfinite(value), (key, value)
-    for key in ("EXPTIME", "ISOSPEED", "GAIN", "WHITELVL"):
-        assert header.get(key, 0) >= 0
-    for key in ("XBINNING", "YBINNING"):
-        assert isinstance(header.get(key, 1), int) and header.get(key, 1) >= 1
-    assert header.get("BAYERPAT", "RGGB") in ("RGGB", "GRBG", "GBRG", "BGGR")
-    if "DATE-OBS" in header:
-        assert iso_date(header["DATE-OBS"]) == header["DATE-OBS"]
-    # what later rules do with the normalised header
-    assert FRAME_WILDCARD.fullmatch(light_filter(None, header))
-    groups = dark_groups([header, header])
-    assert sorted(i for g in groups for i in g) == [0, 1]
-    assert match_dark(header, [header])[0] == 0
-    # the parse-time reading of the raw source header (filters of lights)
-    raw = source_header(str(source))
-    assert raw is None or FRAME_WILDCARD.fullmatch(light_filter(None, raw))
+    check_ingest(source, scratch / "ingested.fits")
 
 
 # --- configuration ------------------------------------------------------------------------------
@@ -280,17 +180,7 @@ configs = st.one_of(
 @settings(FUZZ, max_examples=25)  # a validation takes 0.15 s (the schema is parsed each time)
 @given(config=configs)
 def test_any_config_validates_or_gives_a_config_error(config):
-    config = copy.deepcopy(config)
-    try:
-        validate_config(config, SCHEMA)
-    except ConfigError as err:
-        assert str(err).startswith("invalid configuration:")
-        return
-    # valid: discovery of the (missing) folders says which entry names nothing
-    for target, entries in config["targets"].items():
-        if entries["kind"] == "deep-sky":
-            with pytest.raises(DiscoveryError, match=re.escape(f"target '{target}'")):
-                find_sessions(target, entries)
+    check_config(config)
 
 
 @example("targets: [1, 2]")
@@ -301,14 +191,7 @@ def test_any_config_validates_or_gives_a_config_error(config):
 @FUZZ
 @given(text=st.text(max_size=80) | st.builds(yaml.safe_dump, json_like))
 def test_any_configfile_gives_targets_or_a_config_error(scratch, text):
-    path = scratch / "config.yaml"
-    path.write_text(text, encoding="utf-8", errors="surrogatepass")
-    try:
-        targets = configfile_targets([path])
-    except ConfigError as err:
-        assert str(path) in str(err)
-        return
-    assert isinstance(targets, dict)
+    check_configfile(scratch / "config.yaml", text)
 
 
 # --- frame names --------------------------------------------------------------------------------
@@ -325,12 +208,7 @@ extensions = st.sampled_from(["", ".fits", ".FIT.fz", ".cr2", ".tif", ".fits.gz"
 @FUZZ
 @given(path=st.builds(lambda p, e: p + e, path_text, extensions))
 def test_frame_name_is_a_safe_file_name_and_wildcard(path):
-    name = frame_name(path)
-    assert FRAME_WILDCARD.fullmatch(name) and not name.startswith(".")
-    assert len(name) <= FRAME_NAME_LENGTH
-    # room for a session prefix, a repeat suffix and the extension in a 255-byte file name
-    assert len(f"{'s' * 40}_{name}-99.fits".encode()) <= 255
-    assert frame_name(f"/some/folder/{name}.fits") == name
+    check_frame_name(path)
 
 
 @example(["M42.fits", "m42.tif"])  # the same file where names ignore case
@@ -339,22 +217,10 @@ def test_frame_name_is_a_safe_file_name_and_wildcard(path):
 @given(names=st.lists(st.builds(lambda p, e: p + e, st.text(max_size=30), extensions), max_size=8,
                       unique=True))
 def test_find_frames_gives_distinct_files_distinct_names(names):
-    folder = "/planned/lights"
-    paths = [f"{folder}/{n}" for n in names]
-    if not paths:
-        with pytest.raises(DiscoveryError):
-            find_frames(folder, "lights", planned={folder: paths})
-        return
-    frames = find_frames(folder, "lights", planned={folder: paths})
-    assert sorted(frames.values()) == sorted(paths)
-    assert len({n.lower() for n in frames}) == len(paths)
-    assert all(FRAME_WILDCARD.fullmatch(n) for n in frames)
+    check_find_frames(names)
 
 
 @FUZZ
 @given(names=st.lists(st.text(max_size=12), max_size=6), other=st.text(max_size=12))
 def test_target_pattern_matches_exactly_its_names(names, other):
-    pattern = target_pattern(names)
-    for name in names:
-        assert re.fullmatch(pattern, name, flags=re.DOTALL)
-    assert bool(re.fullmatch(pattern, other, flags=re.DOTALL)) == (other in names)
+    check_target_pattern(names, other)

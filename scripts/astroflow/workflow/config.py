@@ -8,6 +8,9 @@ the target, the rule and the key.
 
 from __future__ import annotations
 
+import functools
+import os
+
 import yaml
 from jsonschema.validators import validator_for
 
@@ -158,7 +161,7 @@ def configfile_targets(paths):
     return targets
 
 
-def validate_config(config, schema_path):
+def validate_config(config, schema_path, *, skip_schema=False):
     """Check a configuration against the schema and fill in the schema's defaults.
 
     The checks of the workflow, in its order: :func:`session_errors` first, then the schema
@@ -171,7 +174,11 @@ def validate_config(config, schema_path):
     config : dict
         The configuration as loaded; defaults are filled in, in place.
     schema_path : str or os.PathLike
-        The configuration schema (``schemas/config.schema.yaml``).
+        The configuration schema (``schemas/config.schema.yaml``), an absolute path.
+    skip_schema : bool, optional
+        Check the sessions only: for a host workflow that uses astroflow as a module with
+        ``skip_validation: True`` (Snakemake's ``workflow.modifier.skip_validation``, which
+        ``validate`` reads from its caller's globals, here not the Snakefile's).
 
     Raises
     ------
@@ -188,9 +195,17 @@ def validate_config(config, schema_path):
     messages = session_errors(config)
     if messages:
         raise ConfigError(f"invalid configuration: {'; '.join(messages)}")
+    if skip_schema:
+        return
     try:
         validate(config, str(schema_path))
     except WorkflowError as err:
-        with open(schema_path) as handle:
-            messages = kind_errors(config, yaml.safe_load(handle))
+        messages = kind_errors(config, _schema(os.fspath(schema_path), os.stat(schema_path).st_mtime_ns))
         raise ConfigError(f"invalid configuration: {'; '.join(messages) if messages else err}") from None
+
+
+@functools.lru_cache(maxsize=4)
+def _schema(path, mtime_ns):
+    # parsing the 1400-line schema takes 0.1 s: once per file version, not once per check
+    with open(path) as handle:
+        return yaml.safe_load(handle)
