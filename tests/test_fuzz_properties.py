@@ -11,9 +11,10 @@ never a traceback from deeper code, a hang or a huge allocation:
 - frame naming (:func:`astroflow.workflow.discovery.frame_name`, ``find_frames``,
   ``target_pattern``).
 
-The coverage-guided fuzzer of the same parsers is ``make fuzz`` (``benchmarks/fuzz/``); every
-crash it found is an ``@example`` here. Settings are small and derandomized: the file runs in
-seconds and the same examples every time.
+The coverage-guided fuzzer of the same parsers (atheris) is ``make fuzz`` (``tests/fuzz/``), on
+the same checks (``tests/fuzz/properties.py``). Every crash found, by these tests, the fuzzer or
+probing the parsers by hand, is an ``@example`` here. Settings are small and derandomized: the
+file runs in seconds and tries the same examples every time.
 """
 
 
@@ -22,6 +23,7 @@ import pytest
 import yaml
 from fuzz.properties import (
     KEYWORDS,
+    SCHEMA,
     check_config,
     check_configfile,
     check_find_frames,
@@ -36,6 +38,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from astroflow.io.sequence import UnreadableSequenceError, open_sequence, write_ser
+from astroflow.workflow.config import ConfigError, configfile_targets, validate_config
 
 # No hypothesis deadline: on a loaded CI machine it fails tests as flaky; a hang fails through
 # properties.time_limit instead.
@@ -73,8 +76,8 @@ ser_files = st.one_of(
 )
 
 
-# Found by the fuzzer (benchmarks/fuzz/fuzz_ser.py): a FrameCount of 2**31 - 1 in a file of one
-# 4x4 frame made the reader list 2**31 - 1 frame names (minutes, then MemoryError).
+# Crash found: a FrameCount of 2**31 - 1 in a file of one 4x4 frame made the reader list
+# 2**31 - 1 frame names (a hang of minutes, then MemoryError).
 @example(ser_bytes(count=2**31 - 1, tail=bytes(16)))
 @example(ser_bytes(count=2**31 - 1, tail=bytes(15)))
 @FUZZ
@@ -132,18 +135,33 @@ values = st.sampled_from(NUMBERS) | st.sampled_from(TEXTS) | printable | printab
 cards = st.lists(st.tuples(st.sampled_from(KEYWORDS), values), max_size=8)
 
 
-# Found by fuzzing (benchmarks/fuzz/fuzz_fits_header.py): each stopped ingest with a traceback.
-@example([("EXPTIME", "nan")])  # NaN passed on: 'Floating point nan values are not allowed'
-@example([("CCD-TEMP", "1e400")])  # Inf, the same
+# Crashes found: each stopped ingest_frame with a traceback (so the night's run) instead of
+# costing at most the frame.
+@example([("EXPTIME", "nan")])  # an unparsable card: astropy's VerifyError escaped ingest
+@example([("CCD-TEMP", "1e400")])  # Inf passed on: 'Floating point inf values are not allowed'
 @example([("BAYERPAT", "'RGGB'"), ("XBAYROFF", "1e400")])  # OverflowError in int(float('inf'))
 @example([("DATE-OBS", "'0001-01-01T00:00:00+05:00'")])  # OverflowError in astimezone
 @example([("XBINNING", "2.5"), ("YBINNING", "-1")])  # not binnings
-@example([("FILTER", "1e400")])  # Inf as a text keyword
+@example([("FILTER", "1e400")])  # Inf in a keyword taken as text, the same
+@example([("EXPTIME", "'nan'")])  # NaN as a string, converted by float(): the same
 @FUZZ
 @given(cards=cards)
 def test_any_header_values_ingest_or_reject(scratch, cards):
     source = _write(scratch / "frame.fits", fits_bytes(cards))
     check_ingest(source, scratch / "ingested.fits")
+
+
+def test_bad_header_values_are_omitted_and_the_frame_kept(scratch, caplog):
+    cards = [("EXPTIME", "nan"), ("EXPOSURE", "'inf'"), ("CCD-TEMP", "-12.5"), ("XBINNING", "2"),
+             ("YBINNING", "0"), ("GAIN", "-5"), ("DATE-OBS", "'0001-01-01T00:00:00+05:00'")]  # fmt: skip
+    source = _write(scratch / "bad_values.fits", fits_bytes(cards))
+    header = check_ingest(source, scratch / "bad_values_ingested.fits")
+    assert header["AFSTATUS"] == "OK" and header["CCD-TEMP"] == -12.5 and header["XBINNING"] == 2
+    for key in ("EXPTIME", "YBINNING", "GAIN", "DATE-OBS"):
+        assert key not in header
+    assert "unparsable header cards EXPTIME" in caplog.text
+    assert "EXPOSURE = 'inf' is not a finite number" in caplog.text
+    assert "GAIN = -5 is negative" in caplog.text
 
 
 # --- configuration ------------------------------------------------------------------------------
@@ -171,8 +189,8 @@ configs = st.one_of(
 )
 
 
-# Found by fuzzing (benchmarks/fuzz/fuzz_config.py): session_errors took targets for a mapping,
-# and the --configfile reading did too (AttributeError / TypeError tracebacks, not messages).
+# Crashes found: session_errors took targets for a mapping, and the --configfile reading of
+# rules/common.smk did too (AttributeError / TypeError tracebacks, not messages).
 @example({"targets": [1]})
 @example({"targets": "m42"})
 @example({"targets": {"m42": [1]}})
@@ -192,6 +210,19 @@ def test_any_config_validates_or_gives_a_config_error(config):
 @given(text=st.text(max_size=80) | st.builds(yaml.safe_dump, json_like))
 def test_any_configfile_gives_targets_or_a_config_error(scratch, text):
     check_configfile(scratch / "config.yaml", text)
+
+
+def test_config_errors_say_what_is_wrong(scratch):
+    path = scratch / "list.yaml"
+    path.write_text("targets: [m42, m31]\n")
+    with pytest.raises(ConfigError, match="list.yaml: targets must map target names to their settings"):
+        configfile_targets([path])
+    with pytest.raises(ConfigError, match=r"^invalid configuration: targets: \[1\] is not of type 'object'$"):
+        validate_config({"targets": [1]}, SCHEMA)
+    # a host workflow's skip_validation: the sessions are checked, not the schema
+    validate_config({"targets": {"m": {"kind": "unknown"}}}, SCHEMA, skip_schema=True)
+    with pytest.raises(ConfigError, match="session 'n1': no lights given"):
+        validate_config({"targets": {"m": {"kind": "deep-sky", "sessions": {"n1": {}}}}}, SCHEMA, skip_schema=True)
 
 
 # --- frame names --------------------------------------------------------------------------------

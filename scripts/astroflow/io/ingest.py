@@ -374,7 +374,7 @@ def _fits_meta(header, path):
                 problem = _implausible(key, value)
                 if problem:
                     # NaN and Inf cannot even be written to a FITS header (found by fuzzing).
-                    log.warning("%s: %s = %r %s; omitted", path, alias, value, problem)
+                    log.warning("%s: %s = %r %s; omitted", path, alias, header.get(alias), problem)
                     continue
                 if value.is_integer() and key in ("ISOSPEED", "XBINNING", "YBINNING", "OFFSET", "WHITELVL"):
                     value = int(value)

@@ -224,14 +224,20 @@ def open_sequence(paths) -> FrameSequence:
     UnreadableSequenceError
         Naming the file: for no input, a missing file, an unknown extension, a video or SER file
         given with other inputs, a SER file whose header is not SER or whose colour format is not
-        supported, a video that FFmpeg cannot open or decode or that has no video stream, no
-        frames at all, or image files none of which can be read.
+        supported, a SER file whose header declares frames of which it holds none and more
+        than :data:`_SER_MAX_MISSING` (a corrupt FrameCount), a video that FFmpeg cannot open or
+        decode or that has no video stream, no frames at all, or image files none of which can
+        be read.
 
     Notes
     -----
     A video's frame count is the number of compressed video packets; when the container's header
     declares more frames than there are packets (a truncated file), the declared count is used and
     the missing frames are reported as ``"truncated: ..."`` by :meth:`FrameSequence.frames`.
+    A SER file that holds fewer frames than its header's FrameCount is read the same way, its
+    missing frames reported as truncated, unless they number more than 10 000 and more than the
+    frames present: such a FrameCount is corrupt, and only the frames present are read (with a
+    warning).
     A video is mono when its pixel format is grey or when the first frame's chroma is neutral
     (YUV with the U and V planes all within 2 of mid-scale, 128 for 8-bit; other formats with R, G
     and B within 2 of each other); mono frames are the luma plane Y as stored, which for most

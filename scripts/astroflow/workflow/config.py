@@ -12,6 +12,7 @@ import functools
 import os
 
 import yaml
+from jsonschema.exceptions import best_match
 from jsonschema.validators import validator_for
 
 __all__ = [
@@ -184,8 +185,9 @@ def validate_config(config, schema_path, *, skip_schema=False):
     ------
     ConfigError
         ``"invalid configuration: ..."`` with the sentences of :func:`session_errors` or
-        :func:`kind_errors`, else the validator's message; also for a ``config`` that is not a
-        mapping.
+        :func:`kind_errors`, else the validator's most relevant failure in one line (where and
+        what, ``"targets/m42/lights: 3 is not of type 'string'"``, jsonschema's ``best_match``);
+        also for a ``config`` that is not a mapping.
     """
     from snakemake.exceptions import WorkflowError
     from snakemake.utils import validate
@@ -200,8 +202,19 @@ def validate_config(config, schema_path, *, skip_schema=False):
     try:
         validate(config, str(schema_path))
     except WorkflowError as err:
-        messages = kind_errors(config, _schema(os.fspath(schema_path), os.stat(schema_path).st_mtime_ns))
-        raise ConfigError(f"invalid configuration: {'; '.join(messages) if messages else err}") from None
+        schema = _schema(os.fspath(schema_path), os.stat(schema_path).st_mtime_ns)
+        messages = kind_errors(config, schema) or _first_error(config, schema) or [str(err)]
+        raise ConfigError(f"invalid configuration: {'; '.join(messages)}") from None
+
+
+def _first_error(config, schema):
+    # The validator's most relevant failure in one line, where it is: Snakemake's own message
+    # prints the whole schema under it.
+    error = best_match(validator_for(schema)(schema).iter_errors(config))
+    if error is None:
+        return []
+    where = "/".join(str(part) for part in error.absolute_path)
+    return [f"{where}: {error.message}" if where else error.message]
 
 
 @functools.lru_cache(maxsize=4)
