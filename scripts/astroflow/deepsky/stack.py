@@ -631,30 +631,41 @@ def _mad(s, lo, hi, centre):
     return 0.5 * (low_value + value)
 
 
-@numba.njit(cache=True, nogil=True, fastmath=_REASSOCIATE)
-def _winsorized_sigma(s, lo, hi, centre, tmp):
-    """Huber's winsorised sigma of ``s[lo:hi]`` around ``centre``.
+@numba.njit(cache=True, nogil=True)
+def _winsorized_sigma(s, lo, hi, centre, sums):
+    """Huber's winsorised sigma of the sorted run ``s[lo:hi]`` around ``centre``.
 
     Winsorising is cumulative, as in Siril: each pass clips the already clipped deviations at
     ``+-1.5 sigma``; sigma is ``1.134`` times their sample standard deviation, until it
-    changes by less than 0.05 % (at most 100 passes). Sums of the deviations from
-    ``centre`` (float64) give each standard deviation in the clipping pass itself.
+    changes by less than 0.05 % (at most 100 passes). Clips compose to one clip at the
+    smallest bound so far, which on sorted deviations clips a prefix and a suffix that only
+    grow: with prefix sums of the deviations and their squares (``sums``, float64, at least
+    ``2 (hi - lo + 1)``), each pass costs a few steps, not a pass over the samples.
     """
     m = hi - lo
     sigma = _std(s, lo, hi, 1)
     if m <= 1:
         return sigma
+    # sums[k]: sum of the first k deviations; sums[m + 1 + k]: of their squares.
+    q = m + 1
+    sums[0] = 0.0
+    sums[q] = 0.0
     for k in range(m):
-        tmp[k] = s[lo + k] - centre
+        d = s[lo + k] - centre
+        sums[k + 1] = sums[k] + d
+        sums[q + k + 1] = sums[q + k] + d * d
+    bound = np.inf
+    below = 0  # deviations [0, below) are clipped to -bound
+    above = m  # deviations [above, m) are clipped to +bound
     for _ in range(_WINSOR_MAX_ITERS):
-        bound = _WINSOR_CUT * sigma
-        total = 0.0
-        squares = 0.0
-        for k in range(m):
-            d = min(max(tmp[k], -bound), bound)
-            tmp[k] = d
-            total += d
-            squares += d * d
+        bound = min(bound, _WINSOR_CUT * sigma)
+        while below < above and s[lo + below] - centre < -bound:
+            below += 1
+        while above > below and s[lo + above - 1] - centre > bound:
+            above -= 1
+        clipped = below + (m - above)
+        total = sums[above] - sums[below] + bound * (m - above - below)
+        squares = sums[q + above] - sums[q + below] + bound * bound * clipped
         var = (squares - total * total / m) / (m - 1)
         new = _WINSOR_CORRECTION * math.sqrt(var) if var > 0 else 0.0
         moving = abs(new - sigma) > sigma * _WINSOR_TOLERANCE
@@ -802,7 +813,7 @@ def _combine_kernel(cube, method, sigma_low, sigma_high, max_iters, percentile_l
         sorted_block = np.empty((n, block), dtype=np.float32)
         nvalid = np.zeros(block, dtype=np.int64)
         s = np.empty(n, dtype=np.float64)
-        tmp = np.empty(n, dtype=np.float64)
+        tmp = np.empty(2 * n + 2, dtype=np.float64)
         for i in range(n):
             for q in range(width):
                 v = cube[i, j0 + q]
