@@ -162,8 +162,8 @@ def _read_png(path, memory_mb):
         width, height, depth, colour_type = struct.unpack(">IIBB", head[16:26])
         check_memory(path, f"a {width} x {height} px PNG image", width * height * _PNG_SAMPLES.get(colour_type, 4),
                      (2 if depth == 16 else 1) + 4, memory_mb, UnreadableImageError)
-        fh.seek(0)
-        image = cv2.imdecode(np.fromfile(fh, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    # Mapped, not read: a file with gigabytes after its image costs only the pages decoded.
+    image = cv2.imdecode(np.memmap(path, dtype=np.uint8, mode="r"), cv2.IMREAD_UNCHANGED)
     if image is None:
         raise UnreadableImageError(f"{path}: cannot read image: OpenCV cannot decode the PNG (truncated or corrupt)")
     if image.ndim == 3 and colour_type in (0, 4):

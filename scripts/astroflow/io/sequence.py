@@ -886,7 +886,8 @@ def _read_image(path, kind, memory_mb):
     """Pixel data of an image file as float32 (H, W) or (H, W, 3)."""
     fmt = format_of(path)
     if fmt in ("png", "jpeg"):
-        image = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+        # Mapped, not read: a file with gigabytes after its image costs only the pages decoded.
+        image = cv2.imdecode(np.memmap(path, dtype=np.uint8, mode="r"), cv2.IMREAD_UNCHANGED)
         if image is None:
             raise ValueError("OpenCV cannot decode the file")
         if image.ndim == 3:
