@@ -251,8 +251,10 @@ def _read_raw(path, memory_mb, timeout_s):
         exposure, iso, stamp = float(other.shutter_speed), float(other.iso_speed), other.timestamp
         camera_wb = [float(v) for v in raw.camera_whitebalance[:3]]
     except rawpy.LibRawError as exc:
+        # LibRaw says "Input/output error" when the data end before the mosaic does.
+        hint = "; the file is truncated or damaged" if isinstance(exc, rawpy.LibRawIOError) else ""
         raise UnreadableFrameError(
-            f"{path}: cannot read camera RAW ({type(exc).__name__}: {_libraw_message(exc)})"
+            f"{path}: cannot read camera RAW ({type(exc).__name__}: {_libraw_message(exc)}){hint}"
         ) from exc
     finally:
         if raw is not None and not stuck:
