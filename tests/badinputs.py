@@ -259,6 +259,22 @@ def fits_compressed_truncated(folder, name=None):
     return _truncate(path, 0.7)
 
 
+def fits_gzip(folder, name=None):
+    """A good FITS light (:func:`fits_frame`) gzipped whole, ``.fits.gz``."""
+    import gzip
+
+    path = _out(folder, name, "fits_gzip.fits.gz")
+    plain = fits_frame(folder, path.name.removesuffix(".gz") + ".tmp")
+    path.write_bytes(gzip.compress(plain.read_bytes()))
+    plain.unlink()
+    return path
+
+
+def fits_gzip_truncated(folder, name=None):
+    """A gzipped FITS light cut at 60% of its compressed length."""
+    return _truncate(fits_gzip(folder, name or "fits_gzip_truncated.fits.gz"), 0.6)
+
+
 def fits_rgb_cube(folder, name=None):
     """A float32 FITS ``(3, H, W)`` colour cube of :func:`pixels(3)`."""
     return fits_frame(folder, name or "fits_rgb_cube.fits", data=pixels(3).astype(np.float32))
@@ -585,6 +601,13 @@ def tiff_huge_claim(folder, name=None):
     return path
 
 
+def xisf_garbage(folder, name=None):
+    """4 KB of random bytes named ``.xisf``."""
+    path = _out(folder, name, "xisf_garbage.xisf")
+    path.write_bytes(np.random.default_rng(5).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    return path
+
+
 def jpeg_image(folder, name=None):
     """A good RGB JPEG of :func:`pixels` (uint8), quality 95."""
     path = _out(folder, name, "jpeg_image.jpg")
@@ -619,7 +642,7 @@ def _variant(maker, variant):
 CORPUS = {
     **{f"zero_bytes_{fmt}_{ext.strip('.')}": (_zero(ext), fmt) for fmt, ext in (
         ("fits", ".fits"), ("fits", ".fits.fz"), ("raw", ".nef"), ("raw", ".dng"), ("ser", ".ser"),
-        ("video", ".avi"), ("png", ".png"), ("tiff", ".tif"), ("jpeg", ".jpg"),
+        ("video", ".avi"), ("png", ".png"), ("tiff", ".tif"), ("jpeg", ".jpg"), ("xisf", ".xisf"),
     )},
     "fits_frame": (fits_frame, "fits"),
     "fits_truncated": (fits_truncated, "fits"),
@@ -636,6 +659,8 @@ CORPUS = {
     "fits_scaled": (fits_scaled, "fits"),
     "fits_compressed": (fits_compressed, "fits"),
     "fits_compressed_truncated": (fits_compressed_truncated, "fits"),
+    "fits_gzip": (fits_gzip, "fits"),
+    "fits_gzip_truncated": (fits_gzip_truncated, "fits"),
     "fits_rgb_cube": (fits_rgb_cube, "fits"),
     "fits_4d": (fits_4d, "fits"),
     "dng_frame": (dng_frame, "raw"),
@@ -664,6 +689,7 @@ CORPUS = {
     "tiff_palette": (tiff_palette, "tiff"),
     "tiff_truncated": (tiff_truncated, "tiff"),
     "tiff_huge_claim": (tiff_huge_claim, "tiff"),
+    "xisf_garbage": (xisf_garbage, "xisf"),
     "jpeg_image": (jpeg_image, "jpeg"),
     "jpeg_truncated": (jpeg_truncated, "jpeg"),
 }

@@ -34,8 +34,8 @@ def _sequence(path, **limits):
 #: reader name -> (formats it reads, function(path) -> result, its error class)
 READERS = {
     "ingest.read_frame": (("raw", "fits", "tiff"), read_frame, UnreadableFrameError),
-    "imagefile.read_finished_image": (("png", "tiff", "fits"), read_finished_image, UnreadableImageError),
-    "imagefile.read_finished_header": (("png", "tiff", "fits"), read_finished_header, UnreadableImageError),
+    "imagefile.read_finished_image": (("png", "tiff", "fits", "xisf"), read_finished_image, UnreadableImageError),
+    "imagefile.read_finished_header": (("png", "tiff", "fits", "xisf"), read_finished_header, UnreadableImageError),
     "sequence.open_sequence": (("ser", "video", "png", "jpeg", "tiff", "fits"), _sequence, UnreadableSequenceError),
     "fits.read_image": (("fits",), read_image, ValueError),
     "discovery.source_header": (("fits",), lambda p: source_header(str(p)), None),
@@ -52,7 +52,7 @@ CASES = [
 def _values(case):
     """The image a correct reader returns for a corpus file that must read, else None."""
     if case in ("fits_frame", "fits_negative_exptime", "fits_missing_exptime", "fits_bitpix64",
-                "fits_compressed", "raw_unknown_camera"):
+                "fits_compressed", "fits_gzip", "raw_unknown_camera"):
         return bad.pixels().astype(np.float32)
     if case == "fits_some_nan":
         data = bad.pixels().astype(np.float32)
@@ -89,6 +89,8 @@ PROBLEMS = {
     "fits_inf_filled": "no finite pixel",
     "fits_table_only": "no image",
     "fits_compressed_truncated": "truncated",
+    "fits_gzip_truncated": "truncated|gzip",
+    "xisf_garbage": "XISF",
     "fits_4d": "shape|NAXIS 4",
     "dng_truncated": "cannot read camera RAW",
     "raw_really_jpeg": "not RAW",
@@ -105,7 +107,7 @@ PROBLEMS = {
     "tiff_huge_claim": "memory budget",
     "jpeg_truncated": "Truncated|cannot",
 }
-ZERO_BYTES = "empty|Empty|not a|cannot|identify|Invalid data"
+ZERO_BYTES = "file is empty (0 bytes)"
 
 # Where a reader's behaviour differs from the table above, by design.
 OVERRIDES = {
@@ -190,7 +192,7 @@ def _check_header_reader(read, path, error, case):
     except error as exc:
         assert str(path) in str(exc)
     else:
-        if case in ("fits_frame", "fits_scaled", "fits_compressed"):
+        if case in ("fits_frame", "fits_scaled", "fits_compressed", "fits_gzip"):
             assert header["EXPTIME"] == 30.0
 
 
@@ -247,6 +249,27 @@ def _check_container(case, seq, frames):
         assert len(frames) == 24 and good
     else:
         pytest.fail(f"no check for {case}")
+
+
+def test_folder_of_mixed_png_and_tiff_kinds_keeps_the_most_common_and_names_the_others(tmp_path):
+    # 8/16-bit, mono/RGB/RGBA, palette PNG and TIFF in one planetary folder: the most common
+    # kind (RGB 8-bit: rgb8, rgba8, palette PNG) is the sequence's, the others are unusable
+    # frames with the difference as their reason; none crashes
+    folder = tmp_path / "frames"
+    for variant in bad.IMAGE_VARIANTS:
+        bad.png_image(folder, variant)
+    bad.png_palette(folder)
+    bad.tiff_image(folder, "mono16")
+    seq = open_sequence(str(folder))
+    assert (seq.shape, seq.bit_depth) == (bad.SHAPE + (3,), 8)
+    frames = {f.name: f for f in seq.frames()}
+    usable = sorted(name for name, f in frames.items() if f.image is not None)
+    assert usable == ["png_palette.png", "png_rgb8.png", "png_rgba8.png"]
+    np.testing.assert_array_equal(frames["png_palette.png"].image, bad.palette_rgb())
+    np.testing.assert_array_equal(frames["png_rgba8.png"].image, bad.pixels(3, np.uint8))
+    assert frames["png_rgb16.png"].reason.startswith("bit depth 16")
+    assert frames["png_mono8.png"].reason.startswith("colour mono")
+    assert frames["tiff_mono16.tif"].reason.startswith("colour mono")
 
 
 # --- one case through the deep-sky ingest path, into frames.csv --------------------------------

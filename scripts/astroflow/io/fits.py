@@ -268,12 +268,15 @@ def open_input(path):
     Raises
     ------
     FitsImageError
-        Naming the file, when astropy cannot open it (empty, cut inside its header, not FITS).
+        Naming the file, when it is empty (0 bytes) or astropy cannot open it (cut inside its
+        header, not FITS).
     OSError
         If the file cannot be opened at all (missing, no permission).
     """
     if not os.path.isfile(path):
         return fits.open(path)  # astropy's FileNotFoundError / PermissionError
+    if os.path.getsize(path) == 0:
+        raise FitsImageError(f"{path}: file is empty (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", fits.verify.VerifyWarning)

@@ -110,6 +110,8 @@ def read_finished_image(path, memory_mb=MEMORY_MB):
         raise UnreadableImageError(
             f"{path}: not an image file (looked for {', '.join(extensions(FINISHED_IMAGE))})"
         )
+    if path.is_file() and path.stat().st_size == 0:
+        raise UnreadableImageError(f"{path}: file is empty (0 bytes)")
     try:
         if fmt == "fits":
             with open_input(path) as hdul:

@@ -291,6 +291,8 @@ def open_sequence(paths, memory_mb=MEMORY_MB, decode_timeout_s=DECODE_TIMEOUT_S)
             raise UnreadableSequenceError(f"{path}: is a folder; give one folder alone or a list of files")
         if not os.path.isfile(path):
             raise UnreadableSequenceError(f"{path}: no such file")
+        if os.path.getsize(path) == 0 and _kind(path) in SEQUENCE_CONTAINER:
+            raise UnreadableSequenceError(f"{path}: file is empty (0 bytes)")
         kind = _kind(path)
         if kind is None:
             known = " ".join(extensions(SEQUENCE_CONTAINER + SEQUENCE_FRAME))
@@ -839,6 +841,8 @@ def _probe_image(path, memory_mb):
     them one whose header claims more than ``memory_mb``.
     """
     fmt = format_of(path)
+    if os.path.getsize(path) == 0:
+        raise ValueError("file is empty (0 bytes)")
     if fmt == "png":
         with open(path, "rb") as fh:
             head = fh.read(33)
