@@ -89,7 +89,7 @@ PROBLEMS = {
     "fits_inf_filled": "no finite pixel",
     "fits_table_only": "no image",
     "fits_compressed_truncated": "truncated",
-    "fits_gzip_truncated": "truncated|gzip",
+    "fits_gzip_truncated": "truncated or corrupt gzip stream",
     "xisf_garbage": "XISF",
     "fits_4d": "shape|NAXIS 4",
     "dng_truncated": "cannot read camera RAW",

@@ -284,6 +284,7 @@ def open_input(path):
             warnings.filterwarnings("ignore", message="File may have been truncated")
             return fits.open(path, memmap=False)
     except (OSError, ValueError, TypeError, IndexError, EOFError) as exc:
+        _stream_size(path)  # a cut gzip stream is the likely cause: say so if it is
         raise FitsImageError(f"{path}: cannot read FITS ({type(exc).__name__}: {exc})") from exc
 
 
