@@ -309,15 +309,16 @@ def print_table(report):
 def frames_under_budget(memory_mb, height, width, channels=1):
     """Largest frame count :func:`combine` accepts under ``memory_mb``, and the format's limit.
 
-    The budget must hold the outputs and a one-row chunk with the smallest block; the counts
-    are int16, so 32767 frames at most whatever the budget.
+    The budget must hold the outputs and a one-row chunk (the compiled kernel's per-thread
+    buffers are a few hundred bytes); the counts are int16, so 32767 frames at most whatever
+    the budget.
     """
     from astroflow.deepsky import stack
 
     budget = memory_mb * 2**20
     fixed = height * width * channels * 12 + stack._OVERHEAD_BYTES
-    per_frame = width * channels * 4 + stack._WORK_BYTES_PER_SAMPLE
-    by_memory = int((budget - fixed - stack._WORK_BYTES_PER_PIXEL) // per_frame)
+    per_frame = width * channels * 4
+    by_memory = int((budget - fixed) // per_frame)
     return {"by_memory": by_memory, "format_limit": int(np.iinfo(np.int16).max),
             "frames": min(by_memory, int(np.iinfo(np.int16).max))}  # fmt: skip
 

@@ -68,6 +68,8 @@ rule planetary_deconvolve_frames:
         runtime=runtime_estimate(5, 10),
     params:
         code=library_code("planetary_deconvolve_frames.py"),
+        memory_mb=config["ingest"]["memory_mb"],
+        decode_timeout_s=config["ingest"]["decode_timeout_s"],
         keep_percent=config["deconvolution"]["multiframe"]["keep_percent"],
         max_frames=config["deconvolution"]["multiframe"]["max_frames"],
     script:

@@ -16,6 +16,8 @@ rule ingest_frame:
     params:
         code=library_code("ingest_frame.py"),
         frame_type="{ftype}",
+        memory_mb=config["ingest"]["memory_mb"],
+        decode_timeout_s=config["ingest"]["decode_timeout_s"],
     script:
         "../scripts/ingest_frame.py"
 

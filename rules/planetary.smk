@@ -21,6 +21,8 @@ rule planetary_master_dark:
         runtime=runtime_estimate(5, 5),
     params:
         code=library_code("planetary_master_dark.py"),
+        memory_mb=config["ingest"]["memory_mb"],
+        decode_timeout_s=config["ingest"]["decode_timeout_s"],
     script:
         "../scripts/planetary_master_dark.py"
 
@@ -45,6 +47,8 @@ rule planetary_analyse:
         runtime=runtime_estimate(5, 10),
     params:
         code=library_code("planetary_analyse.py"),
+        memory_mb=config["ingest"]["memory_mb"],
+        decode_timeout_s=config["ingest"]["decode_timeout_s"],
         min_snr=config["planetary"]["min_snr"],
         threshold=config["planetary"]["threshold"],
         edge_margin=config["planetary"]["edge_margin"],
@@ -76,6 +80,8 @@ rule planetary_align:
         runtime=runtime_estimate(5, 20),
     params:
         code=library_code("planetary_align.py"),
+        memory_mb=config["ingest"]["memory_mb"],
+        decode_timeout_s=config["ingest"]["decode_timeout_s"],
         object=config["planetary"]["object"],
         padding=config["planetary"]["padding"],
         reference_percent=config["planetary"]["reference_percent"],
@@ -124,6 +130,8 @@ rule planetary_stack:
         tmpdir=lambda wildcards: f"results/{wildcards.target}/planetary",
     params:
         code=library_code("planetary_stack.py"),
+        memory_mb=config["ingest"]["memory_mb"],
+        decode_timeout_s=config["ingest"]["decode_timeout_s"],
         ap_size=config["planetary"]["ap_size"],
         ap_search=config["planetary"]["ap_search"],
         keep_percent=config["planetary"]["keep_percent"],

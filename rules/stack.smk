@@ -41,7 +41,7 @@ rule stack:
         target=SINGLE_FILTER_TARGETS,
     conda:
         "../envs/stack.yaml"
-    threads: 1
+    threads: config["stacking"]["threads"]
     resources:
         mem_mb=stack_memory,
         runtime=runtime_estimate(10, 10),

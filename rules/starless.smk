@@ -24,6 +24,7 @@ rule image_ingest:
     params:
         code=library_code("image_ingest.py"),
         encoding=image_encoding,
+        memory_mb=config["ingest"]["memory_mb"],
     script:
         "../scripts/image_ingest.py"
 

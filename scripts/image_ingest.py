@@ -10,7 +10,7 @@ from astroflow.workflow.provenance import sha256_file
 
 log = setup_logging(snakemake.log[0])
 path = snakemake.input[0]
-image, bits = read_finished_image(path)
+image, bits = read_finished_image(path, memory_mb=snakemake.params.memory_mb)
 encoding = choose_encoding(image, bits, snakemake.params.encoding)
 if encoding == "display":
     image = image / display_scale(bits)

@@ -5,7 +5,13 @@ from astroflow.io.ingest import ingest_frame
 from astroflow.workflow.logs import setup_logging
 
 log = setup_logging(snakemake.log[0])
-header = ingest_frame(snakemake.input[0], snakemake.params.frame_type, snakemake.output[0])
+header = ingest_frame(
+    snakemake.input[0],
+    snakemake.params.frame_type,
+    snakemake.output[0],
+    memory_mb=snakemake.params.memory_mb,
+    decode_timeout_s=snakemake.params.decode_timeout_s,
+)
 if is_rejected(header):
     log.warning("%s excluded: %s", snakemake.input[0], header[REASON_KEY])
 else:

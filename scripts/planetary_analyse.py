@@ -8,7 +8,11 @@ from astroflow.workflow.provenance import sha256_file
 
 log = setup_logging(snakemake.log[0])
 p = snakemake.params
-sequence = open_sequence(list(snakemake.input.frames))
+sequence = open_sequence(
+    list(snakemake.input.frames),
+    memory_mb=snakemake.params.memory_mb,
+    decode_timeout_s=snakemake.params.decode_timeout_s,
+)
 log.info(
     "%s: %d frames of %s, %d-bit, %s",
     sequence.source,

@@ -9,7 +9,11 @@ from astroflow.workflow.logs import setup_logging
 
 log = setup_logging(snakemake.log[0])
 p = snakemake.params
-sequence = open_sequence(list(snakemake.input.frames))
+sequence = open_sequence(
+    list(snakemake.input.frames),
+    memory_mb=snakemake.params.memory_mb,
+    decode_timeout_s=snakemake.params.decode_timeout_s,
+)
 dark_path = getattr(snakemake.input, "dark", None)
 dark = read_image(dark_path)[0] if dark_path else None
 table = pd.read_csv(snakemake.input.table, keep_default_na=False, na_values=[""])

@@ -6,7 +6,11 @@ from astroflow.planetary.passes import master_dark
 from astroflow.workflow.logs import setup_logging
 
 log = setup_logging(snakemake.log[0])
-sequence = open_sequence(list(snakemake.input))
+sequence = open_sequence(
+    list(snakemake.input),
+    memory_mb=snakemake.params.memory_mb,
+    decode_timeout_s=snakemake.params.decode_timeout_s,
+)
 dark, n = master_dark(sequence)
 log.info("master dark: mean of %d of %d frames of %s", n, len(sequence), sequence.source)
 write_image(

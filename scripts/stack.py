@@ -35,6 +35,7 @@ result = combine(
     weights=used["weight"].to_numpy(dtype=float),
     normalize=p.normalize,
     memory_mb=p.memory_mb,
+    threads=snakemake.threads,
 )
 history = [
     f"astroflow stack: {p.method}, sigma clip {p.sigma_low}/{p.sigma_high}, "

@@ -1,14 +1,13 @@
 """Fast, memory-bounded stacking of registered frames with outlier rejection.
 
-The samples of each pixel are sorted along the frame axis once per block of pixels: up to 64
-frames by a Batcher odd-even merge sorting network of whole-row ``numpy.fmin``/``numpy.maximum``
-calls (D. E. Knuth, *The Art of Computer Programming* vol. 3, 5.3.4), beyond that by
-``numpy.sort``. Kappa-sigma rejection around the median only ever removes the lowest or the
-highest samples, so what a pixel keeps is a contiguous run ``[lo, hi)`` of its sorted samples;
-the median of a run is two gathers, and its sum and sum of squares come from clamping the
-deviations to the run's end values (see :class:`_SortedStack`), with no masks. Every rejection
-pass is then a handful of whole-array numpy operations, and later passes visit only the pixels
-whose run changed.
+The combination is one compiled kernel (numba, ``parallel=True``: the pixels of a chunk are
+shared among threads in tasks of 1024): each pixel's valid samples are gathered and sorted
+(insertion sort up to 48 samples, ``numpy.sort`` beyond), and every rejection below only
+ever removes the lowest or the highest samples, so what a pixel keeps is a contiguous run
+``[lo, hi)`` of its sorted samples: the median of a run is two reads, each pass a new run,
+all in float64 on a few hundred bytes that stay in the core's cache. The first call in an
+environment compiles the kernel (a few seconds) and caches it beside the module (numba's
+``cache=True``); later processes load it.
 
 Rejection methods (``method``), after Siril's ``src/stacking/rejection_float.c`` (itself after
 PixInsight's ImageIntegration) unless said otherwise; every one rejects only the lowest or the
@@ -26,7 +25,7 @@ highest samples of a run, so each pass is a new ``[lo, hi)``:
 * ``"mad"``: the same iteration with the scale ``1.4826 * MAD`` (median absolute deviation
   from the median of the kept samples), as :func:`astropy.stats.sigma_clip` with
   ``stdfunc="mad_std"``. The MAD of a sorted run is the median of two sorted sequences (the
-  deviations below and above the median), found by a vectorised bisection, with no sort.
+  deviations below and above the median), merged from the smallest out, with no sort.
 * ``"winsorized"``: winsorized sigma clipping: the scale is Huber's robust sigma, the sample
   standard deviation (``ddof=1``, as Siril) of the kept samples winsorised at
   ``median +- 1.5 sigma`` times ``1.134`` (which makes it unbiased for Gaussian data),
@@ -58,8 +57,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 from astropy.io import fits
 from scipy.special import stdtrit
@@ -95,16 +96,6 @@ _WINSOR_CORRECTION = 1.134
 _WINSOR_TOLERANCE = 5e-4
 _WINSOR_MAX_ITERS = 100
 
-# Sorting networks beat numpy.sort on the frame axis up to about this many frames.
-_NETWORK_MAX_FRAMES = 64
-# Samples per block (frames x pixels): large enough that the slowly converging tail of the
-# winsorised sigma costs little per block, small enough for the CPU caches to help.
-_BLOCK_SAMPLES = 1 << 20
-# Workspace bytes per sample of a block: sorted samples, deviations (float32) and a mask, with
-# room for the temporaries of compaction, the weighted mean or numpy.sort...
-_WORK_BYTES_PER_SAMPLE = 32
-# ...plus about twenty per-pixel vectors (indices, centres, thresholds, counts).
-_WORK_BYTES_PER_PIXEL = 160
 # Headers, astropy file objects and small temporaries not otherwise counted.
 _OVERHEAD_BYTES = 1 << 20
 # Chunks need not fill the budget: a chunk buffer of about this size is touched once and
@@ -252,7 +243,6 @@ def combine_chunk(
         used.reshape(-1),
         settings=settings,
         weights=w,
-        work=_workspace(cube.shape[0], max(1, min(_default_block(cube.shape[0]), image.size))),
     )
     if sides:
         return image, low, high, used
@@ -273,6 +263,7 @@ def combine(
     percentile_high=0.1,
     gesd_outliers=0.3,
     gesd_alpha=0.05,
+    threads=None,
 ):
     """Stack registered FITS frames in row chunks that fit a memory budget.
 
@@ -310,6 +301,9 @@ def combine(
         ``stacking.memory_mb``).
     percentile_low, percentile_high, gesd_outliers, gesd_alpha : float, optional
         Settings of the percentile and GESD rejections; see :func:`combine_chunk`.
+    threads : int or None, optional
+        Threads of the kernel (>= 1; at most numba's ``NUMBA_NUM_THREADS``, the CPUs it
+        found); None: numba's current setting. The result does not depend on it.
 
     Returns
     -------
@@ -343,6 +337,10 @@ def combine(
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
     w = _normalised_weights(weights, n_frames)
+    if threads is not None:
+        numba.set_num_threads(
+            min(check_int("threads", threads, 1), numba.config.NUMBA_NUM_THREADS)
+        )
     shape = _common_shape(paths)
     height, width = shape[:2]
     channels = shape[2] if len(shape) == 3 else 1
@@ -350,21 +348,12 @@ def combine(
 
     budget = int(memory_mb * 2**20)
     # Outputs: the image (float32), the low, high and used counts and at the end their total
-    # (int16).
+    # (int16); the kernel's own buffers are two float64 vectors of N samples per thread.
     fixed = height * row_pixels * (4 + 2 + 2 + 2 + 2) + _OVERHEAD_BYTES
-    per_column = n_frames * _WORK_BYTES_PER_SAMPLE + _WORK_BYTES_PER_PIXEL
     per_row = n_frames * row_pixels * 4
-    available = budget - fixed
-    # The working arrays get at most a quarter of what the outputs leave, the chunk the rest;
-    # a budget too tight for that still runs with one-row chunks and a smaller block.
-    block = max(
-        1, min(_default_block(n_frames), row_pixels * height, available // (4 * per_column))
-    )
-    rows = (available - block * per_column) // per_row
-    if rows < 1 and available >= per_row + per_column:
-        block, rows = (available - per_row) // per_column, 1
+    rows = (budget - fixed) // per_row
     if rows < 1:
-        need = (fixed + per_row + per_column) / 2**20
+        need = (fixed + per_row) / 2**20
         raise ValueError(
             f"memory_mb={memory_mb} is too small to stack {n_frames} frames of shape {shape}: "
             f"outputs plus a one-row chunk need at least {need:.2f} MiB"
@@ -381,7 +370,6 @@ def combine(
     high = np.empty(shape, dtype=np.int16)
     used = np.empty(shape, dtype=np.int16)
     chunk_flat = np.empty(n_frames * rows * row_pixels, dtype=np.float32)
-    work = _workspace(n_frames, block)
     for r0 in range(0, height, rows):
         r1 = min(height, r0 + rows)
         log.info("rows %d-%d of %d (%d frames)", r0, r1, height, n_frames)
@@ -401,9 +389,8 @@ def combine(
             used[r0:r1].reshape(-1),
             settings=settings,
             weights=w,
-            work=work,
         )
-    del chunk_flat, work
+    del chunk_flat
     if channels == 1:
         offset, scale = offset[:, 0], scale[:, 0]
     # The total is made in place of the low map's copy: one more image-sized int16 array.
@@ -453,10 +440,6 @@ def _normalised_weights(weights, n_frames):
     if np.all(w == w[0]):
         return None
     return (w / w.sum()).astype(np.float32)
-
-
-def _default_block(n_frames):
-    return max(256, _BLOCK_SAMPLES // n_frames)
 
 
 def _common_shape(paths):
@@ -542,332 +525,6 @@ def _normalisation(paths, normalize, shape, sample_pixels):
 
 
 @functools.cache
-def _sorting_network(n):
-    """Comparator pairs of Batcher's odd-even merge sort for ``n`` inputs (any ``n``).
-
-    Knuth, *The Art of Computer Programming* vol. 3, 5.3.4; the arbitrary-``n`` form is the
-    power-of-two network with the comparators that touch indices ``>= n`` dropped.
-    """
-    pairs = []
-    p = 1
-    while p < n:
-        k = p
-        while k >= 1:
-            for j in range(k % p, n - k, 2 * k):
-                for i in range(min(k, n - j - k)):
-                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
-                        pairs.append((i + j, i + j + k))
-            k //= 2
-        p *= 2
-    return tuple(pairs)
-
-
-class _SortedStack:
-    """Samples of a block of pixels sorted along the frame axis, and sums over kept runs.
-
-    ``data`` (R, B) float32 holds the samples of each pixel in some row order; ``order[k]`` is
-    the row holding the rank-``k`` sample of every pixel. No-data samples are NaN and rank after
-    every valid one; ``R`` may exceed the number of frames by an all-NaN scratch row of the
-    sorting network. A pixel keeps a run ``[lo, hi)`` of ranks with ``hi <= nvalid``.
-
-    Sums over a run need no mask: with ``e = clamp(data - centre, e[lo], e[hi - 1])`` (NaN
-    clamped up), the ``lo`` samples below the run and the ``R - hi`` above it (no data
-    included) all equal the run's end values, whose contribution is subtracted exactly.
-
-    ``work`` holds flat scratch buffers ("data", "e", "spare" float32, "mask" bool) of at least
-    ``(N + 1) * B`` elements, reused block after block: fresh pages cost more than the
-    arithmetic on them.
-    """
-
-    def __init__(self, data, order, nvalid, work):
-        self.data, self.order, self.nvalid, self.work = data, order, nvalid, work
-        # int32 gathers are faster, and a block has far fewer than 2**31 samples.
-        self.row_start = order.astype(np.int32) * np.int32(data.shape[1])
-        self.column = np.arange(data.shape[1], dtype=np.int32)
-
-    @classmethod
-    def from_frames(cls, x, work):
-        n, b = x.shape
-        valid = work["mask"][: n * b].reshape(n, b)
-        np.isfinite(x, out=valid)
-        nvalid = valid.sum(axis=0, dtype=np.int16).astype(np.intp)
-        if n > _NETWORK_MAX_FRAMES:
-            data = np.where(valid, x, np.float32(np.nan))
-            data.sort(axis=0)  # NaN sorts last
-            return cls(data, np.arange(n), nvalid, work)
-        data = work["data"][: (n + 1) * b].reshape(n + 1, b)
-        data[:n] = x
-        if nvalid.sum() < n * b:
-            np.copyto(data[:n], np.float32(np.nan), where=~valid)
-        # fmin keeps the number and maximum the NaN: NaN sorts as +inf, with no extra pass.
-        rows, spare = list(range(n)), n
-        for i, j in _sorting_network(n):
-            ri, rj = data[rows[i]], data[rows[j]]
-            np.fmin(ri, rj, out=data[spare])
-            np.maximum(ri, rj, out=rj)
-            rows[i], spare = spare, rows[i]
-        data[spare] = np.nan
-        return cls(data, np.array(rows), nvalid, work)
-
-    def _scratch(self, name):
-        return self.work[name][: self.data.size].reshape(self.data.shape)
-
-    def take(self, rank):
-        """Sample of rank ``rank`` (B,) of each pixel."""
-        index = self.row_start.take(rank, mode="clip")
-        index += self.column
-        return self.data.reshape(-1).take(index)
-
-    def median(self, lo, hi):
-        """Median of the run ``[lo, hi)`` of each pixel; NaN where the run is empty."""
-        m = (self.take((lo + hi - 1) // 2) + self.take((lo + hi) // 2)) * np.float32(0.5)
-        m[hi <= lo] = np.nan
-        return m
-
-    def clamped(self, lo, hi, centre):
-        """Deviations from ``centre`` clamped to the run (in scratch), and the run's end values."""
-        e_lo = self.take(lo) - centre
-        e_hi = self.take(hi - 1) - centre
-        e = np.subtract(self.data, centre, out=self._scratch("e"))
-        np.fmin(e, e_hi, out=e)
-        if lo.any():  # a run from rank 0 has nothing below it to clamp
-            np.fmax(e, e_lo, out=e)
-        return e, e_lo, e_hi
-
-    def run_sums(self, e, e_lo, e_hi, lo, hi):
-        """Sum and sum of squares of ``e`` over each run, from the clamped ``e``."""
-        below = lo.astype(np.float32)
-        above = (self.data.shape[0] - hi).astype(np.float32)
-        total = e.sum(axis=0) - below * e_lo - above * e_hi
-        squares = np.einsum("ij,ij->j", e, e) - below * (e_lo * e_lo) - above * (e_hi * e_hi)
-        return total, squares
-
-    def count_below(self, threshold):
-        mask = np.less(self.data, threshold, out=self._scratch("mask"))
-        return mask.sum(axis=0, dtype=np.int16).astype(np.intp)
-
-    def count_at_or_below(self, threshold):
-        mask = np.less_equal(self.data, threshold, out=self._scratch("mask"))
-        return mask.sum(axis=0, dtype=np.int16).astype(np.intp)
-
-    def ranked(self):
-        """The same stack with its rows in rank order (``order`` the identity), in "spare"."""
-        r, b = self.data.shape
-        if np.array_equal(self.order, np.arange(r)):
-            return self
-        # The rows not in ``order`` (the sorting network's scratch row, all NaN) rank last.
-        rows = np.concatenate([self.order, np.setdiff1d(np.arange(r), self.order)])
-        data = np.take(self.data, rows, axis=0, out=self._scratch("spare"))
-        return _SortedStack(data, np.arange(r), self.nvalid, self.work)
-
-    def compress(self, keep):
-        """The pixels where ``keep`` is True."""
-        data = np.compress(keep, self.data, axis=1)
-        return _SortedStack(data, self.order, self.nvalid[keep], self.work)
-
-
-def _std(total, squares, count, ddof=0):
-    """Standard deviation from sums over ``count`` samples; 0 where ``count <= ddof``."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        var = (squares - total * total / count) / (count - ddof)
-    var[~(var > 0)] = 0
-    return np.sqrt(var, out=var)
-
-
-def _winsorized_sigma(stk, e, e_lo, e_hi, lo, hi, sigma):
-    """Huber's winsorised sigma of each run, from its clamped deviations ``e`` (modified).
-
-    Winsorising is cumulative, as in Siril: each pass clips the already clipped sample. The
-    samples outside the run equal the run's end values and go through the same clipping, so
-    the run sums stay exact with the clipped end values.
-    """
-    sigma = sigma.copy()
-    count = (hi - lo).astype(np.float32)
-    columns = np.arange(sigma.size)
-    w, s, active = e, sigma, np.ones(sigma.shape, dtype=bool)
-    below, above = lo.astype(np.float32), (stk.data.shape[0] - hi).astype(np.float32)
-    w_lo, w_hi = e_lo.copy(), e_hi.copy()
-    buffers = (stk.work["spare"], stk.work["e"])  # w starts in "e"
-    for _ in range(_WINSOR_MAX_ITERS):
-        bound = np.float32(_WINSOR_CUT) * s
-        np.minimum(w, bound, out=w)
-        np.maximum(w, -bound, out=w)
-        np.clip(w_lo, -bound, bound, out=w_lo)
-        np.clip(w_hi, -bound, bound, out=w_hi)
-        total = w.sum(axis=0) - below * w_lo - above * w_hi
-        squares = np.einsum("ij,ij->j", w, w) - below * (w_lo * w_lo) - above * (w_hi * w_hi)
-        new = np.float32(_WINSOR_CORRECTION) * _std(total, squares, count, ddof=1)
-        moving = np.abs(new - s) > s * np.float32(_WINSOR_TOLERANCE)
-        # Converged pixels keep their sigma, so clipping again with it changes nothing.
-        s = np.where(active, new, s)
-        active &= moving
-        n_active = np.count_nonzero(active)
-        if n_active == 0:
-            break
-        if 4 * n_active <= 3 * active.size:
-            # A long tail of slowly converging pixels: iterate on those alone, gathered into
-            # the other scratch buffer (fresh pages would cost more than the iterations).
-            sigma[columns] = s
-            keep = np.flatnonzero(active)
-            columns, s, count = columns[keep], s[keep], count[keep]
-            below, above, w_lo, w_hi = below[keep], above[keep], w_lo[keep], w_hi[keep]
-            spare, buffers = buffers[0], (buffers[1], buffers[0])
-            w = np.take(w, keep, axis=1, out=spare[: w.shape[0] * keep.size].reshape(-1, keep.size))
-            active = np.ones(s.shape, dtype=bool)
-    sigma[columns] = s
-    return sigma
-
-
-def _reject_sigma(stk, lo, hi, settings, centre):
-    """One kappa-sigma pass around ``centre``, the median of each run: the new runs.
-
-    The scale is the standard deviation (``"sigma_clip"``), 1.4826 MAD (``"mad"``) or
-    Huber's winsorised sigma (``"winsorized"``) of each run.
-    """
-    method = settings.method
-    if method == "mad":
-        with np.errstate(invalid="ignore"):  # empty runs: NaN centre, NaN scale
-            sigma = np.float32(MAD_TO_SIGMA) * _run_mad(stk, lo, hi, centre)
-    else:
-        count = (hi - lo).astype(np.float32)
-        e, e_lo, e_hi = stk.clamped(lo, hi, centre)
-        total, squares = stk.run_sums(e, e_lo, e_hi, lo, hi)
-        if method == "winsorized":
-            sigma = _winsorized_sigma(
-                stk, e, e_lo, e_hi, lo, hi, _std(total, squares, count, ddof=1)
-            )
-        else:
-            sigma = _std(total, squares, count)
-        del e
-    new_lo = np.maximum(lo, stk.count_below(centre - np.float32(settings.sigma_low) * sigma))
-    new_hi = np.minimum(
-        hi, stk.count_at_or_below(centre + np.float32(settings.sigma_high) * sigma)
-    )
-    return _keep_empty(lo, hi, new_lo, new_hi)
-
-
-def _keep_empty(lo, hi, new_lo, new_hi):
-    # An emptied run (NaN centre) stays empty; the caller falls back to the median there.
-    empty = hi <= lo
-    new_lo[empty], new_hi[empty] = lo[empty], hi[empty]
-    return new_lo, np.maximum(new_hi, new_lo)
-
-
-def _run_mad(stk, lo, hi, centre):
-    """Median absolute deviation of each run ``[lo, hi)`` from ``centre``, its median.
-
-    The deviations of a sorted run are two sorted sequences: ``centre - x[c - j]`` for
-    ``j = 0 .. c - lo`` and ``x[c + 1 + j] - centre`` for ``j = 0 .. hi - 2 - c``, with ``c``
-    the lower middle rank. Their median is that of the merged sequences: a bisection, for
-    every pixel at once, on how many of the ``k + 1`` smallest (``k = (n - 1) // 2``) come
-    from the first one gives the ``k``-th smallest, and the next is the smaller of the two
-    sequences' next elements. ``log2(N)`` steps of a few gathers: no sort, no pass over every
-    sample.
-    """
-    n = (hi - lo).astype(np.int32)
-    c = ((lo + hi - 1) // 2).astype(np.int32)
-    n_left = c - lo.astype(np.int32) + 1
-    n_right = n - n_left
-    k1 = (n - 1) // 2 + 1  # how many of the smallest make the lower middle one
-    # i = how many of those come from the left sequence, in [lo_i, hi_i].
-    lo_i = np.maximum(0, k1 - n_right)
-    hi_i = np.minimum(k1, n_left)
-    inf = np.float32(np.inf)
-    for _ in range(int(np.ceil(np.log2(stk.data.shape[0] + 1))) + 1):
-        active = lo_i < hi_i
-        if not active.any():
-            break
-        i = (lo_i + hi_i) >> 1
-        j = k1 - i
-        # The next left deviation is smaller than the last right one taken: take more from
-        # the left. (i < n_left and j > 0 wherever lo_i < hi_i.)
-        more = (centre - stk.take(c - i)) < (stk.take(c + j) - centre)
-        more &= active
-        np.copyto(lo_i, i + 1, where=more)
-        np.copyto(hi_i, i, where=active & ~more)
-    i, j = lo_i, k1 - lo_i
-    last_left = np.where(i > 0, centre - stk.take(c - i + 1), -inf)
-    last_right = np.where(j > 0, stk.take(c + j) - centre, -inf)
-    mad = np.maximum(last_left, last_right)
-    even = n % 2 == 0
-    if even.any():
-        next_left = np.where(i < n_left, centre - stk.take(c - i), inf)
-        next_right = np.where(j < n_right, stk.take(c + j + 1) - centre, inf)
-        upper = np.minimum(next_left, next_right)
-        mad = np.where(even, (mad + upper) * np.float32(0.5), mad)
-    mad[n <= 0] = np.nan
-    return mad
-
-
-def _reject_linear_fit(stk, lo, hi, settings, centre):
-    """One linear-fit clipping pass on a rank-ordered stack (:meth:`_SortedStack.ranked`).
-
-    A least-squares line ``a x + b`` (``x = rank - lo``) through each run, ``sigma`` the mean
-    absolute residual; the rejected samples are the lowest ranks of the run whose residuals
-    are all below ``-sigma_low * sigma`` and the highest whose residuals are all above
-    ``sigma_high * sigma``. Runs of three samples or fewer are left as they are.
-
-    No masks: outside its run a pixel's deviations are clamped to the run's end values and
-    its line to the line's end values (the slope of sorted samples is >= 0), so each sample
-    outside has the residual of the run's nearest end, whose share is subtracted exactly.
-    """
-    r = stk.data.shape[0]
-    n = (hi - lo).astype(np.float64)
-    e, e_lo, e_hi = stk.clamped(lo, hi, centre)
-    total, _ = stk.run_sums(e, e_lo, e_hi, lo, hi)
-    rank = np.arange(r, dtype=np.float32)
-    lo64, hi64 = lo.astype(np.float64), hi.astype(np.float64)
-    # Sum of rank * deviation over the run, from the whole clamped stack.
-    above = (r * (r - 1) - hi64 * (hi64 - 1)) / 2
-    rank_sum = rank @ e - e_lo * (lo64 * (lo64 - 1) / 2) - e_hi * above
-    with np.errstate(invalid="ignore", divide="ignore"):
-        x_mean = (n - 1) / 2
-        sxx = n * (n * n - 1) / 12
-        slope = np.where(sxx > 0, (rank_sum - (lo64 + x_mean) * total) / sxx, 0.0)
-        intercept = total / n - slope * x_mean
-    start = intercept.astype(np.float32)
-    end = (intercept + slope * (n - 1)).astype(np.float32)
-    # Residuals in place of the deviations: e - clamp(a (rank - lo) + b, b, b + a (n - 1)).
-    line = np.multiply.outer(rank, slope.astype(np.float32))
-    line += (intercept - slope * lo64).astype(np.float32)
-    np.maximum(line, start, out=line)
-    np.minimum(line, end, out=line)
-    np.subtract(e, line, out=e)
-    np.abs(e, out=line)
-    res_lo, res_hi = e_lo - start, e_hi - end
-    with np.errstate(invalid="ignore", divide="ignore"):
-        spread = line.sum(axis=0) - lo * np.abs(res_lo) - (r - hi) * np.abs(res_hi)
-        sigma = (spread / n).astype(np.float32)
-    del line
-    # Ranks below the run share the residual of its lowest sample, so a count of leading
-    # low flags from rank 0 is either 0 (the lowest kept sample stays) or lo plus the new ones.
-    new_lo = np.maximum(lo, _leading(e, -np.float32(settings.sigma_low) * sigma, low=True))
-    new_hi = np.minimum(hi, r - _leading(e[::-1], np.float32(settings.sigma_high) * sigma, low=False))
-    del e
-    small = hi - lo <= 3
-    new_lo[small], new_hi[small] = lo[small], hi[small]
-    return _keep_empty(lo, hi, new_lo, new_hi)
-
-
-def _leading(values, threshold, *, low):
-    """How many rows of ``values`` (R, B) lie beyond ``threshold`` (B,) before the first that
-    does not, per column: below it (``low``) or above it.
-
-    Row by row with an early end, as few ranks are ever rejected (rows are contiguous; a
-    whole-array comparison and ``numpy.logical_and.accumulate`` on axis 0 cost far more).
-    """
-    beyond = np.less if low else np.greater
-    alive = beyond(values[0], threshold)
-    count = alive.astype(np.intp)
-    for row in values[1:]:
-        if not alive.any():
-            break
-        alive &= beyond(row, threshold)
-        count += alive
-    return count
-
-
-@functools.cache
 def _gesd_critical(n_max, alpha):
     """Rosner's critical values ``lambda[m]`` for ``m = 0 .. n_max`` remaining samples.
 
@@ -883,151 +540,369 @@ def _gesd_critical(n_max, alpha):
     return lam
 
 
-def _reject_gesd(stk, lo, hi, settings, centre):
-    """GESD on each run: the runs after the last significant removal (see the module doc).
+
+# Method codes of the compiled kernel.
+_CODES = {
+    "none": 0,
+    "median": 1,
+    "percentile": 2,
+    "sigma_clip": 3,
+    "mad": 4,
+    "winsorized": 5,
+    "linear_fit": 6,
+    "gesd": 7,
+}
+# Floating-point freedoms of the sums: reordering (so that they vectorise), never the
+# assumption that there is no NaN or infinity.
+_REASSOCIATE = {"reassoc", "nsz", "contract"}
+# Bytes of samples per parallel task (frames x pixels of its block): the block is sorted
+# in place while it stays in the core's cache, at least 8 and at most 1024 pixels.
+_TASK_BYTES = 1 << 16
+
+
+@functools.cache
+def _sorting_network(n):
+    """Comparator pairs ``(P, 2)`` int64 of Batcher's odd-even merge sort for ``n`` inputs.
+
+    Knuth, *The Art of Computer Programming* vol. 3, 5.3.4; the arbitrary-``n`` form is the
+    power-of-two network with the comparators that touch indices ``>= n`` dropped.
+    """
+    pairs = []
+    p = 1
+    while p < n:
+        k = p
+        while k >= 1:
+            for j in range(k % p, n - k, 2 * k):
+                for i in range(min(k, n - j - k)):
+                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
+                        pairs.append((i + j, i + j + k))
+            k //= 2
+        p *= 2
+    return np.array(pairs, dtype=np.int64).reshape(-1, 2)
+
+
+@numba.njit(cache=True, nogil=True)
+def _median(s, lo, hi):
+    """Median of the sorted run ``s[lo:hi]`` (``hi > lo``)."""
+    return 0.5 * (s[(lo + hi - 1) // 2] + s[(lo + hi) // 2])
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_REASSOCIATE)
+def _std(s, lo, hi, ddof):
+    """Standard deviation of ``s[lo:hi]`` (two passes); 0 for ``hi - lo <= ddof``."""
+    m = hi - lo
+    if m <= ddof:
+        return 0.0
+    mean = 0.0
+    for k in range(lo, hi):
+        mean += s[k]
+    mean /= m
+    squares = 0.0
+    for k in range(lo, hi):
+        d = s[k] - mean
+        squares += d * d
+    return math.sqrt(squares / (m - ddof))
+
+
+@numba.njit(cache=True, nogil=True)
+def _mad(s, lo, hi, centre):
+    """Median absolute deviation of the sorted run ``s[lo:hi]`` from ``centre``, its median.
+
+    The deviations are two sorted sequences, ``centre - s[c], centre - s[c - 1], ...`` and
+    ``s[c + 1] - centre, ...`` from the lower middle rank ``c``: merged from the smallest
+    out, the middle one or two of the merge are the MAD, in ``(hi - lo) / 2`` steps.
+    """
+    m = hi - lo
+    left = (lo + hi - 1) // 2
+    right = left + 1
+    k_low = (m - 1) // 2
+    k_high = m // 2
+    low_value = 0.0
+    value = 0.0
+    for k in range(k_high + 1):
+        if right >= hi or (left >= lo and centre - s[left] <= s[right] - centre):
+            value = centre - s[left]
+            left -= 1
+        else:
+            value = s[right] - centre
+            right += 1
+        if k == k_low:
+            low_value = value
+    return 0.5 * (low_value + value)
+
+
+@numba.njit(cache=True, nogil=True)
+def _winsorized_sigma(s, lo, hi, centre, sums):
+    """Huber's winsorised sigma of the sorted run ``s[lo:hi]`` around ``centre``.
+
+    Winsorising is cumulative, as in Siril: each pass clips the already clipped deviations at
+    ``+-1.5 sigma``; sigma is ``1.134`` times their sample standard deviation, until it
+    changes by less than 0.05 % (at most 100 passes). Clips compose to one clip at the
+    smallest bound so far, which on sorted deviations clips a prefix and a suffix that only
+    grow: with prefix sums of the deviations and their squares (``sums``, float64, at least
+    ``2 (hi - lo + 1)``), each pass costs a few steps, not a pass over the samples.
+    """
+    m = hi - lo
+    sigma = _std(s, lo, hi, 1)
+    if m <= 1:
+        return sigma
+    # sums[k]: sum of the first k deviations; sums[m + 1 + k]: of their squares.
+    q = m + 1
+    sums[0] = 0.0
+    sums[q] = 0.0
+    for k in range(m):
+        d = s[lo + k] - centre
+        sums[k + 1] = sums[k] + d
+        sums[q + k + 1] = sums[q + k] + d * d
+    bound = np.inf
+    below = 0  # deviations [0, below) are clipped to -bound
+    above = m  # deviations [above, m) are clipped to +bound
+    for _ in range(_WINSOR_MAX_ITERS):
+        bound = min(bound, _WINSOR_CUT * sigma)
+        while below < above and s[lo + below] - centre < -bound:
+            below += 1
+        while above > below and s[lo + above - 1] - centre > bound:
+            above -= 1
+        clipped = below + (m - above)
+        total = sums[above] - sums[below] + bound * (m - above - below)
+        squares = sums[q + above] - sums[q + below] + bound * bound * clipped
+        var = (squares - total * total / m) / (m - 1)
+        new = _WINSOR_CORRECTION * math.sqrt(var) if var > 0 else 0.0
+        moving = abs(new - sigma) > sigma * _WINSOR_TOLERANCE
+        sigma = new
+        if not moving:
+            break
+    return sigma
+
+
+@numba.njit(cache=True, nogil=True)
+def _linear_fit_pass(s, lo, hi, sigma_low, sigma_high):
+    """One linear-fit clipping pass on the sorted run ``s[lo:hi]``: the new run."""
+    m = hi - lo
+    if m <= 3:
+        return lo, hi
+    x_mean = (m - 1) / 2.0
+    y_mean = 0.0
+    for k in range(m):
+        y_mean += s[lo + k]
+    y_mean /= m
+    sxy = 0.0
+    sxx = 0.0
+    for k in range(m):
+        dx = k - x_mean
+        sxy += dx * (s[lo + k] - y_mean)
+        sxx += dx * dx
+    slope = sxy / sxx
+    intercept = y_mean - slope * x_mean
+    spread = 0.0
+    for k in range(m):
+        spread += abs(s[lo + k] - (slope * k + intercept))
+    sigma = spread / m
+    n_low = 0
+    while n_low < m and s[lo + n_low] - (slope * n_low + intercept) < -sigma_low * sigma:
+        n_low += 1
+    n_high = 0
+    while n_high < m - n_low:
+        k = m - 1 - n_high
+        if not s[lo + k] - (slope * k + intercept) > sigma_high * sigma:
+            break
+        n_high += 1
+    return lo + n_low, hi - n_high
+
+
+@numba.njit(cache=True, nogil=True)
+def _gesd(s, n, allowed, critical):
+    """GESD on the sorted ``s[:n]``: the run left after the last significant removal.
 
     The sample farthest from the mean is always the lowest or the highest of the run, so each
-    step moves one end of the run in; the sums of the run are updated by the removed sample.
+    step moves one end of the run in; the sums (of deviations from the first median, in
+    float64) are updated by the removed sample.
     """
-    nvalid = hi - lo
-    allowed = np.floor(settings.gesd_outliers * nvalid + 1e-9).astype(np.intp)
-    steps = int(allowed.max(initial=0))
-    if steps == 0:
-        return lo, hi
-    lam = _gesd_critical(stk.data.shape[0], settings.gesd_alpha)
-    e, e_lo, e_hi = stk.clamped(lo, hi, centre)
-    total, squares = stk.run_sums(e, e_lo, e_hi, lo, hi)
-    del e
-    total, squares = total.astype(np.float64), squares.astype(np.float64)
-    cur_lo, cur_hi = lo.copy(), hi.copy()
-    best_lo, best_hi = lo.copy(), hi.copy()
-    centre64 = centre.astype(np.float64)
-    for step in range(steps):
-        m = cur_hi - cur_lo
-        active = (step < allowed) & (m >= 3)
-        if not active.any():
+    centre = _median(s, 0, n)
+    total = 0.0
+    squares = 0.0
+    for k in range(n):
+        d = s[k] - centre
+        total += d
+        squares += d * d
+    lo, hi = 0, n
+    best_lo, best_hi = 0, n
+    for _ in range(allowed):
+        m = hi - lo
+        if m < 3:
             break
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = total / m
-            sd = np.sqrt(np.maximum(squares - total * mean, 0) / (m - 1))
-            x_lo = stk.take(cur_lo) - centre64
-            x_hi = stk.take(cur_hi - 1) - centre64
-            high = (x_hi - mean) > (mean - x_lo)
-            stat = np.where(high, x_hi - mean, mean - x_lo) / sd
-        removed = np.where(high, x_hi, x_lo)
-        total = np.where(active, total - removed, total)
-        squares = np.where(active, squares - removed * removed, squares)
-        cur_lo = np.where(active & ~high, cur_lo + 1, cur_lo)
-        cur_hi = np.where(active & high, cur_hi - 1, cur_hi)
-        significant = active & (stat > lam[m])
-        best_lo = np.where(significant, cur_lo, best_lo)
-        best_hi = np.where(significant, cur_hi, best_hi)
+        mean = total / m
+        sd = math.sqrt(max(squares - total * mean, 0.0) / (m - 1))
+        x_lo = s[lo] - centre
+        x_hi = s[hi - 1] - centre
+        if (x_hi - mean) > (mean - x_lo):
+            stat, removed = x_hi - mean, x_hi
+            hi -= 1
+        else:
+            stat, removed = mean - x_lo, x_lo
+            lo += 1
+        total -= removed
+        squares -= removed * removed
+        if sd > 0 and stat / sd > critical[m]:
+            best_lo, best_hi = lo, hi
     return best_lo, best_hi
 
 
-def _reject_percentile(stk, lo, hi, settings, centre):
-    """Percentile clipping, one pass around ``centre``, the median of the valid samples."""
-    new_lo = stk.count_below(centre - centre * np.float32(settings.percentile_low))
-    new_hi = stk.count_at_or_below(centre + centre * np.float32(settings.percentile_high))
-    return _keep_empty(lo, hi, np.maximum(lo, new_lo), np.minimum(hi, new_hi))
+@numba.njit(cache=True, nogil=True)
+def _reject(s, n, method, sigma_low, sigma_high, max_iters, percentile_low, percentile_high,
+            gesd_outliers, critical, tmp):
+    """The kept run ``[lo, hi)`` of the sorted samples ``s[:n]`` (``n >= 1``), and their median."""
+    centre = _median(s, 0, n)
+    median_all = centre
+    lo, hi = 0, n
+    if method == 1:  # median
+        return lo, hi, median_all
+    if method == 2:  # percentile
+        below = centre - centre * percentile_low
+        above = centre + centre * percentile_high
+        while lo < n and s[lo] < below:
+            lo += 1
+        while hi > lo and s[hi - 1] > above:
+            hi -= 1
+        return lo, hi, median_all
+    if method == 7:  # gesd
+        allowed = int(math.floor(gesd_outliers * n + 1e-9))
+        lo, hi = _gesd(s, n, allowed, critical)
+        return lo, hi, median_all
+    for _ in range(max_iters):
+        if method == 6:  # linear_fit
+            new_lo, new_hi = _linear_fit_pass(s, lo, hi, sigma_low, sigma_high)
+        else:
+            if method == 3:
+                sigma = _std(s, lo, hi, 0)
+            elif method == 4:
+                sigma = MAD_TO_SIGMA * _mad(s, lo, hi, centre)
+            else:
+                sigma = _winsorized_sigma(s, lo, hi, centre, tmp)
+            below = centre - sigma_low * sigma
+            above = centre + sigma_high * sigma
+            new_lo, new_hi = lo, hi
+            while new_lo < hi and s[new_lo] < below:
+                new_lo += 1
+            while new_hi > new_lo and s[new_hi - 1] > above:
+                new_hi -= 1
+        if new_lo == lo and new_hi == hi:
+            break
+        lo, hi = new_lo, new_hi
+        if hi <= lo:
+            break
+        centre = _median(s, lo, hi)
+    return lo, hi, median_all
 
 
-_ITERATED = {
-    "sigma_clip": _reject_sigma,
-    "mad": _reject_sigma,
-    "winsorized": _reject_sigma,
-    "linear_fit": _reject_linear_fit,
-}
-_ONE_PASS = {"percentile": _reject_percentile, "gesd": _reject_gesd}
+@numba.njit(parallel=True, cache=True)
+def _combine_kernel(cube, method, sigma_low, sigma_high, max_iters, percentile_low,
+                    percentile_high, gesd_outliers, critical, weights, weighted, network,
+                    block, image, low, high, used):
+    """Combine ``cube`` (N, P) float32 into the (P,) outputs, blocks of pixels in parallel.
 
-
-def _workspace(n_frames, block):
-    """Scratch buffers for :class:`_SortedStack` on blocks of up to ``block`` pixels."""
-    size = (n_frames + 1) * block
-    return {
-        "data": np.empty(size, dtype=np.float32),
-        "e": np.empty(size, dtype=np.float32),
-        "spare": np.empty(size, dtype=np.float32),
-        "mask": np.empty(size, dtype=bool),
-    }
-
-
-def _combine_pixels(cube, image, low, high, used, *, settings, weights, work):
-    """Combine ``cube`` (N, P) float32 into the (P,) outputs, block of pixels by block.
-
-    The block size is what ``work`` (from :func:`_workspace`) was made for.
+    Each task copies its block of ``block`` pixels (no data as +inf, which sorts last),
+    sorts it with the comparator ``network`` pixel-parallel (the inner loop over pixels is
+    vectorised by the compiler), then rejects and averages pixel by pixel.
     """
     n, p = cube.shape
-    b = work["mask"].size // (n + 1)
-    for b0 in range(0, p, b):
-        b1 = min(p, b0 + b)
-        image[b0:b1], low[b0:b1], high[b0:b1], used[b0:b1] = _combine_block(
-            cube[:, b0:b1], work, settings, weights
-        )
+    tasks = (p + block - 1) // block
+    for task in numba.prange(tasks):
+        j0 = task * block
+        width = min(p, j0 + block) - j0
+        sorted_block = np.empty((n, block), dtype=np.float32)
+        nvalid = np.zeros(block, dtype=np.int64)
+        s = np.empty(n, dtype=np.float64)
+        tmp = np.empty(2 * n + 2, dtype=np.float64)
+        for i in range(n):
+            for q in range(width):
+                v = cube[i, j0 + q]
+                if math.isfinite(v):
+                    sorted_block[i, q] = v
+                    nvalid[q] += 1
+                else:
+                    sorted_block[i, q] = np.inf
+        if method != 0:
+            for c in range(network.shape[0]):
+                a = sorted_block[network[c, 0]]
+                b = sorted_block[network[c, 1]]
+                for q in range(width):
+                    x, y = a[q], b[q]
+                    a[q] = min(x, y)
+                    b[q] = max(x, y)
+        for q in range(width):
+            j = j0 + q
+            count = nvalid[q]
+            low[j] = 0
+            high[j] = 0
+            used[j] = count
+            if count == 0:
+                image[j] = np.nan
+                continue
+            if method == 0:
+                lo, hi = 0, count
+                lo_value, hi_value = -np.inf, np.inf
+                if not weighted:
+                    total = 0.0
+                    for i in range(n):
+                        v = sorted_block[i, q]
+                        if v != np.inf:
+                            total += v
+                    image[j] = total / count
+                    continue
+            else:
+                for k in range(count):
+                    s[k] = sorted_block[k, q]
+                lo, hi, median_all = _reject(
+                    s, count, method, sigma_low, sigma_high, max_iters, percentile_low,
+                    percentile_high, gesd_outliers, critical, tmp,
+                )
+                if hi <= lo or method == 1:
+                    # Every sample rejected (or the median asked for): the median of all.
+                    image[j] = median_all
+                    continue
+                low[j] = lo
+                high[j] = count - hi
+                used[j] = hi - lo
+                lo_value, hi_value = s[lo], s[hi - 1]
+            if weighted:
+                # The kept run is every sample between its lowest and highest value (ties
+                # included), which identifies the kept samples in frame order.
+                total = 0.0
+                weight = 0.0
+                for i in range(n):
+                    v = cube[i, j]
+                    if math.isfinite(v) and v >= lo_value and v <= hi_value:
+                        total += weights[i] * v
+                        weight += weights[i]
+                image[j] = total / weight
+            else:
+                total = 0.0
+                for k in range(lo, hi):
+                    total += s[k]
+                image[j] = total / (hi - lo)
 
 
-def _combine_block(x, work, settings, weights):
-    method = settings.method
-    if method == "none":
-        return _mean_all(x, weights)
-    stk = _SortedStack.from_frames(x, work)
-    nvalid = stk.nvalid
-    lo = np.zeros(nvalid.size, dtype=np.intp)
-    hi = nvalid.copy()
-    median_all = stk.median(lo, hi)
-    zeros = np.zeros(nvalid.size, dtype=np.int16)
-    if method == "median":
-        return median_all, zeros, zeros, nvalid
-    if method in _ONE_PASS:
-        lo, hi = _ONE_PASS[method](stk, lo, hi, settings, median_all)
-    else:
-        reject = _ITERATED[method]
-        act = stk.ranked() if method == "linear_fit" else stk
-        # A pixel whose run did not change would compute the same thresholds again, so later
-        # passes only visit the pixels that changed (a few percent after the first).
-        columns, lo_act, hi_act, centre = np.arange(nvalid.size), lo, hi, median_all
-        for _ in range(settings.max_iters):
-            new_lo, new_hi = reject(act, lo_act, hi_act, settings, centre)
-            changed = (new_lo != lo_act) | (new_hi != hi_act)
-            lo[columns], hi[columns] = new_lo, new_hi
-            if not changed.any():
-                break
-            columns, act = columns[changed], act.compress(changed)
-            lo_act, hi_act = new_lo[changed], new_hi[changed]
-            centre = act.median(lo_act, hi_act)
-        del act
-    kept = hi - lo
-    with np.errstate(invalid="ignore", divide="ignore"):
-        if weights is None:
-            total, _ = stk.run_sums(*stk.clamped(lo, hi, median_all), lo, hi)
-            value = total / kept + median_all
-        else:
-            value = _weighted_mean_between(x, stk.take(lo), stk.take(hi - 1), weights, median_all)
-    fallback = (kept == 0) & (nvalid > 0)
-    value[fallback] = median_all[fallback]
-    rej_low = np.where(fallback, 0, lo)
-    rej_high = np.where(fallback, 0, nvalid - hi)
-    return value, rej_low, rej_high, nvalid - rej_low - rej_high
-
-
-def _weighted_mean_between(x, low, high, weights, ref):
-    # The kept run is every sample between its lowest and highest value (ties included),
-    # which identifies the kept samples in frame order without an argsort.
-    inside = x >= low
-    inside &= x <= high
-    dev = np.where(inside, x - ref, np.float32(0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return weights @ dev / (weights @ inside) + ref
-
-
-def _mean_all(x, weights):
-    valid = np.isfinite(x)
-    nvalid = valid.sum(axis=0, dtype=np.int16)
-    values = np.where(valid, x, np.float32(0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        if weights is None:
-            mean = values.sum(axis=0) / nvalid
-        else:
-            mean = weights @ values / (weights @ valid)
-    zeros = np.zeros(x.shape[1], dtype=np.int16)
-    return mean.astype(np.float32), zeros, zeros, nvalid
+def _combine_pixels(cube, image, low, high, used, *, settings, weights):
+    """Combine ``cube`` (N, P) float32 into the (P,) outputs (image float32, counts int16)."""
+    n = cube.shape[0]
+    weighted = weights is not None
+    _combine_kernel(
+        np.ascontiguousarray(cube, dtype=np.float32),
+        _CODES[settings.method],
+        settings.sigma_low,
+        settings.sigma_high,
+        settings.max_iters,
+        settings.percentile_low,
+        settings.percentile_high,
+        settings.gesd_outliers,
+        _gesd_critical(n, settings.gesd_alpha),
+        np.asarray(weights if weighted else np.zeros(n), dtype=np.float64),
+        weighted,
+        _sorting_network(n),
+        int(min(1024, max(8, _TASK_BYTES // (4 * n)))),
+        image,
+        low,
+        high,
+        used,
+    )

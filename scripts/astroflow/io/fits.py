@@ -24,11 +24,17 @@ Conventions (shared by every rule):
 from __future__ import annotations
 
 import datetime as dt
+import gzip
+import io
+import math
+import os
+import warnings
 
 import numpy as np
 from astropy.io import fits
 
 from astroflow.io.atomic import atomic_write
+from astroflow.io.limits import check_memory
 
 STATUS_KEY = "AFSTATUS"
 REASON_KEY = "AFREASON"
@@ -269,6 +275,133 @@ def top_down_rows(data, header):
     return data if stored_top_down(header) else data[..., ::-1, :]
 
 
+class FitsImageError(ValueError):
+    """A FITS file that holds no readable image: the message names the file and the problem."""
+
+
+_BITPIX = (8, 16, 32, 64, -32, -64)
+
+
+def open_input(path):
+    """Open an input FITS file (plain, gzipped or tile-compressed) for :func:`input_image_hdu`.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Returns
+    -------
+    astropy.io.fits.HDUList
+        Opened without a memory map (``memmap=False``: a truncated file must not be mapped past
+        its end); use it as a context manager.
+
+    Raises
+    ------
+    FitsImageError
+        Naming the file, when it is empty (0 bytes) or astropy cannot open it (cut inside its
+        header, not FITS).
+    OSError
+        If the file cannot be opened at all (missing, no permission).
+    """
+    if not os.path.isfile(path):
+        return fits.open(path)  # astropy's FileNotFoundError / PermissionError
+    if os.path.getsize(path) == 0:
+        raise FitsImageError(f"{path}: file is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", fits.verify.VerifyWarning)
+            # A truncated file is reported by input_image_hdu from the header's own sizes.
+            warnings.filterwarnings("ignore", message="File may have been truncated")
+            return fits.open(path, memmap=False)
+    except (OSError, ValueError, TypeError, IndexError, EOFError) as exc:
+        _stream_size(path)  # a cut gzip stream is the likely cause: say so if it is
+        raise FitsImageError(f"{path}: cannot read FITS ({type(exc).__name__}: {exc})") from exc
+
+
+def input_image_hdu(hdul, path, memory_mb=None):
+    """The first image HDU of an input FITS file, checked before its data are read.
+
+    An input file is one that comes from a camera or another program; files the workflow writes
+    itself are read by :func:`read_image`.
+
+    Parameters
+    ----------
+    hdul : astropy.io.fits.HDUList
+        The open file (:func:`open_input`).
+    path : str or os.PathLike
+        The file, for messages.
+    memory_mb : float, optional
+        Memory budget of one decoded frame (MB); default
+        :data:`astroflow.io.limits.MEMORY_MB`.
+
+    Returns
+    -------
+    astropy.io.fits.ImageHDU or PrimaryHDU or CompImageHDU
+        The first HDU whose header describes an image of at least 2 axes (a tile-compressed
+        image counts; tables do not).
+
+    Raises
+    ------
+    FitsImageError
+        Naming the file and the problem: no image HDU, NAXISn or BITPIX missing or invalid, an
+        image larger than the memory budget (refused before allocation, see
+        :func:`astroflow.io.limits.check_memory`), or data shorter than the header promises
+        (truncated file; for gzip, of the decompressed stream).
+    """
+    hdu = next((h for h in hdul if h.is_image and _int_card(h.header, "NAXIS") >= 2), None)
+    if hdu is None:
+        raise FitsImageError(f"{path}: FITS file holds no image HDU")
+    _check_hdu(hdu, path, memory_mb)
+    return hdu
+
+
+def _check_hdu(hdu, path, memory_mb):
+    """Refuse an image HDU with invalid axes, beyond the budget, or truncated: see input_image_hdu."""
+    header = hdu.header
+    naxis = _int_card(header, "NAXIS")
+    axes = [_int_card(header, f"NAXIS{i}") for i in range(1, naxis + 1)]
+    bitpix = _int_card(header, "BITPIX")
+    if min(axes) < 1 or bitpix not in _BITPIX:
+        raise FitsImageError(
+            f"{path}: FITS header gives an invalid image: NAXISn {axes}, BITPIX {bitpix}"
+        )
+    n_samples = int(np.prod(axes, dtype=np.float64))
+    claim = " x ".join(map(str, axes[::-1]))
+    check_memory(path, f"a {claim} image of BITPIX {bitpix}", n_samples, abs(bitpix) // 8 + 4,
+                 memory_mb, FitsImageError)
+    info = hdu.fileinfo()
+    if info is not None:
+        if hasattr(hdu, "compression_type"):
+            # Tile-compressed: the header describes the image, not the stored table, so rely on
+            # the padded span of the table (fpack always pads).
+            needed = info["datLoc"] + info["datSpan"]
+        else:
+            needed = info["datLoc"] + abs(bitpix) // 8 * n_samples
+        size = _stream_size(path)
+        if size < needed:
+            raise FitsImageError(
+                f"{path}: truncated FITS: file has {size} bytes, header promises {needed}"
+            )
+
+
+def _int_card(header, key):
+    value = header.get(key, 0)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        return -1
+    return int(value)
+
+
+def _stream_size(path):
+    # The bytes astropy reads: for a gzipped FITS that is the decompressed stream, not the file.
+    if not os.fspath(path).lower().endswith(".gz"):
+        return os.path.getsize(path)
+    try:
+        with gzip.open(path, "rb") as stream:
+            return stream.seek(0, io.SEEK_END)
+    except (OSError, EOFError) as exc:
+        raise FitsImageError(f"{path}: truncated or corrupt gzip stream ({exc})") from exc
+
+
 def read_image(path, hdu=0):
     """Read an image written by :func:`write_image` (or one of :func:`write_images`).
 
@@ -288,15 +421,28 @@ def read_image(path, hdu=0):
     Raises
     ------
     ValueError
-        If the file is a rejected placeholder or holds no image.
+        Naming the file: a rejected placeholder, no image, an image neither ``(H, W)`` nor
+        ``(N, H, W)``, or a file astropy cannot read (:class:`FitsImageError`).
+    OSError
+        If the file cannot be opened at all (missing, no permission).
     """
-    with fits.open(path, memmap=False) as hdul:
+    with warnings.catch_warnings(), open_input(path) as hdul:
+        # Truncation is reported by _check_hdu from the header's sizes, not by astropy's warning.
+        warnings.filterwarnings("ignore", message="File may have been truncated")
         header = hdul[hdu].header.copy()
         if is_rejected(header):
             raise ValueError(f"{path}: frame was rejected: {header.get(REASON_KEY, '?')}")
-        data = hdul[hdu].data
+        if _int_card(header, "NAXIS") >= 1:
+            # Files of the workflow may be larger than an input frame (a drizzle): no budget.
+            _check_hdu(hdul[hdu], path, math.inf)
+        try:
+            data = hdul[hdu].data
+        except (OSError, ValueError, TypeError) as exc:
+            raise FitsImageError(f"{path}: cannot read FITS data ({type(exc).__name__}: {exc})") from exc
         if data is None:
             raise ValueError(f"{path}: FITS file holds no image data")
+        if data.ndim not in (2, 3):
+            raise ValueError(f"{path}: FITS image of shape {data.shape} is neither (H, W) nor (N, H, W)")
         data = np.ascontiguousarray(top_down_rows(data, header), dtype=np.float32)
     if data.ndim == 3:
         data = np.ascontiguousarray(np.moveaxis(data, 0, 2))

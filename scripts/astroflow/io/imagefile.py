@@ -13,16 +13,18 @@ UInt8/16/32 and Float32/64 samples, planar or normal (interleaved) pixel storage
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 
-import imageio.v3 as iio
+import cv2
 import numpy as np
-import tifffile
 from astropy.io import fits
 from xisf import XISF
 
-from astroflow.io.fits import fits_text, iso_date, top_down_rows
+from astroflow.io.fits import FitsImageError, fits_text, input_image_hdu, iso_date, open_input, top_down_rows
 from astroflow.io.formats import FINISHED_IMAGE, extensions, format_of
+from astroflow.io.limits import MEMORY_MB, check_memory
+from astroflow.io.tiff import read_tiff
 
 __all__ = [
     "CARRIED_KEYWORDS",
@@ -69,22 +71,27 @@ class UnreadableImageError(ValueError):
     """An image file that cannot be read, or holds no 2-D or 3-channel image."""
 
 
-def read_finished_image(path):
+def read_finished_image(path, memory_mb=MEMORY_MB):
     """Read one image file as float32, channels last.
 
     Parameters
     ----------
     path : str or os.PathLike
-        PNG (8/16-bit), TIFF (8/16-bit or float; mono, RGB, planar RGB), FITS (first image
-        HDU; a ``(3, H, W)`` cube is RGB) or XISF (first image; Gray or RGB, UInt8/16/32 or
-        Float32/64, planar or normal pixel storage).
+        PNG (8/16-bit; grey, grey + alpha, RGB, RGBA, palette; through OpenCV), TIFF (8/16-bit
+        or float; mono, RGB, RGBA, planar RGB, palette), FITS (first image HDU, also
+        tile-compressed; BZERO/BSCALE applied; a ``(3, H, W)`` cube is RGB) or XISF (first
+        image; Gray or RGB, UInt8/16/32 or Float32/64, planar or normal pixel storage).
+    memory_mb : float, optional
+        Memory budget of the decoded image (MB, ``ingest.memory_mb``): a PNG, TIFF or FITS
+        header claiming more is refused before the data are read.
 
     Returns
     -------
     image : numpy.ndarray
         float32 ``(H, W)`` or ``(H, W, 3)``, in the file's own units (0..255, 0..65535, or the
         float values; XISF UInt32 is scaled to 0..1, PixInsight's range of every sample
-        format); alpha is dropped. Row 0 at the top: TIFF, PNG and XISF store the top row
+        format); alpha is dropped, a palette is applied (TIFF colour maps are 16-bit). Row 0 at
+        the top: TIFF, PNG and XISF store the top row
         first; FITS rows are turned as :func:`astroflow.io.fits.top_down_rows` says (stored
         bottom-up unless ``ROWORDER = 'TOP-DOWN'``).
     bits : int
@@ -93,9 +100,9 @@ def read_finished_image(path):
     Raises
     ------
     UnreadableImageError
-        Naming the file, when it cannot be read or is not a mono or RGB image (for XISF also:
-        not monolithic, not 2-D, a colour space other than Gray or RGB, an unsupported sample
-        format).
+        Naming the file, when it cannot be read or is not a mono or RGB image, holds no finite
+        pixel, or claims more than ``memory_mb`` (for XISF also: not monolithic, not 2-D, a
+        colour space other than Gray or RGB, an unsupported sample format).
     """
     path = Path(path)
     fmt = format_of(path)
@@ -103,38 +110,69 @@ def read_finished_image(path):
         raise UnreadableImageError(
             f"{path}: not an image file (looked for {', '.join(extensions(FINISHED_IMAGE))})"
         )
+    if path.is_file() and path.stat().st_size == 0:
+        raise UnreadableImageError(f"{path}: file is empty (0 bytes)")
     try:
         if fmt == "fits":
-            with fits.open(path, memmap=False) as hdul:
-                hdu = next((h for h in hdul if h.data is not None and h.data.ndim >= 2), None)
-                if hdu is None:
-                    raise UnreadableImageError(f"{path}: FITS file holds no image")
+            with open_input(path) as hdul:
+                hdu = input_image_hdu(hdul, path, memory_mb)
                 data = top_down_rows(np.asarray(hdu.data), hdu.header)
             if data.ndim == 3 and data.shape[0] in (3, 4):
                 data = np.moveaxis(data, 0, 2)
         elif fmt == "tiff":
-            data = tifffile.imread(path)
-            if data.ndim == 3 and data.shape[0] in (3, 4) and data.shape[2] not in (3, 4):
-                data = np.moveaxis(data, 0, 2)
+            data = read_tiff(path, memory_mb, UnreadableImageError)
         elif fmt == "xisf":
             data = _read_xisf(path)
         else:
-            data = iio.imread(path)
+            data = _read_png(path, memory_mb)
     except UnreadableImageError:
         raise
+    except FitsImageError as exc:
+        raise UnreadableImageError(str(exc)) from exc
     except Exception as exc:  # the readers raise many types; the user needs the file and cause
         raise UnreadableImageError(f"{path}: cannot read image: {exc}") from exc
     if data.ndim == 3 and data.shape[2] == 4:
         data = data[:, :, :3]
-    if data.ndim == 3 and data.shape[2] == 1:
-        data = data[:, :, 0]
+    if data.ndim == 3 and data.shape[2] in (1, 2):
+        data = data[:, :, 0]  # grey, or grey and alpha
     if not (data.ndim == 2 or (data.ndim == 3 and data.shape[2] == 3)):
         raise UnreadableImageError(f"{path}: not a mono or RGB image (shape {data.shape})")
     if np.issubdtype(data.dtype, np.integer):
         bits = 8 if data.dtype.itemsize == 1 else 16
     else:
         bits = 32
-    return data.astype(np.float32), bits
+    data = data.astype(np.float32)
+    if not np.isfinite(data).any():
+        raise UnreadableImageError(f"{path}: the image holds no finite pixel (all NaN or infinite)")
+    return data, bits
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Samples per pixel of the PNG colour types (a palette image is decoded to RGB).
+_PNG_SAMPLES = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}
+
+
+def _read_png(path, memory_mb):
+    """A PNG as ``(H, W)`` or ``(H, W, C)``, RGB(A) order, 8 or 16-bit as stored (OpenCV).
+
+    OpenCV keeps 16-bit colour samples, which Pillow (imageio's reader) reduces to 8 bits.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(33)
+        if len(head) < 33 or not head.startswith(_PNG_SIGNATURE) or head[12:16] != b"IHDR":
+            raise UnreadableImageError(f"{path}: not a PNG file (no PNG signature and IHDR header)")
+        width, height, depth, colour_type = struct.unpack(">IIBB", head[16:26])
+        check_memory(path, f"a {width} x {height} px PNG image", width * height * _PNG_SAMPLES.get(colour_type, 4),
+                     (2 if depth == 16 else 1) + 4, memory_mb, UnreadableImageError)
+    # Mapped, not read: a file with gigabytes after its image costs only the pages decoded.
+    image = cv2.imdecode(np.memmap(path, dtype=np.uint8, mode="r"), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise UnreadableImageError(f"{path}: cannot read image: OpenCV cannot decode the PNG (truncated or corrupt)")
+    if image.ndim == 3 and colour_type in (0, 4):
+        image = image[..., 0]  # grey that OpenCV expanded to BGR(A)
+    elif image.ndim == 3 and image.shape[2] >= 3:
+        image = image[..., [2, 1, 0, 3][: image.shape[2]]]  # BGR(A) -> RGB(A)
+    return image
 
 
 def read_finished_header(path):
@@ -164,7 +202,7 @@ def read_finished_header(path):
     header = fits.Header()
     try:
         if fmt == "fits":
-            with fits.open(path, memmap=False) as hdul:
+            with open_input(path) as hdul:
                 images = (h.header for h in hdul if h.is_image and h.header.get("NAXIS", 0) >= 2)
                 source = next(images, fits.Header())
                 values = {key: source[key] for key in CARRIED_KEYWORDS if key in source}

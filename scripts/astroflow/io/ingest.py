@@ -13,8 +13,6 @@ DNG, ARW, PEF, SRW, ORF, RW2, TIFF), which rawpy does not expose.
 
 from __future__ import annotations
 
-import gzip
-import io
 import logging
 import os
 import warnings
@@ -22,16 +20,17 @@ from pathlib import Path
 
 import numpy as np
 import rawpy
-import tifffile
-from astropy.io import fits
 from PIL import ExifTags, Image
 
 from astroflow import __version__
 from astroflow.calibration.debayer import BAYER_PATTERNS
 from astroflow.io.fits import (
     ROWORDER_KEY,
+    FitsImageError,
     fits_text,
+    input_image_hdu,
     iso_date,
+    open_input,
     parsable_header,
     read_header,
     top_down_rows,
@@ -39,6 +38,8 @@ from astroflow.io.fits import (
     write_rejected,
 )
 from astroflow.io.formats import DEEP_SKY_FRAME, extensions, format_of
+from astroflow.io.limits import DECODE_TIMEOUT_S, MEMORY_MB, DecodeTimeoutError, call_with_timeout, check_memory
+from astroflow.io.tiff import read_tiff
 from astroflow.workflow.provenance import sha256_file  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ class UnreadableFrameError(ValueError):
     """
 
 
-def read_frame(path):
+def read_frame(path, memory_mb=MEMORY_MB, decode_timeout_s=DECODE_TIMEOUT_S):
     """Read one frame as float32 ADU with its metadata as FITS keywords.
 
     Parameters
@@ -110,13 +111,21 @@ def read_frame(path):
         FITS (``.fits``, ``.fit``, ``.fts``, optionally ``.fz`` tile-compressed or gzipped,
         through astropy) or TIFF (``.tif``, ``.tiff``, through tifffile). The format comes from
         the extension, case-insensitive.
+    memory_mb : float, optional
+        Memory budget of the decoded frame (MB, ``ingest.memory_mb``): a file whose header
+        claims a larger image is refused before its data are read
+        (:func:`astroflow.io.limits.check_memory`).
+    decode_timeout_s : float, optional
+        Time limit (s, ``ingest.decode_timeout_s``) of LibRaw's decoding of a RAW mosaic
+        (:func:`astroflow.io.limits.call_with_timeout`).
 
     Returns
     -------
     data : numpy.ndarray
         float32 ADU, ``(H, W)`` for a mono image or a CFA mosaic, ``(H, W, 3)`` for RGB.
         RAW: LibRaw's visible area exactly as recorded (``raw_image_visible``), no demosaic and
-        no black subtraction. FITS: BZERO/BSCALE applied (SBIG uint16 with BZERO 32768 gives
+        no black subtraction. TIFF: a palette image becomes RGB through its colour map
+        (16-bit values); alpha is dropped. FITS: BZERO/BSCALE applied (SBIG uint16 with BZERO 32768 gives
         0..65535 ADU); rows turned top row first, the first row stored being the bottom one
         unless ``ROWORDER = 'TOP-DOWN'`` (:func:`astroflow.io.fits.top_down_rows`); a
         ``(3, H, W)`` cube becomes ``(H, W, 3)``.
@@ -147,8 +156,9 @@ def read_frame(path):
     ------
     UnreadableFrameError
         A ValueError naming the file and the problem: unknown extension, empty, truncated or
-        corrupt file, no image inside, or an image layout that is not ``(H, W)`` or
-        ``(H, W, 3)``.
+        corrupt file, no image inside, an image layout that is not ``(H, W)`` or
+        ``(H, W, 3)``, no finite pixel (all NaN or infinite), a header claiming an image larger
+        than ``memory_mb``, or RAW decoding longer than ``decode_timeout_s``.
     OSError
         If the file cannot be opened at all (missing, no permission).
     """
@@ -162,12 +172,14 @@ def read_frame(path):
         )
     if path.stat().st_size == 0:
         raise UnreadableFrameError(f"{path}: file is empty (0 bytes)")
-    data, meta = reader(path)
+    data, meta = reader(path, memory_mb, decode_timeout_s)
+    if not np.isfinite(data).any():
+        raise UnreadableFrameError(f"{path}: the image holds no finite pixel (all NaN or infinite)")
     meta.update(_naxis(data))
     return data, meta
 
 
-def ingest_frame(path, frame_type, out_path):
+def ingest_frame(path, frame_type, out_path, memory_mb=MEMORY_MB, decode_timeout_s=DECODE_TIMEOUT_S):
     """Convert one input frame into the workflow's float32 FITS, or a rejected placeholder.
 
     Parameters
@@ -180,6 +192,8 @@ def ingest_frame(path, frame_type, out_path):
         (the SBIG dome flats say ``'Light Frame'``).
     out_path : str or os.PathLike
         FITS file to write (parent folders are created).
+    memory_mb, decode_timeout_s : float, optional
+        The limits of :func:`read_frame`; a frame beyond them is rejected with the reason.
 
     Returns
     -------
@@ -202,7 +216,7 @@ def ingest_frame(path, frame_type, out_path):
     provenance = {"IMAGETYP": imagetyp, "SRCFILE": fits_text(os.fspath(path))}
     try:
         provenance["SRCSHA"] = sha256_file(path)
-        data, meta = read_frame(path)
+        data, meta = read_frame(path, memory_mb, decode_timeout_s)
     except (UnreadableFrameError, OSError) as exc:
         reason = fits_text(str(exc) if isinstance(exc, UnreadableFrameError) else f"{path}: {exc}")
         log.warning("rejected: %s", reason)
@@ -214,23 +228,42 @@ def ingest_frame(path, frame_type, out_path):
     return read_header(out_path)
 
 
-def _read_raw(path):
+def _read_raw(path, memory_mb, timeout_s):
+    raw, stuck = None, False
     try:
-        with rawpy.imread(os.fspath(path)) as raw:
-            if raw.raw_type != rawpy.RawType.Flat:
-                raise UnreadableFrameError(f"{path}: not a CFA raw (LibRaw raw type {raw.raw_type.name})")
-            data = raw.raw_image_visible.astype(np.float32)
-            colours = raw.raw_colors_visible[:2, :2].copy()
-            desc = raw.color_desc.decode("ascii", "replace")
-            black = [float(b) for b in raw.black_level_per_channel]
-            white = int(raw.white_level)
-            other = raw.other
-            exposure, iso, stamp = float(other.shutter_speed), float(other.iso_speed), other.timestamp
-            camera_wb = [float(v) for v in raw.camera_whitebalance[:3]]
+        raw = rawpy.imread(os.fspath(path))
+        sizes = raw.sizes
+        # LibRaw's 16-bit mosaic and its colour map, and our float32 copy of the visible area.
+        check_memory(path, f"a {sizes.raw_width} x {sizes.raw_height} px raw mosaic",
+                     sizes.raw_width * sizes.raw_height, 2 + 1 + 4, memory_mb, UnreadableFrameError)
+        try:
+            call_with_timeout(raw.unpack, timeout_s)
+        except DecodeTimeoutError as exc:
+            # The decoder still runs in its thread: its LibRaw handle must not be closed under it.
+            stuck = True
+            raise UnreadableFrameError(
+                f"{path}: LibRaw was {exc} decoding the mosaic, the time limit "
+                "(ingest.decode_timeout_s); a damaged RAW file?"
+            ) from None
+        if raw.raw_type != rawpy.RawType.Flat:
+            raise UnreadableFrameError(f"{path}: not a CFA raw (LibRaw raw type {raw.raw_type.name})")
+        data = raw.raw_image_visible.astype(np.float32)
+        colours = raw.raw_colors_visible[:2, :2].copy()
+        desc = raw.color_desc.decode("ascii", "replace")
+        black = [float(b) for b in raw.black_level_per_channel]
+        white = int(raw.white_level)
+        other = raw.other
+        exposure, iso, stamp = float(other.shutter_speed), float(other.iso_speed), other.timestamp
+        camera_wb = [float(v) for v in raw.camera_whitebalance[:3]]
     except rawpy.LibRawError as exc:
+        # LibRaw says "Input/output error" when the data end before the mosaic does.
+        hint = "; the file is truncated or damaged" if isinstance(exc, rawpy.LibRawIOError) else ""
         raise UnreadableFrameError(
-            f"{path}: cannot read camera RAW ({type(exc).__name__}: {_libraw_message(exc)})"
+            f"{path}: cannot read camera RAW ({type(exc).__name__}: {_libraw_message(exc)}){hint}"
         ) from exc
+    finally:
+        if raw is not None and not stuck:
+            raw.close()
     meta = {}
     pattern = "".join(desc[c] for c in colours.ravel())
     if pattern in BAYER_PATTERNS:
@@ -259,16 +292,14 @@ def _read_raw(path):
     return data, meta
 
 
-def _read_fits(path):
-    size = _fits_stream_size(path)
+def _read_fits(path, memory_mb, timeout_s):
     try:
         with warnings.catch_warnings():
-            # Truncation is detected below from the header's own sizes; astropy's warning
-            # about it would only repeat that.
+            # Truncation is detected by input_image_hdu from the header's own sizes; astropy's
+            # warning about it would only repeat that.
             warnings.filterwarnings("ignore", message="File may have been truncated")
-            with fits.open(path, memmap=False) as hdul:
-                hdu = _first_image_hdu(hdul, path)
-                _check_fits_complete(hdu, size, path)
+            with open_input(path) as hdul:
+                hdu = input_image_hdu(hdul, path, memory_mb)
                 header, dropped = parsable_header(hdu.header)
                 if dropped:
                     log.warning("%s: unparsable header cards %s omitted", path, ", ".join(dropped))
@@ -278,6 +309,8 @@ def _read_fits(path):
                 data = np.ascontiguousarray(top_down_rows(raw, header), dtype=np.float32)
     except UnreadableFrameError:
         raise
+    except FitsImageError as exc:
+        raise UnreadableFrameError(str(exc)) from exc
     except (OSError, ValueError, TypeError, IndexError, fits.VerifyError) as exc:
         raise UnreadableFrameError(f"{path}: cannot read FITS ({type(exc).__name__}: {exc})") from exc
     if data.ndim == 3 and data.shape[0] == 3:
@@ -292,64 +325,13 @@ def _read_fits(path):
     return data, meta
 
 
-def _fits_stream_size(path):
-    # The completeness check compares the header's promise with the bytes astropy reads: for a
-    # gzipped FITS that is the decompressed stream, not the file on disk.
-    if not path.name.lower().endswith(".gz"):
-        return path.stat().st_size
-    try:
-        with gzip.open(path, "rb") as stream:
-            return stream.seek(0, io.SEEK_END)
-    except (OSError, EOFError) as exc:
-        raise UnreadableFrameError(f"{path}: truncated or corrupt gzip stream ({exc})") from exc
-
-
-def _first_image_hdu(hdul, path):
-    for hdu in hdul:
-        if hdu.is_image and hdu.header.get("NAXIS", 0) >= 2:
-            return hdu
-    raise UnreadableFrameError(f"{path}: FITS file holds no image HDU")
-
-
-def _check_fits_complete(hdu, size, path):
-    # astropy may only warn about a truncated file and then hand back short or garbage data,
-    # so compare the file size with what the header promises.
-    info = hdu.fileinfo()
-    if info is None:
-        return
-    header = hdu.header
-    if hasattr(hdu, "compression_type"):
-        # Tile-compressed: the header describes the image, not the stored table, so rely on
-        # the padded span of the table (fpack always pads).
-        needed = info["datLoc"] + info["datSpan"]
-    else:
-        n_pixels = int(np.prod([header.get(f"NAXIS{i}", 0) for i in range(1, header["NAXIS"] + 1)]))
-        needed = info["datLoc"] + abs(header["BITPIX"]) // 8 * n_pixels
-    if size < needed:
-        raise UnreadableFrameError(f"{path}: truncated FITS: file has {size} bytes, header promises {needed}")
-
-
-def _read_tiff(path):
-    size = path.stat().st_size
-    try:
-        with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            for page in series.pages:
-                ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts, strict=True)]
-                if ends and max(ends) > size:
-                    raise UnreadableFrameError(
-                        f"{path}: truncated TIFF: image data end at byte {max(ends)}, file has {size}"
-                    )
-            data = series.asarray()
-    except UnreadableFrameError:
-        raise
-    except (OSError, ValueError, IndexError) as exc:
-        raise UnreadableFrameError(f"{path}: cannot read TIFF ({type(exc).__name__}: {exc})") from exc
-    if data.ndim == 3 and data.shape[0] in (3, 4) and data.shape[2] not in (3, 4):
-        data = np.moveaxis(data, 0, 2)
+def _read_tiff(path, memory_mb, timeout_s):
+    data = read_tiff(path, memory_mb, UnreadableFrameError)
     if data.ndim == 3 and data.shape[2] in (3, 4):
         # A fourth channel is alpha, not light.
         data = data[:, :, :3]
+    elif data.ndim == 3 and data.shape[2] == 2:
+        data = data[:, :, 0]  # grey and alpha
     elif data.ndim != 2:
         raise UnreadableFrameError(
             f"{path}: TIFF image of shape {data.shape} is neither (H, W) nor (H, W, 3)"

@@ -40,6 +40,14 @@ import numpy as np
 
 from astroflow.io.atomic import atomic_write
 from astroflow.io.formats import SEQUENCE_CONTAINER, SEQUENCE_FRAME, extensions, format_of, readable
+from astroflow.io.limits import (
+    DECODE_TIMEOUT_S,
+    MEMORY_MB,
+    DecodeTimeoutError,
+    call_with_timeout,
+    check_memory,
+    iterate_with_timeout,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +77,14 @@ _DEBAYER_CODES = {
     "bayer_gbrg": cv2.COLOR_BayerGBRG2RGB,
     "bayer_bggr": cv2.COLOR_BayerBGGR2RGB,
 }
+# A header's frame count that the file does not hold is believed (the missing frames listed as
+# truncated) up to this many frames: ten times the longest planetary captures (FireCapture at
+# 400 fps for 4 minutes is ~100 000 frames). Beyond it, only the frames present are listed, so
+# that a header claiming 2**31 frames costs no 2**31 frame names.
+MAX_DECLARED_FRAMES = 1_000_000
 # SER times are 100 ns ticks since 0001-01-01 00:00:00.
 _TICKS_EPOCH = dt.datetime(1, 1, 1)
 _TICKS_PER_SECOND = 10_000_000
-# A SER file that holds fewer frames than its header declares lists the missing ones as
-# truncated frames, up to this many (or as many as it holds, if more); a FrameCount further off
-# is corrupt and only the frames present are read.
-_SER_MAX_MISSING = 10_000
 
 
 class UnreadableSequenceError(ValueError):
@@ -200,7 +209,7 @@ class FrameSequence:
         raise NotImplementedError
 
 
-def open_sequence(paths) -> FrameSequence:
+def open_sequence(paths, memory_mb=MEMORY_MB, decode_timeout_s=DECODE_TIMEOUT_S) -> FrameSequence:
     """Open a video, a SER file or a list of image files as a frame sequence.
 
     Only headers are read (and, for videos, the compressed packets counted and the first frame
@@ -214,6 +223,13 @@ def open_sequence(paths) -> FrameSequence:
         any case), which become a sequence in the
         given order (names may contain spaces); or one folder, which stands for its image files in
         natural name order (``frame2`` before ``frame10``).
+    memory_mb : float, optional
+        Memory budget of one decoded frame (MB, ``ingest.memory_mb``): a SER or video whose
+        frames would need more is refused at opening; an image file whose header claims more is
+        an unusable frame. Checked on the headers, before any allocation.
+    decode_timeout_s : float, optional
+        Time limit (s, ``ingest.decode_timeout_s``) of decoding one video frame: a decoder that
+        hangs costs the frames from that one on, reported ``"undecodable: ..."``.
 
     Returns
     -------
@@ -224,20 +240,18 @@ def open_sequence(paths) -> FrameSequence:
     UnreadableSequenceError
         Naming the file: for no input, a missing file, an unknown extension, a video or SER file
         given with other inputs, a SER file whose header is not SER or whose colour format is not
-        supported, a SER file whose header declares frames of which it holds none and more
-        than :data:`_SER_MAX_MISSING` (a corrupt FrameCount), a video that FFmpeg cannot open or
-        decode or that has no video stream, no frames at all, or image files none of which can
-        be read.
+        supported, a SER or video whose frames exceed ``memory_mb``, a video that FFmpeg cannot
+        open or decode or that has no video stream, no frames at all, or image files none of
+        which can be read.
 
     Notes
     -----
     A video's frame count is the number of compressed video packets; when the container's header
     declares more frames than there are packets (a truncated file), the declared count is used and
-    the missing frames are reported as ``"truncated: ..."`` by :meth:`FrameSequence.frames`.
-    A SER file that holds fewer frames than its header's FrameCount is read the same way, its
-    missing frames reported as truncated, unless they number more than 10 000 and more than the
-    frames present: such a FrameCount is corrupt, and only the frames present are read (with a
-    warning).
+    the missing frames are reported as ``"truncated: ..."`` by :meth:`FrameSequence.frames`. The
+    same holds for SER files, whose frames present are the complete frames in the file. A
+    declared count above :data:`MAX_DECLARED_FRAMES` that the file does not hold is not
+    believed: only the frames present are listed.
     A video is mono when its pixel format is grey or when the first frame's chroma is neutral
     (YUV with the U and V planes all within 2 of mid-scale, 128 for 8-bit; other formats with R, G
     and B within 2 of each other); mono frames are the luma plane Y as stored, which for most
@@ -270,13 +284,15 @@ def open_sequence(paths) -> FrameSequence:
             raise UnreadableSequenceError(
                 f"{folder}: the folder holds no image files ({' '.join(extensions(SEQUENCE_FRAME))})"
             )
-        return _ImageSequence(paths, source=folder)
+        return _ImageSequence(paths, source=folder, memory_mb=memory_mb)
     kinds = []
     for path in paths:
         if os.path.isdir(path):
             raise UnreadableSequenceError(f"{path}: is a folder; give one folder alone or a list of files")
         if not os.path.isfile(path):
             raise UnreadableSequenceError(f"{path}: no such file")
+        if os.path.getsize(path) == 0 and _kind(path) in SEQUENCE_CONTAINER:
+            raise UnreadableSequenceError(f"{path}: file is empty (0 bytes)")
         kind = _kind(path)
         if kind is None:
             known = " ".join(extensions(SEQUENCE_CONTAINER + SEQUENCE_FRAME))
@@ -292,8 +308,19 @@ def open_sequence(paths) -> FrameSequence:
                 "inputs were given (videos and SER files cannot be mixed with each other or with images)"
             )
         path = paths[0]
-        return _SerSequence(path) if kinds[0] == "ser" else _VideoSequence(path)
-    return _ImageSequence(paths, source=_common_folder(paths))
+        if kinds[0] == "ser":
+            return _SerSequence(path, memory_mb)
+        return _VideoSequence(path, memory_mb, decode_timeout_s)
+    return _ImageSequence(paths, source=_common_folder(paths), memory_mb=memory_mb)
+
+
+def _believed_count(path, present, declared):
+    """The frame count of a container: ``declared``, unless the file cannot hold that absurd a count."""
+    if declared > present and declared > MAX_DECLARED_FRAMES:
+        log.warning("%s: the header declares %d frames, more than %d, but the file holds %d; "
+                    "listing those", path, declared, MAX_DECLARED_FRAMES, present)
+        return present
+    return declared
 
 
 def _kind(path):
@@ -358,7 +385,7 @@ def _ser_text(raw):
 class _SerSequence(FrameSequence):
     """Frames of a SER file, read through a ``numpy.memmap`` of its image data."""
 
-    def __init__(self, path):
+    def __init__(self, path, memory_mb=MEMORY_MB):
         self._path = path
         size = os.path.getsize(path)
         with open(path, "rb") as fh:
@@ -394,6 +421,11 @@ class _SerSequence(FrameSequence):
             # Byte order: see write_ser. 0 = little-endian (what capture programs write), else big.
             dtype = np.dtype("<u2") if endian_flag == 0 else np.dtype(">u2")
         frame_bytes = width * height * planes * dtype.itemsize
+        # One frame is mapped, then held as float32 (and, for a Bayer mosaic, as uint16 and as
+        # float32 RGB): refuse an absurd size before any of that.
+        per_pixel = (dtype.itemsize + 2 + 12) if kind in _DEBAYER_CODES else planes * (dtype.itemsize + 4)
+        check_memory(path, f"{width} x {height} px frames of {depth} bits ({kind})", width * height,
+                     per_pixel, memory_mb, UnreadableSequenceError)
         complete = (size - _SER_HEADER.size) // frame_bytes
         if declared == 0:
             if complete == 0:
@@ -402,19 +434,12 @@ class _SerSequence(FrameSequence):
             log.warning("%s: SER header says FrameCount 0 but the file holds %d frames; reading those",
                         path, complete)
             declared = complete
+        declared = _believed_count(path, complete, declared)
+        if declared == 0:  # an absurd FrameCount and not one complete frame (found by fuzzing)
+            raise UnreadableSequenceError(
+                f"{path}: the SER file holds no complete frame of {width}x{height} ({size} bytes)"
+            )
         complete = min(complete, declared)
-        if declared - complete > max(complete, _SER_MAX_MISSING):
-            # Not a cut copy but a corrupt FrameCount (2**31 - 1 frames of a 200-byte file):
-            # listing every missing frame would take hours and gigabytes (found by fuzzing).
-            if complete == 0:
-                raise UnreadableSequenceError(
-                    f"{path}: SER header declares {declared} frames of {width}x{height} but the "
-                    f"file ({size} bytes) holds no complete frame"
-                )
-            log.warning("%s: SER header declares %d frames but the file holds only %d; the "
-                        "FrameCount is corrupt, reading the %d frames present",
-                        path, declared, complete, complete)
-            declared = complete
         if complete < declared:
             log.warning("%s: the SER file is truncated: it holds %d complete frames of the %d its "
                         "header declares", path, complete, declared)
@@ -599,9 +624,10 @@ def _plane_array(plane, bits, big_endian=False):
 class _VideoSequence(FrameSequence):
     """Frames of a video file, decoded in order with PyAV."""
 
-    def __init__(self, path):
+    def __init__(self, path, memory_mb=MEMORY_MB, timeout_s=DECODE_TIMEOUT_S):
         av = _import_av()
         self._path = path
+        self._timeout = timeout_s
         errors = (av.error.FFmpegError, OSError, ValueError)
         try:
             container = av.open(path)
@@ -611,6 +637,10 @@ class _VideoSequence(FrameSequence):
             if not container.streams.video:
                 raise UnreadableSequenceError(f"{path}: the file has no video stream")
             stream = container.streams.video[0]
+            # Decoded as RGB of up to 16 bits, then float32: refuse an absurd size before decoding.
+            width, height = int(stream.width or 0), int(stream.height or 0)
+            check_memory(path, f"{width} x {height} px video frames", width * height * 3, 2 + 4,
+                         memory_mb, UnreadableSequenceError)
             declared = max(int(stream.frames or 0), 0)
             packets = 0
             try:
@@ -632,8 +662,15 @@ class _VideoSequence(FrameSequence):
         if declared > packets:
             log.warning("%s: the video holds %d frames but its header declares %d (truncated file?)",
                         path, packets, declared)
+        declared = _believed_count(path, packets, declared)
         self._packets = packets
-        first = self._first_frame(av)
+        try:
+            first = call_with_timeout(self._first_frame, timeout_s, av)
+        except DecodeTimeoutError as exc:
+            raise UnreadableSequenceError(
+                f"{path}: the decoder was {exc} decoding the first video frame, the time limit "
+                "(ingest.decode_timeout_s)"
+            ) from None
         self._mode, bits = _video_mode(first)
         height, width = first.height, first.width
         shape = (height, width) if self._mode in ("plane", "rgb_as_mono") else (height, width, 3)
@@ -681,6 +718,21 @@ class _VideoSequence(FrameSequence):
         return Frame(index, name, self._path, self._image(frame), "", stamp)
 
     def _frames(self, wanted):
+        last = -1
+        try:
+            for frame in iterate_with_timeout(lambda: self._decoded(wanted), self._timeout):
+                last = frame.index
+                yield frame
+        except DecodeTimeoutError as exc:
+            log.warning("%s: decoding stopped after frame %d: the decoder was %s", self._path, last, exc)
+            reason = (f"undecodable: the decoder was {exc} before this frame, the time limit "
+                      "(ingest.decode_timeout_s)")
+            for i in range(len(self)) if wanted is None else wanted:
+                if i > last:
+                    yield Frame(i, self.names[i], self._path, None, reason)
+
+    def _decoded(self, wanted):
+        """The frames, decoded in this (the decoding) thread; see :meth:`_frames`."""
         av = _import_av()
         errors = (av.error.FFmpegError, OSError, ValueError)
         want = None if wanted is None else set(wanted)
@@ -786,9 +838,15 @@ class _ImageKind:
     bits: int
 
 
-def _probe_image(path):
-    """Size, channels and sample depth of an image file from its header alone."""
+def _probe_image(path, memory_mb):
+    """Size, channels and sample depth of an image file from its header alone.
+
+    Raises ValueError (its message naming the problem) for a file that cannot be used, among
+    them one whose header claims more than ``memory_mb``.
+    """
     fmt = format_of(path)
+    if os.path.getsize(path) == 0:
+        raise ValueError("file is empty (0 bytes)")
     if fmt == "png":
         with open(path, "rb") as fh:
             head = fh.read(33)
@@ -796,6 +854,8 @@ def _probe_image(path):
             raise ValueError("not a PNG file (no PNG signature and IHDR header)")
         width, height, depth, colour_type = struct.unpack(">IIBB", head[16:26])
         channels = 1 if colour_type in (0, 4) else 3
+        check_memory(path, f"a {width} x {height} px PNG image", width * height * (channels + 1),
+                     (2 if depth == 16 else 1) + 4, memory_mb)
         return _ImageKind(height, width, channels, 16 if depth == 16 else 8)
     if fmt == "jpeg":
         from PIL import Image
@@ -804,53 +864,38 @@ def _probe_image(path):
             if image.format != "JPEG":
                 raise ValueError(f"not a JPEG file (PIL reads it as {image.format})")
             width, height = image.size
+            check_memory(path, f"a {width} x {height} px JPEG image", width * height * 3, 1 + 4, memory_mb)
             return _ImageKind(height, width, 1 if image.mode in ("L", "I", "I;16") else 3, 8)
     if fmt == "tiff":
         import tifffile
 
+        from astroflow.io.tiff import tiff_layout
+
         with tifffile.TiffFile(path) as tif:
-            page = tif.pages.first
-            samples = page.samplesperpixel
-            channels = 3 if samples >= 3 else 1
-            return _ImageKind(page.imagelength, page.imagewidth, channels,
-                              _bits_of(page.dtype, page.bitspersample))
+            height, width, samples, bits = tiff_layout(tif.pages.first)
+        check_memory(path, f"a {width} x {height} px TIFF image", width * height * max(samples, 3),
+                     bits // 8 + 4, memory_mb)
+        return _ImageKind(height, width, 3 if samples >= 3 else 1, bits)
     # FITS
-    header = _fits_image_header(path)
-    naxis = header.get("NAXIS", 0)
-    planes = header.get("NAXIS3", 1) if naxis >= 3 else 1
-    if naxis > 3 or planes not in (1, 3):
-        raise ValueError(f"unsupported FITS image of NAXIS {naxis} with {planes} planes (expected 1 or 3)")
-    bitpix = header["BITPIX"]
-    bits = 8 if bitpix == 8 else 16 if bitpix == 16 else 32
-    return _ImageKind(header["NAXIS2"], header["NAXIS1"], 1 if planes == 1 else 3, bits)
+    from astroflow.io.fits import input_image_hdu, open_input
+
+    with open_input(path) as hdul:
+        header = input_image_hdu(hdul, path, memory_mb).header
+        naxis = header.get("NAXIS", 0)
+        planes = header.get("NAXIS3", 1) if naxis >= 3 else 1
+        if naxis > 3 or planes not in (1, 3):
+            raise ValueError(f"unsupported FITS image of NAXIS {naxis} with {planes} planes (expected 1 or 3)")
+        bitpix = header["BITPIX"]
+        bits = 8 if bitpix == 8 else 16 if bitpix == 16 else 32
+        return _ImageKind(header["NAXIS2"], header["NAXIS1"], 1 if planes == 1 else 3, bits)
 
 
-def _bits_of(dtype, bits):
-    dtype = np.dtype(dtype)
-    if dtype.kind == "f" or dtype.itemsize >= 4:
-        return 32
-    return 16 if dtype.itemsize == 2 or bits > 8 else 8
-
-
-def _fits_image_hdu_index(hdul):
-    for k, hdu in enumerate(hdul):
-        if hdu.header.get("NAXIS", 0) >= 2 and hdu.is_image:
-            return k
-    raise ValueError("no image HDU in the FITS file")
-
-
-def _fits_image_header(path):
-    from astropy.io import fits
-
-    with fits.open(path, lazy_load_hdus=True) as hdul:
-        return hdul[_fits_image_hdu_index(hdul)].header.copy()
-
-
-def _read_image(path, kind):
+def _read_image(path, kind, memory_mb):
     """Pixel data of an image file as float32 (H, W) or (H, W, 3)."""
     fmt = format_of(path)
     if fmt in ("png", "jpeg"):
-        image = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+        # Mapped, not read: a file with gigabytes after its image costs only the pages decoded.
+        image = cv2.imdecode(np.memmap(path, dtype=np.uint8, mode="r"), cv2.IMREAD_UNCHANGED)
         if image is None:
             raise ValueError("OpenCV cannot decode the file")
         if image.ndim == 3:
@@ -859,28 +904,25 @@ def _read_image(path, kind):
             else:
                 image = image[..., 2::-1]  # BGR(A) -> RGB
     elif fmt == "tiff":
-        import tifffile
+        from astroflow.io.tiff import read_tiff
 
-        with tifffile.TiffFile(path) as tif:
-            page = tif.pages.first
-            image = page.asarray()
-            if image.ndim == 3 and page.axes.startswith("S"):
-                image = np.moveaxis(image, 0, -1)
+        image = read_tiff(path, memory_mb)
         if image.ndim == 3:
             image = image[..., 0] if kind.channels == 1 else image[..., :3]
     else:
-        from astropy.io import fits
+        from astroflow.io.fits import input_image_hdu, open_input, top_down_rows
 
-        from astroflow.io.fits import top_down_rows
-
-        with fits.open(path, memmap=False) as hdul:
-            hdu = hdul[_fits_image_hdu_index(hdul)]
+        with open_input(path) as hdul:
+            hdu = input_image_hdu(hdul, path, memory_mb)
             image = top_down_rows(np.asarray(hdu.data), hdu.header)
         if image.ndim == 3:
             image = image[0] if image.shape[0] == 1 else np.moveaxis(image, 0, -1)
     if image.ndim not in (2, 3):
         raise ValueError(f"unexpected image array of shape {image.shape}")
-    return np.array(image, dtype=np.float32, order="C")
+    image = np.array(image, dtype=np.float32, order="C")
+    if not np.isfinite(image).any():
+        raise ValueError("the image holds no finite pixel (all NaN or infinite)")
+    return image
 
 
 def _kind_difference(kind, common):
@@ -898,12 +940,13 @@ def _kind_difference(kind, common):
 class _ImageSequence(FrameSequence):
     """Frames stored one per image file."""
 
-    def __init__(self, paths, source):
+    def __init__(self, paths, source, memory_mb=MEMORY_MB):
         self._paths = list(paths)
+        self._memory_mb = memory_mb
         self._kinds, self._reasons = [], []
         for path in self._paths:
             try:
-                kind = _probe_image(path)
+                kind = _probe_image(path, self._memory_mb)
                 reason = ""
             except Exception as exc:  # any failure of a reader on a bad file
                 kind, reason = None, f"unreadable: {_message(exc)}"
@@ -932,7 +975,7 @@ class _ImageSequence(FrameSequence):
             path, reason, image = self._paths[i], self._reasons[i], None
             if not reason:
                 try:
-                    image = _read_image(path, self._common)
+                    image = _read_image(path, self._common, self._memory_mb)
                 except Exception as exc:  # any failure of a reader on a bad file
                     reason = f"unreadable: {_message(exc)}"
                 else:
