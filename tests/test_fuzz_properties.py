@@ -144,6 +144,9 @@ cards = st.lists(st.tuples(st.sampled_from(KEYWORDS), values), max_size=8)
 @example([("BAYERPAT", "'RGGB'"), ("XBAYROFF", "1e400")])  # OverflowError in int(float('inf'))
 @example([("DATE-OBS", "'0001-01-01T00:00:00+05:00'")])  # OverflowError in astimezone
 @example([("XBINNING", "2.5"), ("YBINNING", "-1")])  # not binnings
+# found by atheris (make fuzz) in the merge of main: BZERO without a value fails astropy's
+# scaling, and the except clause meant to reject the frame named an unimported module (NameError)
+@example([("BZERO", "")])
 @example([("FILTER", "1e400")])  # Inf in a keyword taken as text, the same
 @example([("EXPTIME", "'nan'")])  # NaN as a string, converted by float(): the same
 @FUZZ

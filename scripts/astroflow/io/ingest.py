@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import rawpy
+from astropy.io.fits.verify import VerifyError
 from PIL import ExifTags, Image
 
 from astroflow import __version__
@@ -311,7 +312,7 @@ def _read_fits(path, memory_mb, timeout_s):
         raise
     except FitsImageError as exc:
         raise UnreadableFrameError(str(exc)) from exc
-    except (OSError, ValueError, TypeError, IndexError, fits.VerifyError) as exc:
+    except (OSError, ValueError, TypeError, IndexError, VerifyError) as exc:
         raise UnreadableFrameError(f"{path}: cannot read FITS ({type(exc).__name__}: {exc})") from exc
     if data.ndim == 3 and data.shape[0] == 3:
         data = np.ascontiguousarray(np.moveaxis(data, 0, 2))
