@@ -77,8 +77,8 @@ ser_files = st.one_of(
 
 
 # Crashes found: a FrameCount of 2**31 - 1 in a file of one 4x4 frame made the reader list
-# 2**31 - 1 frame names (a hang of minutes, then MemoryError; fixed on main by i15-readers'
-# MAX_DECLARED_FRAMES); with less than one frame in the file, that fix gave a sequence of no
+# 2**31 - 1 frame names (a hang of minutes, then MemoryError; fixed by the believed-count rule,
+# MAX_MISSING_FRAMES); with less than one frame in the file, that fix gave a sequence of no
 # frames instead of the error.
 @example(ser_bytes(count=2**31 - 1, tail=bytes(16)))
 @example(ser_bytes(count=2**31 - 1, tail=bytes(15)))

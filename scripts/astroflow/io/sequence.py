@@ -78,10 +78,11 @@ _DEBAYER_CODES = {
     "bayer_bggr": cv2.COLOR_BayerBGGR2RGB,
 }
 # A header's frame count that the file does not hold is believed (the missing frames listed as
-# truncated) up to this many frames: ten times the longest planetary captures (FireCapture at
-# 400 fps for 4 minutes is ~100 000 frames). Beyond it, only the frames present are listed, so
-# that a header claiming 2**31 frames costs no 2**31 frame names.
-MAX_DECLARED_FRAMES = 1_000_000
+# truncated) while the missing frames are at most this many, or at most as many as those
+# present: a file cut short of its end. Beyond that the count itself is corrupt and only the
+# frames present are listed, so that a 200-byte header claiming 2**31 (or a million) frames
+# costs no list of missing frame names (found by fuzzing).
+MAX_MISSING_FRAMES = 10_000
 # SER times are 100 ns ticks since 0001-01-01 00:00:00.
 _TICKS_EPOCH = dt.datetime(1, 1, 1)
 _TICKS_PER_SECOND = 10_000_000
@@ -250,8 +251,8 @@ def open_sequence(paths, memory_mb=MEMORY_MB, decode_timeout_s=DECODE_TIMEOUT_S)
     declares more frames than there are packets (a truncated file), the declared count is used and
     the missing frames are reported as ``"truncated: ..."`` by :meth:`FrameSequence.frames`. The
     same holds for SER files, whose frames present are the complete frames in the file. A
-    declared count above :data:`MAX_DECLARED_FRAMES` that the file does not hold is not
-    believed: only the frames present are listed.
+    declared count that misses more frames than the file holds and more than
+    :data:`MAX_MISSING_FRAMES` is not believed: only the frames present are listed.
     A video is mono when its pixel format is grey or when the first frame's chroma is neutral
     (YUV with the U and V planes all within 2 of mid-scale, 128 for 8-bit; other formats with R, G
     and B within 2 of each other); mono frames are the luma plane Y as stored, which for most
@@ -315,10 +316,11 @@ def open_sequence(paths, memory_mb=MEMORY_MB, decode_timeout_s=DECODE_TIMEOUT_S)
 
 
 def _believed_count(path, present, declared):
-    """The frame count of a container: ``declared``, unless the file cannot hold that absurd a count."""
-    if declared > present and declared > MAX_DECLARED_FRAMES:
-        log.warning("%s: the header declares %d frames, more than %d, but the file holds %d; "
-                    "listing those", path, declared, MAX_DECLARED_FRAMES, present)
+    """The frame count of a container: ``declared``, unless so many are missing that the count is corrupt."""
+    missing = declared - present
+    if missing > max(present, MAX_MISSING_FRAMES):
+        log.warning("%s: the header declares %d frames but the file holds %d; the count is not "
+                    "believed, listing those", path, declared, present)
         return present
     return declared
 
