@@ -643,9 +643,8 @@ def _winsorized_sigma(s, lo, hi, centre, sums):
     ``2 (hi - lo + 1)``), each pass costs a few steps, not a pass over the samples.
     """
     m = hi - lo
-    sigma = _std(s, lo, hi, 1)
     if m <= 1:
-        return sigma
+        return 0.0
     # sums[k]: sum of the first k deviations; sums[m + 1 + k]: of their squares.
     q = m + 1
     sums[0] = 0.0
@@ -654,6 +653,8 @@ def _winsorized_sigma(s, lo, hi, centre, sums):
         d = s[lo + k] - centre
         sums[k + 1] = sums[k] + d
         sums[q + k + 1] = sums[q + k] + d * d
+    var = (sums[q + m] - sums[m] * sums[m] / m) / (m - 1)
+    sigma = math.sqrt(var) if var > 0 else 0.0
     bound = np.inf
     below = 0  # deviations [0, below) are clipped to -bound
     above = m  # deviations [above, m) are clipped to +bound
