@@ -86,8 +86,8 @@ def main():
     start = time.perf_counter()
     cmd = [
         sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
-        "--directory", str(workdir), "--cores", str(args.cores), "--keep-going",
-        "--configfile", str(ROOT / "config.yaml"), str(args.configfile),
+        "--directory", str(workdir), "--cores", str(args.cores), "--keep-going", "--rerun-incomplete",
+        "--configfile", str(args.configfile),
     ]
     log = workdir / "input_checksums.snakemake.log"
     with open(log, "w") as f:
@@ -100,7 +100,7 @@ def main():
     for folder in sorted({p.split("/")[0] for p in before if "/" in p}):
         names = [p for p in before if p.startswith(folder + "/")]
         changed = [p for p in names if after.get(p) != before[p]]
-        unlisted = [p for p in names if listed.get(p) != before[p][:2]]
+        unlisted = [p for p in names if listed.get(p) != after.get(p, ("", 0))[:2]]
         users = [
             name for name, t in targets.items()
             if f"shared/data/{folder}" in json.dumps(t)
@@ -111,19 +111,19 @@ def main():
             "MiB": round(sum(before[p][1] for p in names) / 2**20, 1),
             "unchanged": not changed and not (set(after) - set(before)),
             "changed": changed,
-            "matches SHA256SUMS.tsv": not unlisted,
+            "after matches SHA256SUMS.tsv": not unlisted,
             "targets": {n: target_outcome(workdir, n, targets[n]["kind"]) for n in users},
         })
     new = sorted(set(after) - set(before))
     figures = {"snakemake_exit": proc.returncode, "wall_s": round(wall, 1), "cores": args.cores,
                "new_files_in_data": new, "data_sets": rows}
     print(f"snakemake exit {proc.returncode}, {wall:.0f} s on {args.cores} cores (log: {log})")
-    print("| data set | files | MiB | unchanged after the run | matches SHA256SUMS.tsv | targets |")
+    print("| data set | files | MiB | unchanged after the run | after: matches SHA256SUMS.tsv | targets |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         outcomes = ", ".join(f"{n}: {o}" for n, o in r["targets"].items()) or "not a workflow input"
         print(f"| {r['data set']} | {r['files']} | {r['MiB']} | {'yes' if r['unchanged'] else 'NO'} | "
-              f"{'yes' if r['matches SHA256SUMS.tsv'] else 'NO'} | {outcomes} |")
+              f"{'yes' if r['after matches SHA256SUMS.tsv'] else 'NO'} | {outcomes} |")
     if new:
         print("new files in the data folder:", *new)
     if args.out:

@@ -6,17 +6,25 @@ simulated night and tests/slurm/Snakefile.gpu then run through the profile, chan
 only: no conda (software-deployment-method), which this machine does not have.
 With SLURM_CI_DBD=1 the cluster also has an accounting database (MariaDB and slurmdbd) and the
 runs go through profiles/slurm, which polls with sacct.
+
+Faults (issue 15): a running job is scancelled, or the node is set DOWN under it; the run must
+finish by itself (the profile's retries) with FITS data equal to those of the undisturbed run.
 """
 
+import hashlib
 import os
 import re
 import shutil
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from astropy.io import fits
 from conftest import ROOT, snakemake
 
 SLURM_TESTS = ROOT / "tests" / "slurm"
@@ -100,19 +108,28 @@ def scontrol_job(job_id):
     return dict(field.split("=", 1) for field in out.split() if "=" in field)
 
 
-@pytest.mark.integration
-def test_simulated_night_runs_as_slurm_jobs(slurm, tmp_path):
-    work = tmp_path / "work"
-    night = tmp_path / "tiny-night.yaml"
+@pytest.fixture(scope="module")
+def night_run(slurm, tmp_path_factory):
+    """The undisturbed run of the tiny night through the profile: (work, profile, night config,
+    Snakemake's output, wall time in s)."""
+    base = tmp_path_factory.mktemp("slurm-night")
+    work = base / "work"
+    night = base / "tiny-night.yaml"
     night.write_text(yaml.safe_dump(TINY_NIGHT))
+    profile = profile_without_conda(base)
     started = time.monotonic()
     proc = snakemake(
         work,
-        "--profile", str(profile_without_conda(tmp_path)),
+        "--profile", str(profile),
         "--configfile", str(ROOT / "config.yaml"), str(night),
         timeout=600,
     )
-    wall_s = time.monotonic() - started
+    return work, profile, night, proc, time.monotonic() - started
+
+
+@pytest.mark.integration
+def test_simulated_night_runs_as_slurm_jobs(night_run):
+    work, _, _, proc, wall_s = night_run
 
     assert (work / "results" / "simulated-night" / "stack.fits").stat().st_size > 0
     submitted = SUBMITTED.findall(proc.stdout)
@@ -205,3 +222,109 @@ def test_profile_names_only_existing_rules():
     )
     assert named <= rules, f"not rules of the workflow: {sorted(named - rules)}"
     assert set(profile["group-components"]) <= set(profile["groups"].values())
+
+
+# ---- Faults (issue 15): a job cancelled, a node lost; the profile's retries recover the run.
+STACK = "results/simulated-night/stack.fits"
+
+
+def squeue_states():
+    """{SLURM job id: state} of the jobs squeue shows now."""
+    out = subprocess.run(
+        ["squeue", "-h", "-o", "%i %T"], stdout=subprocess.PIPE, text=True, check=True
+    ).stdout
+    return dict(line.split() for line in out.splitlines() if line.strip())
+
+
+def node_name():
+    return subprocess.run(
+        ["sinfo", "-h", "-N", "-o", "%N"], stdout=subprocess.PIPE, text=True, check=True
+    ).stdout.split()[0]
+
+
+def faulted_run(night_run, work, fault):
+    """Run the tiny night up to its stack through the profile; call ``fault(job_id)`` once on the
+    first SLURM job after the simulation (a bundle of frames) as soon as it is RUNNING.
+    Returns (exit status, Snakemake's output, the faulted job's id)."""
+    _, profile, night, _, _ = night_run
+    cmd = [
+        sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
+        "--directory", str(work), "--profile", str(profile),
+        "--configfile", str(ROOT / "config.yaml"), str(night), STACK,
+    ]
+    work.mkdir(parents=True)
+    lines = []
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 600
+        target = None
+        while target is None:
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)[-4000:]
+            submitted = SUBMITTED.findall("".join(lines))
+            if len(submitted) >= 2 and squeue_states().get(submitted[1]) == "RUNNING":
+                target = submitted[1]
+            time.sleep(0.2)
+        fault(target)
+        try:
+            proc.wait(timeout=900)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        reader.join(timeout=30)
+    return proc.returncode, "".join(lines), target
+
+
+def fits_data_sums(results, names):
+    sums = {}
+    for name in names:
+        with fits.open(results / name) as hdul:
+            sums[name] = [hashlib.sha256(np.ascontiguousarray(h.data).tobytes()).hexdigest()
+                          if h.data is not None else None for h in hdul]
+    return sums
+
+
+def assert_results_equal(night_run, work):
+    """Every FITS the faulted run made equals the undisturbed run's, data checksum for checksum."""
+    results = work / "results" / "simulated-night"
+    names = sorted(p.relative_to(results).as_posix() for p in results.rglob("*.fits"))
+    assert "stack.fits" in names and "masters/flat.fits" in names, names
+    undisturbed = night_run[0] / "results" / "simulated-night"
+    assert fits_data_sums(results, names) == fits_data_sums(undisturbed, names)
+    return names
+
+
+@pytest.mark.integration
+def test_scancelled_job_is_resubmitted_and_results_equal(night_run, tmp_path):
+    started = time.monotonic()
+    code, output, job_id = faulted_run(
+        night_run, tmp_path / "work", lambda job: subprocess.run(["scancel", job], check=True)
+    )
+    assert code == 0, output[-6000:]
+    # the plugin saw the job fail (CANCELLED), and Snakemake resubmitted it (profile retries: 2)
+    assert re.search(rf"SLURM-job '{job_id}' failed, SLURM status is: 'CANCELLED'", output), output[-6000:]
+    assert "attempt 2" in output or "Trying to restart job" in output, output[-6000:]
+    names = assert_results_equal(night_run, tmp_path / "work")
+    print(f"\nscancel {job_id}: resubmitted, run finished in {time.monotonic() - started:.0f} s, "
+          f"{len(names)} FITS equal to the undisturbed run")
+
+
+@pytest.mark.integration
+def test_node_set_down_mid_job_recovers_and_results_equal(night_run, tmp_path):
+    node = node_name()
+
+    def down_then_resume(job):
+        subprocess.run(["scontrol", "update", f"nodename={node}", "state=down", "reason=astroflow-test"], check=True)
+        try:
+            time.sleep(3)
+        finally:
+            subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], check=True)
+
+    started = time.monotonic()
+    code, output, job_id = faulted_run(night_run, tmp_path / "work", down_then_resume)
+    assert code == 0, output[-6000:]
+    names = assert_results_equal(night_run, tmp_path / "work")
+    how = ("resubmitted by Snakemake" if "Trying to restart job" in output or "attempt 2" in output
+           else "requeued by SLURM")
+    print(f"\nnode {node} DOWN while job {job_id} ran: {how}, run finished in "
+          f"{time.monotonic() - started:.0f} s, {len(names)} FITS equal to the undisturbed run")
