@@ -16,6 +16,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+import yaml
 from conftest import ROOT
 
 from astroflow.io.atomic import atomic_write
@@ -209,3 +210,33 @@ def test_atomic_write_check_sees_a_direct_write(tmp_path):
     assert WRITERS.search('with open(snakemake.output.metrics, "w") as handle:')
     atomic_write(tmp_path / "x.txt", lambda tmp: tmp.write_text("x"))
     assert (tmp_path / "x.txt").read_text() == "x"
+
+
+SAFE = re.compile(r"^[A-Za-z0-9_.-]+$")
+HOSTILE = ["$(touch pwned) `id`; rm -rf ~ & x|y", "-rf", "näme 'quoted' \"double\"", "a\nb", "*?[x]"]
+
+
+def test_wildcard_values_hold_no_shell_metacharacter():
+    """Wildcard values end up in job command lines (the SLURM plugin's sbatch --wrap goes through
+    a shell): frame names (from file names) and filter names (from headers) are sanitised, and
+    the schema refuses target, session and filter names outside the same safe set."""
+    from astroflow.deepsky.palette import canonical_filter
+    from astroflow.workflow.discovery import frame_name
+
+    for text in HOSTILE:
+        assert SAFE.match(frame_name(f"/data/{text}.fits")), text
+        assert SAFE.match(canonical_filter(text)), text
+    schema = yaml.safe_load((ROOT / "schemas" / "config.schema.yaml").read_text())
+    target = schema["properties"]["targets"]
+    session = target["additionalProperties"]["properties"]["sessions"]
+    patterns = [
+        target["propertyNames"]["pattern"],
+        session["propertyNames"]["pattern"],
+        session["additionalProperties"]["properties"]["filter"]["pattern"],
+        target["additionalProperties"]["properties"]["filter"]["pattern"],
+    ]
+    for pattern in patterns:
+        assert all(not re.search(pattern, text) for text in HOSTILE), pattern
+        assert re.search(pattern, "m31_night-1.v2")
+    common = (ROOT / "rules" / "common.smk").read_text()
+    assert 'frame=r"[A-Za-z0-9_.-]+"' in common
