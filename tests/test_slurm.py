@@ -108,28 +108,19 @@ def scontrol_job(job_id):
     return dict(field.split("=", 1) for field in out.split() if "=" in field)
 
 
-@pytest.fixture(scope="module")
-def night_run(slurm, tmp_path_factory):
-    """The undisturbed run of the tiny night through the profile: (work, profile, night config,
-    Snakemake's output, wall time in s)."""
-    base = tmp_path_factory.mktemp("slurm-night")
-    work = base / "work"
-    night = base / "tiny-night.yaml"
+@pytest.mark.integration
+def test_simulated_night_runs_as_slurm_jobs(slurm, tmp_path):
+    work = tmp_path / "work"
+    night = tmp_path / "tiny-night.yaml"
     night.write_text(yaml.safe_dump(TINY_NIGHT))
-    profile = profile_without_conda(base)
     started = time.monotonic()
     proc = snakemake(
         work,
-        "--profile", str(profile),
+        "--profile", str(profile_without_conda(tmp_path)),
         "--configfile", str(ROOT / "config.yaml"), str(night),
         timeout=600,
     )
-    return work, profile, night, proc, time.monotonic() - started
-
-
-@pytest.mark.integration
-def test_simulated_night_runs_as_slurm_jobs(night_run):
-    work, _, _, proc, wall_s = night_run
+    wall_s = time.monotonic() - started
 
     assert (work / "results" / "simulated-night" / "stack.fits").stat().st_size > 0
     submitted = SUBMITTED.findall(proc.stdout)
@@ -242,11 +233,24 @@ def node_name():
     ).stdout.split()[0]
 
 
-def faulted_run(night_run, work, fault):
+@pytest.fixture(scope="module")
+def fault_setup(slurm, tmp_path_factory):
+    """The profile, the tiny night's config, and the undisturbed reference: the night up to its
+    stack run on this machine with one core (the profile's `cores: 1`, so the same threads)."""
+    base = tmp_path_factory.mktemp("slurm-faults")
+    night = base / "tiny-night.yaml"
+    night.write_text(yaml.safe_dump(TINY_NIGHT))
+    reference = base / "undisturbed"
+    snakemake(reference, "--cores", "1", "--configfile", str(ROOT / "config.yaml"), str(night), STACK,
+              timeout=900)
+    return profile_without_conda(base), night, reference
+
+
+def faulted_run(setup, work, fault):
     """Run the tiny night up to its stack through the profile; call ``fault(job_id)`` once on the
     first SLURM job after the simulation (a bundle of frames) as soon as it is RUNNING.
     Returns (exit status, Snakemake's output, the faulted job's id)."""
-    _, profile, night, _, _ = night_run
+    profile, night, _ = setup
     cmd = [
         sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
         "--directory", str(work), "--profile", str(profile),
@@ -284,33 +288,33 @@ def fits_data_sums(results, names):
     return sums
 
 
-def assert_results_equal(night_run, work):
+def assert_results_equal(setup, work):
     """Every FITS the faulted run made equals the undisturbed run's, data checksum for checksum."""
     results = work / "results" / "simulated-night"
     names = sorted(p.relative_to(results).as_posix() for p in results.rglob("*.fits"))
     assert "stack.fits" in names and "masters/flat.fits" in names, names
-    undisturbed = night_run[0] / "results" / "simulated-night"
+    undisturbed = setup[2] / "results" / "simulated-night"
     assert fits_data_sums(results, names) == fits_data_sums(undisturbed, names)
     return names
 
 
 @pytest.mark.integration
-def test_scancelled_job_is_resubmitted_and_results_equal(night_run, tmp_path):
+def test_scancelled_job_is_resubmitted_and_results_equal(fault_setup, tmp_path):
     started = time.monotonic()
     code, output, job_id = faulted_run(
-        night_run, tmp_path / "work", lambda job: subprocess.run(["scancel", job], check=True)
+        fault_setup, tmp_path / "work", lambda job: subprocess.run(["scancel", job], check=True)
     )
     assert code == 0, output[-6000:]
     # the plugin saw the job fail (CANCELLED), and Snakemake resubmitted it (profile retries: 2)
     assert re.search(rf"SLURM-job '{job_id}' failed, SLURM status is: 'CANCELLED'", output), output[-6000:]
     assert "attempt 2" in output or "Trying to restart job" in output, output[-6000:]
-    names = assert_results_equal(night_run, tmp_path / "work")
+    names = assert_results_equal(fault_setup, tmp_path / "work")
     print(f"\nscancel {job_id}: resubmitted, run finished in {time.monotonic() - started:.0f} s, "
           f"{len(names)} FITS equal to the undisturbed run")
 
 
 @pytest.mark.integration
-def test_node_set_down_mid_job_recovers_and_results_equal(night_run, tmp_path):
+def test_node_set_down_mid_job_recovers_and_results_equal(fault_setup, tmp_path):
     node = node_name()
 
     def down_then_resume(job):
@@ -321,9 +325,9 @@ def test_node_set_down_mid_job_recovers_and_results_equal(night_run, tmp_path):
             subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], check=True)
 
     started = time.monotonic()
-    code, output, job_id = faulted_run(night_run, tmp_path / "work", down_then_resume)
+    code, output, job_id = faulted_run(fault_setup, tmp_path / "work", down_then_resume)
     assert code == 0, output[-6000:]
-    names = assert_results_equal(night_run, tmp_path / "work")
+    names = assert_results_equal(fault_setup, tmp_path / "work")
     how = ("resubmitted by Snakemake" if "Trying to restart job" in output or "attempt 2" in output
            else "requeued by SLURM")
     print(f"\nnode {node} DOWN while job {job_id} ran: {how}, run finished in "
