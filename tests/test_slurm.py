@@ -241,7 +241,7 @@ def fault_setup(slurm, tmp_path_factory):
     night = base / "tiny-night.yaml"
     night.write_text(yaml.safe_dump(TINY_NIGHT))
     reference = base / "undisturbed"
-    snakemake(reference, "--cores", "1", "--configfile", str(ROOT / "config.yaml"), str(night), STACK,
+    snakemake(reference, STACK, "--cores", "1", "--configfile", str(ROOT / "config.yaml"), str(night),
               timeout=900)
     return profile_without_conda(base), night, reference
 
@@ -253,8 +253,8 @@ def faulted_run(setup, work, fault):
     profile, night, _ = setup
     cmd = [
         sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
-        "--directory", str(work), "--profile", str(profile),
-        "--configfile", str(ROOT / "config.yaml"), str(night), STACK,
+        "--directory", str(work), STACK, "--profile", str(profile),
+        "--configfile", str(ROOT / "config.yaml"), str(night),
     ]
     work.mkdir(parents=True)
     lines = []
