@@ -307,8 +307,9 @@ def test_scancelled_job_is_resubmitted_and_results_equal(fault_setup, tmp_path):
         fault_setup, tmp_path / "work", lambda job: subprocess.run(["scancel", job], check=True)
     )
     assert code == 0, output[-6000:]
-    # the plugin saw the job fail (CANCELLED), and Snakemake resubmitted it (profile retries: 2)
-    assert re.search(rf"SLURM-job '{job_id}' failed, SLURM status is: 'CANCELLED'", output), output[:8000]
+    # the job failed (its SLURM log, shown by show-failed-logs, says CANCELLED), and Snakemake
+    # resubmitted it (profile retries: 2)
+    assert re.search(rf"JOB {job_id} ON \S+ CANCELLED", output), output[:8000]
     assert "Trying to restart job" in output, output[:8000]
     names = assert_results_equal(fault_setup, tmp_path / "work")
     print(f"\nscancel {job_id}: resubmitted, run finished in {time.monotonic() - started:.0f} s, "
