@@ -6,6 +6,7 @@ import pandas as pd
 
 from astroflow.deepsky.frames import frames_table
 from astroflow.deepsky.palette import canonical_filter, header_filter
+from astroflow.io.atomic import atomic_write
 from astroflow.io.fits import read_header
 from astroflow.workflow.logs import setup_logging
 
@@ -22,7 +23,7 @@ for path in snakemake.input.frames:
             filters[Path(path).stem] = canonical_filter(recorded)
 table.insert(1, "session", table["frame"].map(snakemake.params.sessions))
 table.insert(2, "filter", table["frame"].map(filters))
-table.to_csv(snakemake.output[0], index=False)
+atomic_write(snakemake.output[0], lambda tmp: table.to_csv(tmp, index=False))
 log.info("%d frames, %d rejected", len(table), int((table["status"] == "rejected").sum()))
 lights = table[table["type"] == "light"]
 log.info("flat of the lights: %s", lights["flat"].fillna("").value_counts().to_dict())

@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 
+from astroflow.io.atomic import atomic_write
 from astroflow.io.fits import read_image, write_image
 from astroflow.io.sequence import open_sequence
 from astroflow.planetary.passes import align_sequence, plan_window
@@ -30,17 +31,16 @@ table, reference, points, ap_quality = align_sequence(
     ap_min_brightness=p.ap_min_brightness,
     ap_min_structure=p.ap_min_structure,
 )
-table.to_csv(snakemake.output.table, index=False)
+atomic_write(snakemake.output.table, lambda tmp: table.to_csv(tmp, index=False))
 write_image(
     snakemake.output.reference,
     reference,
     {"WINMODE": mode, "WINH": size[0], "WINW": size[1]},
     ["astroflow planetary_align: reference = mean of the best frames, aligned on the best"],
 )
-pd.DataFrame({"y": points[:, 0], "x": points[:, 1], "size": p.ap_size}).to_csv(
-    snakemake.output.points, index=False
-)
-np.save(snakemake.output.ap_quality, ap_quality)
+points_table = pd.DataFrame({"y": points[:, 0], "x": points[:, 1], "size": p.ap_size})
+atomic_write(snakemake.output.points, lambda tmp: points_table.to_csv(tmp, index=False))
+atomic_write(snakemake.output.ap_quality, lambda tmp: np.save(tmp, ap_quality))
 ok = table["status"] == "ok"
 log.info(
     "%d frames aligned; global shift RMS %.2f px; %d alignment points",

@@ -1,5 +1,6 @@
 """Entry script of rule planetary_analyse: pass 1, object and quality of every frame."""
 
+from astroflow.io.atomic import atomic_write
 from astroflow.io.fits import read_image
 from astroflow.io.sequence import open_sequence
 from astroflow.planetary.passes import analyse_sequence
@@ -28,7 +29,7 @@ table = analyse_sequence(
 )
 digests = {source: sha256_file(source) for source in table["source"].unique()}
 table.insert(3, "sha256", table["source"].map(digests))
-table.to_csv(snakemake.output[0], index=False)
+atomic_write(snakemake.output[0], lambda tmp: table.to_csv(tmp, index=False))
 rejected = table[table["status"] == "rejected"]
 log.info("%d frames, %d rejected", len(table), len(rejected))
 for _, row in rejected.iterrows():

@@ -2,6 +2,7 @@
 
 import pandas as pd
 
+from astroflow.io.atomic import atomic_write
 from astroflow.planetary.passes import frames_table
 from astroflow.workflow.logs import setup_logging
 
@@ -10,6 +11,6 @@ table = frames_table(
     pd.read_csv(snakemake.input.table, keep_default_na=False, na_values=[""]),
     pd.read_csv(snakemake.input.usage),
 )
-table.to_csv(snakemake.output[0], index=False)
+atomic_write(snakemake.output[0], lambda tmp: table.to_csv(tmp, index=False))
 counts = table["status"].value_counts().to_dict()
 log.info("%d frames: %s", len(table), counts)

@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 
+from astroflow.io.atomic import atomic_write
 from astroflow.io.export import save_linear_png, save_tiff16, save_tiff32
 from astroflow.io.fits import fits_text, iso_date, read_image, write_image
 from astroflow.io.sequence import open_sequence
@@ -70,7 +71,6 @@ write_image(snakemake.output.fits, image, header, history)
 save_tiff16(snakemake.output.tif, image, description="astroflow lucky-imaging stack")
 save_tiff32(snakemake.output.tif32, image, description="astroflow lucky-imaging stack")
 save_linear_png(snakemake.output.png, image)
-usage.to_csv(snakemake.output.usage, index=False)
-alignment_points_plot(reference, points, p.ap_size, title=snakemake.wildcards.target).savefig(
-    snakemake.output.points_png, dpi=100
-)
+atomic_write(snakemake.output.usage, lambda tmp: usage.to_csv(tmp, index=False))
+figure = alignment_points_plot(reference, points, p.ap_size, title=snakemake.wildcards.target)
+atomic_write(snakemake.output.points_png, lambda tmp: figure.savefig(tmp, dpi=100))

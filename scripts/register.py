@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from astroflow.deepsky.register import register_frames
+from astroflow.io.atomic import atomic_write
 from astroflow.io.fits import is_rejected, read_header
 from astroflow.workflow.logs import setup_logging
 
@@ -35,7 +36,7 @@ table["flat"] = [flats.get(frame, "") for frame in table["frame"]]
 table["session"] = table["frame"].map(p.sessions)
 table["filter"] = table["frame"].map(p.filters)
 table["cosmic_rays"] = [cosmic.get(frame) for frame in table["frame"]]
-table.to_csv(snakemake.output[0], index=False)
+atomic_write(snakemake.output[0], lambda tmp: table.to_csv(tmp, index=False))
 for row in table.itertuples():
     if row.status == "rejected":
         log.warning("%s rejected: %s", row.frame, row.reason)

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from astroflow.calibration.flatnet import heldout_metrics, sbig_metrics
+from astroflow.io.atomic import atomic_write
 from astroflow.nets.training import FlatFieldLoss, plot_history, run_checkpoint, train
 from astroflow.nets.unet import FlatFieldNet, count_parameters, save_weights
 from astroflow.workflow.logs import setup_logging
@@ -80,9 +81,9 @@ meta = {
     "sbig": sbig,
 }
 save_weights(snakemake.output.weights, model, meta=meta)
-history.to_csv(snakemake.output.history, index=False)
-with open(snakemake.output.metrics, "w") as handle:
-    json.dump(meta, handle, indent=2)
-plot_history(history, title="flat-field network").savefig(snakemake.output.curves, dpi=100)
+atomic_write(snakemake.output.history, lambda tmp: history.to_csv(tmp, index=False))
+atomic_write(snakemake.output.metrics, lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
+figure = plot_history(history, title="flat-field network")
+atomic_write(snakemake.output.curves, lambda tmp: figure.savefig(tmp, dpi=100))
 checkpoint.unlink(missing_ok=True)
 log.info("trained in %.0f s: val loss %.5f", seconds, meta["val_loss"])

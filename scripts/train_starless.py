@@ -13,6 +13,7 @@ import time
 
 import torch
 
+from astroflow.io.atomic import atomic_write
 from astroflow.nets.training import plot_history, run_checkpoint, train
 from astroflow.nets.unet import ResUNet, count_parameters, load_weights, save_weights
 from astroflow.workflow.logs import setup_logging
@@ -77,9 +78,9 @@ meta = {
     "val_loss": float(final["val_loss"]),
 }
 save_weights(snakemake.output.weights, model.cpu(), meta=meta)
-history.to_csv(snakemake.output.history, index=False)
-with open(snakemake.output.metrics, "w") as handle:
-    json.dump(meta, handle, indent=2)
-plot_history(history).savefig(snakemake.output.curves, dpi=100)
+atomic_write(snakemake.output.history, lambda tmp: history.to_csv(tmp, index=False))
+atomic_write(snakemake.output.metrics, lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
+figure = plot_history(history)
+atomic_write(snakemake.output.curves, lambda tmp: figure.savefig(tmp, dpi=100))
 checkpoint.unlink(missing_ok=True)
 log.info("trained in %.0f s: val PSNR %.2f dB, SSIM %.4f", seconds, meta["val_psnr"], meta["val_ssim"])

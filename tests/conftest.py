@@ -148,6 +148,7 @@ LONG_FIRST = [
     "test_workflow_simulated.py",
     "test_workflow_sbig.py",
     "test_reruns.py",
+    "test_faults.py",
     "test_workflow_planetary.py",
     "test_report.py",
     "test_workflow_bad_input.py",

@@ -6,17 +6,25 @@ simulated night and tests/slurm/Snakefile.gpu then run through the profile, chan
 only: no conda (software-deployment-method), which this machine does not have.
 With SLURM_CI_DBD=1 the cluster also has an accounting database (MariaDB and slurmdbd) and the
 runs go through profiles/slurm, which polls with sacct.
+
+Faults (issue 15): a running job is scancelled, or the node is set DOWN under it; the run must
+finish by itself (the profile's retries) with FITS data equal to those of the undisturbed run.
 """
 
+import hashlib
 import os
 import re
 import shutil
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from astropy.io import fits
 from conftest import ROOT, snakemake
 
 SLURM_TESTS = ROOT / "tests" / "slurm"
@@ -205,3 +213,132 @@ def test_profile_names_only_existing_rules():
     )
     assert named <= rules, f"not rules of the workflow: {sorted(named - rules)}"
     assert set(profile["group-components"]) <= set(profile["groups"].values())
+
+
+# ---- Faults (issue 15): a job cancelled, a node lost; the profile's retries recover the run.
+STACK = "results/simulated-night/stack.fits"
+
+
+def squeue_states():
+    """{SLURM job id: state} of the jobs squeue shows now."""
+    out = subprocess.run(
+        ["squeue", "-h", "-o", "%i %T"], stdout=subprocess.PIPE, text=True, check=True
+    ).stdout
+    return dict(line.split() for line in out.splitlines() if line.strip())
+
+
+def node_name():
+    return subprocess.run(
+        ["sinfo", "-h", "-N", "-o", "%N"], stdout=subprocess.PIPE, text=True, check=True
+    ).stdout.split()[0]
+
+
+@pytest.fixture(scope="module")
+def fault_setup(slurm, tmp_path_factory):
+    """The profile, the tiny night's config, and the undisturbed reference: the night up to its
+    stack run on this machine with one core (the profile's `cores: 1`, so the same threads)."""
+    base = tmp_path_factory.mktemp("slurm-faults")
+    night = base / "tiny-night.yaml"
+    night.write_text(yaml.safe_dump(TINY_NIGHT))
+    reference = base / "undisturbed"
+    snakemake(reference, STACK, "--cores", "1", "--configfile", str(ROOT / "config.yaml"), str(night),
+              timeout=900)
+    return profile_without_conda(base), night, reference
+
+
+def faulted_run(setup, work, fault):
+    """Run the tiny night up to its stack through the profile; call ``fault(job_id)`` once on the
+    first SLURM job after the simulation (a bundle of frames) as soon as it is RUNNING.
+    Returns (exit status, Snakemake's output, the faulted job's id)."""
+    profile, night, _ = setup
+    cmd = [
+        sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
+        "--directory", str(work), STACK, "--profile", str(profile),
+        "--configfile", str(ROOT / "config.yaml"), str(night),
+    ]
+    work.mkdir(parents=True)
+    lines = []
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 600
+        target = None
+        while target is None:
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)[-4000:]
+            submitted = SUBMITTED.findall("".join(lines))
+            if len(submitted) >= 2 and squeue_states().get(submitted[1]) == "RUNNING":
+                target = submitted[1]
+            time.sleep(0.2)
+        try:
+            fault(target)
+            proc.wait(timeout=900)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            reader.join(timeout=30)
+    output = "".join(lines)
+    (work / "snakemake.out").write_text(output)  # the whole story, beside the run
+    return proc.returncode, output, target
+
+
+def fits_data_sums(results, names):
+    sums = {}
+    for name in names:
+        with fits.open(results / name) as hdul:
+            sums[name] = [hashlib.sha256(np.ascontiguousarray(h.data).tobytes()).hexdigest()
+                          if h.data is not None else None for h in hdul]
+    return sums
+
+
+def assert_results_equal(setup, work):
+    """Every FITS the faulted run made equals the undisturbed run's, data checksum for checksum."""
+    results = work / "results" / "simulated-night"
+    names = sorted(p.relative_to(results).as_posix() for p in results.rglob("*.fits"))
+    assert "stack.fits" in names and "masters/flat.fits" in names, names
+    undisturbed = setup[2] / "results" / "simulated-night"
+    assert fits_data_sums(results, names) == fits_data_sums(undisturbed, names)
+    return names
+
+
+@pytest.mark.integration
+def test_scancelled_job_is_resubmitted_and_results_equal(fault_setup, tmp_path):
+    started = time.monotonic()
+    code, output, job_id = faulted_run(
+        fault_setup, tmp_path / "work", lambda job: subprocess.run(["scancel", job], check=True)
+    )
+    assert code == 0, output[-6000:]
+    # the job failed (its SLURM log, shown by show-failed-logs, says CANCELLED), and Snakemake
+    # resubmitted it (profile retries: 2)
+    assert re.search(rf"JOB {job_id} ON \S+ CANCELLED", output), output[:8000]
+    assert "Trying to restart job" in output, output[:8000]
+    names = assert_results_equal(fault_setup, tmp_path / "work")
+    print(f"\nscancel {job_id}: resubmitted, run finished in {time.monotonic() - started:.0f} s, "
+          f"{len(names)} FITS equal to the undisturbed run")
+
+
+@pytest.mark.integration
+def test_node_set_down_mid_job_recovers_and_results_equal(fault_setup, tmp_path):
+    node = node_name()
+
+    def down_then_resume(job):
+        subprocess.run(["scontrol", "update", f"nodename={node}", "state=down", "reason=astroflow-test"], check=True)
+        try:
+            time.sleep(3)
+        finally:
+            # with ReturnToService=2 the node may be back already; resume is refused then
+            subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"])
+        state = subprocess.run(["sinfo", "-h", "-n", node, "-o", "%T"], stdout=subprocess.PIPE, text=True).stdout
+        assert "down" not in state, state
+
+    started = time.monotonic()
+    code, output, job_id = faulted_run(fault_setup, tmp_path / "work", down_then_resume)
+    assert code == 0, output[-6000:]
+    names = assert_results_equal(fault_setup, tmp_path / "work")
+    restarts = scontrol_job(job_id).get("Restarts", "0")
+    resubmitted = "Trying to restart job" in output
+    # SLURM requeued the job killed with its node (JobRequeue), or the plugin saw NODE_FAIL and
+    # Snakemake resubmitted it (retries): either way the run recovered by itself
+    assert int(restarts) >= 1 or resubmitted, output[-6000:]
+    how = f"requeued by SLURM (Restarts={restarts})" if int(restarts) >= 1 else "resubmitted by Snakemake"
+    print(f"\nnode {node} DOWN while job {job_id} ran: {how}, run finished in "
+          f"{time.monotonic() - started:.0f} s, {len(names)} FITS equal to the undisturbed run")

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from astroflow.checks import check_float, check_int
+from astroflow.io.atomic import atomic_write
 from astroflow.io.framestore import FrameStore
 from astroflow.planetary import lucky
 
@@ -597,7 +598,8 @@ def write_aligned_frames(sequence, chosen, size, path, *, dark=None):
 
     The file is an :class:`astroflow.io.framestore.FrameStore` of ``N`` float32 windows of
     ``(h, w[, C])`` (raw, no header), written one window at a time, so the process's memory
-    does not grow with the number of frames.
+    does not grow with the number of frames, into a temporary file renamed to ``path`` at the
+    end.
 
     Parameters
     ----------
@@ -628,14 +630,20 @@ def write_aligned_frames(sequence, chosen, size, path, *, dark=None):
     slot = {index: k for k, index in enumerate(order)}
     names = dict(zip(chosen["index"].astype(int), chosen.get("frame", chosen["index"]).astype(str)))
     shape = (len(order), *size, *sequence.shape[2:])
-    with FrameStore(path, shape) as store:
-        for frame in sequence.frames(order):
-            image = _dark_subtracted(frame.image, dark)
-            window = lucky.extract(image, *position[frame.index], size)
-            if window is None:
-                raise ValueError(f"{sequence.source}: frame {frame.index}: aligned window leaves the frame")
-            store.write(slot[frame.index], window)
-            _progress(slot[frame.index], len(order), "deconvolution frames")
+
+    def write(tmp):
+        with FrameStore(tmp, shape) as store:
+            for frame in sequence.frames(order):
+                image = _dark_subtracted(frame.image, dark)
+                window = lucky.extract(image, *position[frame.index], size)
+                if window is None:
+                    raise ValueError(f"{sequence.source}: frame {frame.index}: aligned window leaves the frame")
+                store.write(slot[frame.index], window)
+                _progress(slot[frame.index], len(order), "deconvolution frames")
+
+    # a store killed half-way would have its full size (it is made zero-filled): only the rename
+    # tells a finished one
+    atomic_write(path, write)
     return {
         "shape": [int(n) for n in shape],
         "indices": order,
@@ -646,5 +654,4 @@ def write_aligned_frames(sequence, chosen, size, path, *, dark=None):
 
 def write_frames_index(path, description):
     """Write the JSON sidecar of a frames file (see :func:`write_aligned_frames`)."""
-    with open(path, "w") as handle:
-        json.dump(description, handle, indent=1)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(description, indent=1)))
