@@ -1,6 +1,7 @@
 rule master_bias:
     input:
-        bias_frames,
+        frames=bias_frames,
+        screening="results/{target}/screening.csv",
     output:
         "results/{target}/masters{session}/bias.fits",
     log:
@@ -27,6 +28,7 @@ rule master_dark:
     input:
         unpack(optional_bias),
         frames=dark_frames,
+        screening="results/{target}/screening.csv",
     output:
         master="results/{target}/masters{session}/{kind}.fits",
     log:
@@ -78,6 +80,7 @@ rule master_flat:
     input:
         unpack(flat_masters),
         frames=flat_frames,
+        screening="results/{target}/screening.csv",
     output:
         "results/{target}/masters{session}/flat.fits",
     log:
@@ -106,6 +109,7 @@ rule sky_flat:
     input:
         unpack(calibration_masters),
         lights=light_frames,
+        screening="results/{target}/screening.csv",
     output:
         flat="results/{target}/masters{session}/sky_flat.fits",
         summary="results/{target}/masters{session}/sky_flat.json",
@@ -141,6 +145,7 @@ rule calibrate_light:
     input:
         unpack(light_masters),
         light="results/{target}/ingest/light/{frame}.fits",
+        screening="results/{target}/screening.csv",
     output:
         intermediate("results/{target}/calibrated/{frame}.fits"),
         **CALIBRATED_CFA,

@@ -440,6 +440,12 @@ def frame_sessions(wildcards):
     return SESSION_OF[wildcards.target]
 
 
+def master_owners(wildcards):
+    """{session: {calibration type: session whose master it uses}} of a target (params of
+    screen_frames)."""
+    return MASTER_OWNER[wildcards.target]
+
+
 def frame_filters(wildcards):
     """{light: filter} of a target (params of register, frames_table)."""
     return FILTER_OF[wildcards.target]

@@ -20,9 +20,34 @@ rule ingest_frame:
         "../scripts/ingest_frame.py"
 
 
+rule screen_frames:
+    input:
+        frames=ingested_frames,
+    output:
+        "results/{target}/screening.csv",
+    log:
+        "logs/screen_frames/{target}.log",
+    wildcard_constraints:
+        target=DEEP_SKY_TARGETS,
+    conda:
+        "../envs/ingest.yaml"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    params:
+        code=library_code("screen_frames.py"),
+        sessions=frame_sessions,
+        owners=master_owners,
+        dark_fraction=config["calibration"]["lights_dark_fraction"],
+    script:
+        "../scripts/screen_frames.py"
+
+
 rule frames_table:
     input:
         frames=ingested_frames,
+        screening="results/{target}/screening.csv",
         registration="results/{target}/registration.csv",
     output:
         report(

@@ -12,6 +12,7 @@ from astroflow.calibration.calibrate import (
 from astroflow.calibration.cosmic import remove_cosmic_rays
 from astroflow.calibration.debayer import cfa_channel_map, debayer
 from astroflow.calibration.skyflat import SKY_FLAT_TYPE
+from astroflow.deepsky.screening import excluded_reason
 from astroflow.io.fits import (
     REASON_KEY,
     is_rejected,
@@ -29,7 +30,12 @@ keys = snakemake.input.keys()
 # Bayer drizzle (drizzle.bayer) also takes the calibrated mosaic, before debayering
 keep_cfa = "cfa" in snakemake.output.keys()
 header = read_header(snakemake.input.light)
-if is_rejected(header):
+# a light of another size than the session's, a duplicate, a dark among the lights (rule
+# screen_frames): passed on as rejected with that reason
+screened = excluded_reason(snakemake.input.light, snakemake.input.screening)
+if screened is not None and not is_rejected(header):
+    header[REASON_KEY] = screened
+if is_rejected(header) or screened is not None:
     write_rejected(snakemake.output[0], header[REASON_KEY], header)
     if keep_cfa:
         write_rejected(snakemake.output.cfa, header[REASON_KEY], header)

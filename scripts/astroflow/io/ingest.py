@@ -24,6 +24,7 @@ import numpy as np
 import rawpy
 import tifffile
 from astropy.io import fits
+from astropy.stats import mad_std
 from PIL import ExifTags, Image
 
 from astroflow import __version__
@@ -162,6 +163,43 @@ def read_frame(path):
     return data, meta
 
 
+# every n-th pixel of the flattened frame (an odd step visits every CFA cell and every colour),
+# every n-th row for the noise
+_SAMPLE_STEP = 7
+
+
+def frame_statistics(data):
+    """Robust level and pixel noise of a frame, recorded at ingest (``AFMEDIAN``, ``AFNOISE``).
+
+    Frame screening (:mod:`astroflow.deepsky.screening`) compares them between frames, from
+    the headers alone, to find darks among the lights.
+
+    Parameters
+    ----------
+    data : numpy.ndarray
+        float32 ADU, ``(H, W)`` (mono or CFA mosaic) or ``(H, W, 3)``, as read from the source.
+
+    Returns
+    -------
+    dict of str to float
+        ``AFMEDIAN``: median (ADU) of every 7th pixel; ``AFNOISE``: the pixel noise (ADU),
+        ``astropy.stats.mad_std`` of the differences between pixels two columns apart (the
+        same CFA colour) in every 7th row, divided by sqrt(2), so that gradients, vignetting
+        and stars do not count as noise. NaN pixels are ignored; empty when no pixel is finite
+        (a FITS header holds no NaN).
+    """
+    data = np.asarray(data, dtype=np.float32)
+    sample = data.reshape(-1)[::_SAMPLE_STEP]
+    sample = sample[np.isfinite(sample)]
+    if sample.size == 0:
+        return {}
+    rows = data[::_SAMPLE_STEP]
+    steps = (rows[:, 2:] - rows[:, :-2]).reshape(-1)
+    steps = steps[np.isfinite(steps)]
+    noise = float(mad_std(steps)) / np.sqrt(2) if steps.size else 0.0
+    return {"AFMEDIAN": round(float(np.median(sample)), 3), "AFNOISE": round(float(noise), 3)}
+
+
 def ingest_frame(path, frame_type, out_path):
     """Convert one input frame into the workflow's float32 FITS, or a rejected placeholder.
 
@@ -181,6 +219,7 @@ def ingest_frame(path, frame_type, out_path):
     astropy.io.fits.Header
         The header as written: the keywords of :func:`read_frame` plus ``IMAGETYP`` (upper-case
         ``frame_type``), ``BUNIT = 'ADU'``, ``SRCFILE`` (source path), ``SRCSHA`` (its SHA-256),
+        ``AFMEDIAN`` and ``AFNOISE`` (:func:`frame_statistics`),
         ``AFSTATUS`` and HISTORY. For an unreadable frame: the placeholder's header, ``AFSTATUS = 'REJECTED'``
         and ``AFREASON`` naming the file and the problem.
 
@@ -203,7 +242,7 @@ def ingest_frame(path, frame_type, out_path):
         log.warning("rejected: %s", reason)
         write_rejected(out_path, reason, provenance)
         return read_header(out_path)
-    header = {**meta, "BUNIT": "ADU", **provenance}
+    header = {**meta, **frame_statistics(data), "BUNIT": "ADU", **provenance}
     history = [f"astroflow {__version__} ingest: {imagetyp} from {fits_text(Path(path).name)}"]
     write_image(out_path, data, header, history=history)
     return read_header(out_path)

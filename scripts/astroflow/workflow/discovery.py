@@ -65,11 +65,13 @@ def frame_name(path):
     Returns
     -------
     str
-        Letters, digits, ``_``, ``.`` and ``-`` only (anything else becomes ``_``), never empty:
-        a Snakemake wildcard value and a safe file name.
+        Letters, digits, ``_``, ``.`` and ``-`` only (anything else becomes ``_``), never
+        starting with ``-`` (a file ``-rf.fits`` is an option to the shell tools a user runs on
+        the results) nor with or ending in ``.`` or ``_``, never empty: a Snakemake wildcard
+        value and a safe file name.
     """
     name = strip_extension(path)
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "frame"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).lstrip("._-").rstrip("._") or "frame"
 
 
 def _candidates(spec, where, folder_formats):
