@@ -440,6 +440,13 @@ def frame_sessions(wildcards):
     return SESSION_OF[wildcards.target]
 
 
+def frame_sources(wildcards):
+    """{frame type: {frame: source file}} of a target (params of screen_frames, frames_table:
+    the path as the file system spells it; the FITS header's SRCFILE is ASCII-escaped).
+    """
+    return FRAMES[wildcards.target]
+
+
 def master_owners(wildcards):
     """{session: {calibration type: session whose master it uses}} of a target (params of
     screen_frames)."""

@@ -38,6 +38,7 @@ rule screen_frames:
     params:
         code=library_code("screen_frames.py"),
         sessions=frame_sessions,
+        sources=frame_sources,
         owners=master_owners,
         dark_fraction=config["calibration"]["lights_dark_fraction"],
     script:
@@ -68,6 +69,7 @@ rule frames_table:
     params:
         code=library_code("frames_table.py"),
         sessions=frame_sessions,
+        sources=frame_sources,
         filters=frame_filters,
     script:
         "../scripts/frames_table.py"

@@ -14,6 +14,7 @@ records = [
         "frame": Path(path).stem,
         "type": Path(path).parent.name,
         "session": p.sessions[Path(path).stem],
+        "source": p.sources[Path(path).parent.name][Path(path).stem],
         "header": read_header(path),
     }
     for path in snakemake.input.frames

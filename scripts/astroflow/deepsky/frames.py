@@ -26,7 +26,7 @@ HEADER_COLUMNS = {
 }
 
 
-def frames_table(ingested_paths, registration, screening=None):
+def frames_table(ingested_paths, registration, screening=None, *, sources=None):
     """One row per input frame: provenance, quality, transform, used or rejected and why.
 
     Parameters
@@ -42,6 +42,9 @@ def frames_table(ingested_paths, registration, screening=None):
         ``screening.csv`` (:func:`astroflow.deepsky.screening.screen_frames`): the frames it
         excludes (another size than the majority, duplicates, darks among the lights) are
         ``rejected`` with its reason, calibration frames included.
+    sources : dict of str to dict of str to str, optional
+        Frame type -> frame -> source file: the ``source`` column, as the file system spells
+        it (the ingested header's ``SRCFILE`` escapes what is not ASCII).
 
     Returns
     -------
@@ -63,6 +66,8 @@ def frames_table(ingested_paths, registration, screening=None):
         for key, column in HEADER_COLUMNS.items():
             row[column] = header.get(key)
         row["type"] = str(row["type"] or Path(path).parent.name).lower()
+        if sources is not None:
+            row["source"] = sources.get(Path(path).parent.name, {}).get(row["frame"], row["source"])
         screened = None if screening is None else excluded_reason(path, screening)
         if is_rejected(header):
             row["status"], row["reason"] = "rejected", header.get(REASON_KEY, "")

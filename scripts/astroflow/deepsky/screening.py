@@ -43,6 +43,7 @@ from astroflow.io.fits import REASON_KEY, is_rejected, read_header
 __all__ = [
     "DARK_GAP_SIGMA",
     "ScreeningError",
+    "duplicate_sources",
     "excluded_reason",
     "screen_frames",
     "usable_paths",
@@ -55,6 +56,33 @@ _ORDER = ("light", "bias", "dark", "darkflat", "flat")
 
 class ScreeningError(ValueError):
     """Frames of a target that cannot be screened into one usable set; the message names them."""
+
+
+def duplicate_sources(sources, digests):
+    """Which source files repeat an earlier one's content: the same file under another name.
+
+    Parameters
+    ----------
+    sources : sequence of str
+        Source files in the order they are used (a file may repeat: the frames of one video).
+    digests : mapping of str to str
+        Source file -> its SHA-256 (:func:`astroflow.workflow.provenance.sha256_file`).
+
+    Returns
+    -------
+    dict of str to str
+        Each duplicate source -> the first source (in ``sources`` order) with the same digest;
+        files without a digest are never duplicates.
+    """
+    first, duplicates = {}, {}
+    for source in dict.fromkeys(sources):
+        digest = digests.get(source)
+        if not digest:
+            continue
+        original = first.setdefault(digest, source)
+        if original != source:
+            duplicates[source] = original
+    return duplicates
 
 
 def _size(header):
@@ -84,8 +112,10 @@ def screen_frames(records, owners, *, dark_fraction=0.2):
     records : sequence of dict
         One per ingested frame: ``frame`` (name), ``type`` (``light``, ``bias``, ``dark``,
         ``flat``, ``darkflat``), ``session`` (for a calibration frame: the session that owns its
-        master) and ``header`` (the ingested FITS header: ``NAXIS*``, ``SRCFILE``, ``SRCSHA``,
-        ``AFMEDIAN``, ``AFNOISE``, ``AFSTATUS``/``AFREASON`` of a frame ingest rejected).
+        master), ``header`` (the ingested FITS header: ``NAXIS*``, ``SRCFILE``, ``SRCSHA``,
+        ``AFMEDIAN``, ``AFNOISE``, ``AFSTATUS``/``AFREASON`` of a frame ingest rejected) and
+        optionally ``source``, the source file as the file system spells it (the header's
+        ``SRCFILE`` is ASCII-escaped), for the reasons.
     owners : dict of str to dict of str to str
         Session -> calibration type -> the session whose master it uses
         (:func:`astroflow.workflow.discovery.shared_masters`).
@@ -114,7 +144,7 @@ def screen_frames(records, owners, *, dark_fraction=0.2):
             "frame": record["frame"],
             "type": record["type"],
             "session": record["session"],
-            "source": str(header.get("SRCFILE", "")),
+            "source": str(record.get("source") or header.get("SRCFILE", "")),
             "status": "rejected" if rejected else "used",
             "reason": str(header.get(REASON_KEY, "")) if rejected else "",
             "_header": header,
@@ -131,14 +161,18 @@ def screen_frames(records, owners, *, dark_fraction=0.2):
     def exclude(row, reason):
         row["status"], row["reason"] = "rejected", reason
 
-    first = {}
-    for row in used():
-        sha = row["_header"].get("SRCSHA")
-        if not sha:
-            continue
-        original = first.setdefault((row["type"], sha), row)
-        if original is not row:
-            exclude(row, f"{row['source']}: duplicate of {original['source']} (same content, sha256 {sha[:12]}...)")
+    for ftype in dict.fromkeys(r["type"] for r in used()):
+        group = used(ftype)
+        digests = {r["source"]: r["_header"].get("SRCSHA") for r in group}
+        duplicates = duplicate_sources([r["source"] for r in group], digests)
+        for row in group:
+            if row["source"] in duplicates:
+                sha = digests[row["source"]]
+                exclude(
+                    row,
+                    f"{row['source']}: duplicate of {duplicates[row['source']]} (same content, "
+                    f"sha256 {sha[:12]}...)",
+                )
 
     majority = {}
     for ftype, session in dict.fromkeys((r["type"], r["session"]) for r in used()):
