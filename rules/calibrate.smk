@@ -137,6 +137,10 @@ rule sky_flat:
         iterations=config["calibration"]["sky_flat"]["iterations"],
         gradient_order=config["calibration"]["sky_flat"]["gradient_order"],
         nebula_sigma=config["calibration"]["sky_flat"]["nebula_sigma"],
+        sessions=frame_sessions,
+        sources=frame_sources,
+        owners=master_owners,
+        dark_fraction=config["calibration"]["lights_dark_fraction"],
     script:
         "../scripts/sky_flat.py"
 
@@ -145,7 +149,6 @@ rule calibrate_light:
     input:
         unpack(light_masters),
         light="results/{target}/ingest/light/{frame}.fits",
-        screening="results/{target}/screening.csv",
     output:
         intermediate("results/{target}/calibrated/{frame}.fits"),
         **CALIBRATED_CFA,

@@ -305,6 +305,18 @@ def ingested_frames(wildcards):
     ]
 
 
+def calibration_frames(wildcards):
+    """Every ingested calibration frame of a target, all sessions (input of screen_frames: the
+    lights are screened in register and sky_flat, so that a new light reruns no master).
+    """
+    return [
+        path
+        for ftype in FRAMES[wildcards.target]
+        if ftype != "light"
+        for path in ingested(wildcards.target, ftype)
+    ]
+
+
 def bias_frames(wildcards):
     return ingested(wildcards.target, "bias", session_of(wildcards))
 

@@ -22,7 +22,7 @@ rule ingest_frame:
 
 rule screen_frames:
     input:
-        frames=ingested_frames,
+        frames=calibration_frames,
     output:
         "results/{target}/screening.csv",
     log:

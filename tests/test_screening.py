@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from astroflow.deepsky.screening import ScreeningError, excluded_reason, screen_frames, usable_paths
+from astroflow.deepsky.screening import ScreeningError, excluded_reason, screen_frames, screen_lights, usable_paths
 from astroflow.io.ingest import frame_statistics
 
 ONE = {"default": {"bias": "default", "dark": "default"}}
@@ -99,3 +99,18 @@ def test_frame_statistics_are_robust_and_skip_nan():
     assert stats["AFMEDIAN"] == pytest.approx(1000, abs=0.5)
     assert stats["AFNOISE"] == pytest.approx(10, rel=0.05)
     assert frame_statistics(np.full((4, 4), np.nan, np.float32)) == {}
+
+
+def test_lights_are_screened_against_the_calibration_table():
+    calibration = screen_frames(
+        [record(f"d{i}", "dark", median=2054, noise=5) for i in range(3)]
+        + [record("d_copy", "dark", sha="sha-dark-d0", median=2054)],
+        {"default": {"dark": "default"}},
+    )
+    assert status(calibration, "d_copy", "dark")[0] == "rejected"
+    lights = [record(f"l{i}", median=3000) for i in range(4)]
+    lights += [record("capped", median=2054), record("zcopy", sha="sha-light-l0")]
+    lights += [record("gone", AFSTATUS="REJECTED", AFREASON="truncated")]
+    excluded = screen_lights(lights, calibration, {"default": {"dark": "default"}})
+    assert set(excluded) == {"capped", "zcopy"}  # ingest's own rejection is not repeated
+    assert "dark frames' level 2054.0" in excluded["capped"]

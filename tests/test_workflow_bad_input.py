@@ -69,9 +69,9 @@ def test_truncated_fits_and_raw_are_excluded_and_run_completes_without_calibrati
 
 
 def test_a_light_of_another_size_is_excluded_by_the_majority_size(small_night, tmp_path):
-    """The majority size of the lights wins (rule screen_frames): the odd light is excluded with
-    its size and the majority's before any light is calibrated (the whole run, and no size
-    holding more than half, an error: tests/test_workflow_bad_folders.py)."""
+    """The majority size of the lights wins (astroflow.deepsky.screening, in rule register): the
+    odd light is excluded with its size and the majority's, the others are registered (no size
+    holding more than half is an error: tests/test_workflow_bad_folders.py)."""
     lights = tmp_path / "lights"
     lights.mkdir()
     for path in sorted((small_night / "lights").glob("*.dng"))[:3]:
@@ -83,13 +83,13 @@ def test_a_light_of_another_size_is_excluded_by_the_majority_size(small_night, t
     config = write_config(
         work, {"mixed": {"kind": "deep-sky", "lights": str(lights)}}, calibration={"flatless": "none"}
     )
-    snakemake(work, "results/mixed/screening.csv", "--cores", "2", "--configfile", str(config))
-    frames = pd.read_csv(work / "results" / "mixed" / "screening.csv").set_index("frame")
+    snakemake(work, "results/mixed/frames.csv", "--cores", "2", "--configfile", str(config))
+    frames = pd.read_csv(work / "results" / "mixed" / "frames.csv").set_index("frame")
     assert frames.loc["odd_size", "status"] == "rejected"
     reason = frames.loc["odd_size", "reason"]
     assert str(lights / "odd_size.fits") in reason
-    assert "size 300x200 differs from the size 320x240 of 3 of the 4 light frames" in reason
-    assert (frames.drop("odd_size")["status"] == "used").all()
+    assert "size 300x200 differs from the size 320x240x3 of 3 of the 4 light frames" in reason
+    assert frames.loc["light_001", "status"] == "used"
 
 
 @pytest.mark.parametrize(

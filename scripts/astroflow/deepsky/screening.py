@@ -2,12 +2,18 @@
 
 Some bad frames look fine alone and are only wrong beside the rest of the night: a light of
 another size among the lights, the same file twice under two names, a dark put in the lights
-folder. :func:`screen_frames` decides all of them in one place, after ingest and before any
-calibration, from the ingested headers alone (size, ``SRCSHA``, and the robust statistics
-``AFMEDIAN``/``AFNOISE`` that ingest records, :func:`astroflow.io.ingest.frame_statistics`). Rule
-``screen_frames`` writes its answer to ``results/{target}/screening.csv``; the master rules and
-``calibrate_light`` leave the frames it excludes out (:func:`usable_paths`,
-:func:`excluded_reason`) and ``frames.csv`` records why.
+folder. :func:`screen_frames` decides all of them, from the ingested headers alone (size,
+``SRCSHA``, and the robust statistics ``AFMEDIAN``/``AFNOISE`` that ingest records,
+:func:`astroflow.io.ingest.frame_statistics`), at two places of the workflow, so that adding a
+light reruns neither the masters nor the other lights' calibration:
+
+- rule ``screen_frames`` screens the calibration frames into ``results/{target}/screening.csv``
+  before any master is made; the master rules leave out the frames it excludes
+  (:func:`usable_paths`) and ``frames.csv`` records why;
+- the lights, which are compared with each other and with that table (:func:`screen_lights`), are
+  screened where all of them meet anyway: in rule ``register`` (whose table carries the reasons
+  to ``frames.csv``) and in rule ``sky_flat``. ``calibrate_light`` passes a light whose size is not
+  its masters' through as rejected, naming both sizes.
 
 The rules:
 
@@ -44,7 +50,9 @@ __all__ = [
     "DARK_GAP_SIGMA",
     "ScreeningError",
     "duplicate_sources",
+    "calibration_records",
     "excluded_reason",
+    "screen_lights",
     "screen_frames",
     "usable_paths",
 ]
@@ -104,7 +112,7 @@ def _number(header, key):
     return value if np.isfinite(value) else None
 
 
-def screen_frames(records, owners, *, dark_fraction=0.2):
+def screen_frames(records, owners, *, dark_fraction=0.2, check_masters=True):
     """Which ingested frames of a deep-sky target are used, and why the others are not.
 
     Parameters
@@ -122,13 +130,17 @@ def screen_frames(records, owners, *, dark_fraction=0.2):
     dark_fraction : float, optional
         A light whose signal above the darks' (or bias) level is below this fraction of the
         lights' median signal is taken for a dark (0 turns the check off).
+    check_masters : bool, optional
+        Whether the lights' size must be that of the frames of their masters (False for
+        calibrated lights, debayered to ``(H, W, 3)``).
 
     Returns
     -------
     pandas.DataFrame
         Columns ``frame``, ``type``, ``session``, ``source``, ``status`` (``used`` or
-        ``rejected``), ``reason`` (empty for used frames), one row per record in order. Frames
-        ingest rejected keep its reason.
+        ``rejected``), ``reason`` (empty for used frames), ``width``, ``height``, ``channels``,
+        ``median``, ``noise``, ``sha256``, one row per record, lights first. Frames ingest
+        rejected keep its reason.
 
     Raises
     ------
@@ -148,6 +160,9 @@ def screen_frames(records, owners, *, dark_fraction=0.2):
             "status": "rejected" if rejected else "used",
             "reason": str(header.get(REASON_KEY, "")) if rejected else "",
             "_header": header,
+            "width": _size(header)[0], "height": _size(header)[1], "channels": _size(header)[2],
+            "median": _number(header, "AFMEDIAN"), "noise": _number(header, "AFNOISE"),
+            "sha256": str(header.get("SRCSHA", "")),
         })
     rows.sort(key=lambda r: (_ORDER.index(r["type"]) if r["type"] in _ORDER else 9, r["session"], r["frame"]))
 
@@ -200,7 +215,7 @@ def screen_frames(records, owners, *, dark_fraction=0.2):
 
     for session, types in owners.items():
         lights = majority.get(("light", session))
-        if lights is None:
+        if lights is None or not check_masters:
             continue
         for ftype, owner in types.items():
             size = majority.get((ftype, owner))
@@ -215,10 +230,84 @@ def screen_frames(records, owners, *, dark_fraction=0.2):
         for session, types in owners.items():
             _screen_dark_lights(used, exclude, session, types, dark_fraction)
 
-    return pd.DataFrame(
-        [{k: v for k, v in r.items() if k != "_header"} for r in rows],
-        columns=["frame", "type", "session", "source", "status", "reason"],
+    return pd.DataFrame([{k: v for k, v in r.items() if k != "_header"} for r in rows], columns=COLUMNS)
+
+
+#: the columns of :func:`screen_frames`' table (``screening.csv``)
+COLUMNS = [
+    "frame", "type", "session", "source", "status", "reason", "width", "height", "channels",
+    "median", "noise", "sha256",
+]  # fmt: skip
+
+
+def calibration_records(screening):
+    """The calibration frames of ``screening.csv`` as records for :func:`screen_frames`.
+
+    Parameters
+    ----------
+    screening : pandas.DataFrame or str or os.PathLike
+        The table of :func:`screen_frames`, or ``screening.csv``.
+
+    Returns
+    -------
+    list of dict
+        One record per frame of the table (``frame``, ``type``, ``session``, ``source`` and a
+        ``header`` holding what screening reads: size, ``SRCSHA``, ``AFMEDIAN``, ``AFNOISE``, and
+        ``AFSTATUS``/``AFREASON`` for frames already excluded), so that the lights can be
+        screened against the calibration frames without reading them again.
+    """
+    table = _table(screening)
+    records = []
+    for row in table.itertuples():
+        channels = int(row.channels)
+        header = {"NAXIS": 3 if channels > 1 else 2, "NAXIS1": int(row.width), "NAXIS2": int(row.height),
+                  "SRCFILE": row.source, "SRCSHA": row.sha256}
+        if channels > 1:
+            header["NAXIS3"] = channels
+        for key, value in (("AFMEDIAN", row.median), ("AFNOISE", row.noise)):
+            if str(value) not in ("", "nan", "None"):
+                header[key] = float(value)
+        if row.status == "rejected":
+            header["AFSTATUS"], header[REASON_KEY] = "REJECTED", row.reason
+        records.append({"frame": row.frame, "type": row.type, "session": row.session,
+                        "source": row.source, "header": header})
+    return records
+
+
+def screen_lights(lights, screening, owners, *, dark_fraction=0.2, check_masters=False):
+    """Which lights screening excludes, against each other and the calibration frames.
+
+    Parameters
+    ----------
+    lights : sequence of dict
+        Records of the lights (see :func:`screen_frames`): ingested or calibrated headers.
+    screening : pandas.DataFrame or str or os.PathLike
+        The calibration frames' table (``screening.csv`` of rule ``screen_frames``).
+    owners : dict
+        As for :func:`screen_frames`.
+    dark_fraction : float, optional
+        As for :func:`screen_frames`.
+    check_masters : bool, optional
+        As for :func:`screen_frames`: True for ingested lights.
+
+    Returns
+    -------
+    dict of str to str
+        Light -> why it is excluded (a duplicate, another size than the majority's, a dark);
+        lights ingest or calibration rejected are not listed.
+
+    Raises
+    ------
+    ScreeningError
+        As :func:`screen_frames`.
+    """
+    table = screen_frames(
+        list(lights) + calibration_records(screening), owners, dark_fraction=dark_fraction,
+        check_masters=check_masters,
     )
+    placeholders = {r["frame"] for r in lights if is_rejected(r["header"])}
+    excluded = table[(table["type"] == "light") & (table["status"] == "rejected")]
+    return {f: r for f, r in zip(excluded["frame"], excluded["reason"], strict=True) if f not in placeholders}
 
 
 def _screen_dark_lights(used, exclude, session, types, dark_fraction):
