@@ -459,6 +459,22 @@ def frame_sources(wildcards):
     return FRAMES[wildcards.target]
 
 
+def calibration_sources(wildcards):
+    """{frame type: {frame: source file}} of a target's calibration frames (params of
+    screen_frames: without the lights, so that a new light does not rerun it)."""
+    return {t: f for t, f in FRAMES[wildcards.target].items() if t != "light"}
+
+
+def calibration_sessions(wildcards):
+    """{frame: session} of a target's calibration frames (params of screen_frames)."""
+    sources = calibration_sources(wildcards)
+    return {
+        frame: session
+        for frame, session in SESSION_OF[wildcards.target].items()
+        if any(frame in frames for frames in sources.values())
+    }
+
+
 def master_owners(wildcards):
     """{session: {calibration type: session whose master it uses}} of a target (params of
     screen_frames)."""

@@ -37,10 +37,9 @@ rule screen_frames:
         runtime=5,
     params:
         code=library_code("screen_frames.py"),
-        sessions=frame_sessions,
-        sources=frame_sources,
+        sessions=calibration_sessions,
+        sources=calibration_sources,
         owners=master_owners,
-        dark_fraction=config["calibration"]["lights_dark_fraction"],
     script:
         "../scripts/screen_frames.py"
 

@@ -19,7 +19,8 @@ records = [
     }
     for path in snakemake.input.frames
 ]
-table = screen_frames(records, p.owners, dark_fraction=p.dark_fraction)
+# the calibration frames only: the lights are screened in register and sky_flat
+table = screen_frames(records, p.owners)
 atomic_write(snakemake.output[0], lambda tmp: table.to_csv(tmp, index=False))
 for row in table[table["status"] == "rejected"].itertuples():
     log.warning("%s %s excluded: %s", row.type, row.frame, row.reason)
