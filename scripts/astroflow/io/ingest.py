@@ -163,9 +163,9 @@ def read_frame(path):
     return data, meta
 
 
-# every n-th pixel of the flattened frame (an odd step visits every CFA cell and every colour),
-# every n-th row for the noise
-_SAMPLE_STEP = 7
+# about this many pixels are sampled for the statistics of a frame: on a 24 Mpx frame half the
+# time of every 7th pixel (0.25 s against 0.5 s on the loaded 2-core test machine)
+_SAMPLES = 1_000_000
 
 
 def frame_statistics(data):
@@ -182,18 +182,20 @@ def frame_statistics(data):
     Returns
     -------
     dict of str to float
-        ``AFMEDIAN``: median (ADU) of every 7th pixel; ``AFNOISE``: the pixel noise (ADU),
+        ``AFMEDIAN``: median (ADU) of every n-th pixel; ``AFNOISE``: the pixel noise (ADU),
         ``astropy.stats.mad_std`` of the differences between pixels two columns apart (the
-        same CFA colour) in every 7th row, divided by sqrt(2), so that gradients, vignetting
-        and stars do not count as noise. NaN pixels are ignored; empty when no pixel is finite
-        (a FITS header holds no NaN).
+        same CFA colour) in every n-th row, divided by sqrt(2), so that gradients, vignetting
+        and stars do not count as noise. n is odd (every CFA cell and colour is visited) and
+        about a million values are sampled (n = 1 up to 2 Mpx). NaN pixels are ignored; empty
+        when no pixel is finite (a FITS header holds no NaN).
     """
     data = np.asarray(data, dtype=np.float32)
-    sample = data.reshape(-1)[::_SAMPLE_STEP]
+    step = 2 * (data.size // (2 * _SAMPLES)) + 1
+    sample = data.reshape(-1)[::step]
     sample = sample[np.isfinite(sample)]
     if sample.size == 0:
         return {}
-    rows = data[::_SAMPLE_STEP]
+    rows = data[::step]
     steps = (rows[:, 2:] - rows[:, :-2]).reshape(-1)
     steps = steps[np.isfinite(steps)]
     noise = float(mad_std(steps)) / np.sqrt(2) if steps.size else 0.0
