@@ -1,6 +1,7 @@
 rule master_bias:
     input:
-        bias_frames,
+        frames=bias_frames,
+        screening="results/{target}/screening.csv",
     output:
         "results/{target}/masters{session}/bias.fits",
     log:
@@ -27,6 +28,7 @@ rule master_dark:
     input:
         unpack(optional_bias),
         frames=dark_frames,
+        screening="results/{target}/screening.csv",
     output:
         master="results/{target}/masters{session}/{kind}.fits",
     log:
@@ -78,6 +80,7 @@ rule master_flat:
     input:
         unpack(flat_masters),
         frames=flat_frames,
+        screening="results/{target}/screening.csv",
     output:
         "results/{target}/masters{session}/flat.fits",
     log:
@@ -106,6 +109,7 @@ rule sky_flat:
     input:
         unpack(calibration_masters),
         lights=light_frames,
+        screening="results/{target}/screening.csv",
     output:
         flat="results/{target}/masters{session}/sky_flat.fits",
         summary="results/{target}/masters{session}/sky_flat.json",
@@ -133,6 +137,10 @@ rule sky_flat:
         iterations=config["calibration"]["sky_flat"]["iterations"],
         gradient_order=config["calibration"]["sky_flat"]["gradient_order"],
         nebula_sigma=config["calibration"]["sky_flat"]["nebula_sigma"],
+        sessions=frame_sessions,
+        sources=frame_sources,
+        owners=master_owners,
+        dark_fraction=config["calibration"]["lights_dark_fraction"],
     script:
         "../scripts/sky_flat.py"
 

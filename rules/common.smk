@@ -288,6 +288,18 @@ def ingested_frames(wildcards):
     ]
 
 
+def calibration_frames(wildcards):
+    """Every ingested calibration frame of a target, all sessions (input of screen_frames: the
+    lights are screened in register and sky_flat, so that a new light reruns no master).
+    """
+    return [
+        path
+        for ftype in FRAMES[wildcards.target]
+        if ftype != "light"
+        for path in ingested(wildcards.target, ftype)
+    ]
+
+
 def bias_frames(wildcards):
     return ingested(wildcards.target, "bias", session_of(wildcards))
 
@@ -421,6 +433,35 @@ def filter_stacks(wildcards):
 def frame_sessions(wildcards):
     """{frame: session} of a target, every frame type (params of register, frames_table)."""
     return SESSION_OF[wildcards.target]
+
+
+def frame_sources(wildcards):
+    """{frame type: {frame: source file}} of a target (params of screen_frames, frames_table:
+    the path as the file system spells it; the FITS header's SRCFILE is ASCII-escaped).
+    """
+    return FRAMES[wildcards.target]
+
+
+def calibration_sources(wildcards):
+    """{frame type: {frame: source file}} of a target's calibration frames (params of
+    screen_frames: without the lights, so that a new light does not rerun it)."""
+    return {t: f for t, f in FRAMES[wildcards.target].items() if t != "light"}
+
+
+def calibration_sessions(wildcards):
+    """{frame: session} of a target's calibration frames (params of screen_frames)."""
+    sources = calibration_sources(wildcards)
+    return {
+        frame: session
+        for frame, session in SESSION_OF[wildcards.target].items()
+        if any(frame in frames for frames in sources.values())
+    }
+
+
+def master_owners(wildcards):
+    """{session: {calibration type: session whose master it uses}} of a target (params of
+    screen_frames)."""
+    return MASTER_OWNER[wildcards.target]
 
 
 def frame_filters(wildcards):

@@ -22,9 +22,34 @@ rule ingest_frame:
         "../scripts/ingest_frame.py"
 
 
+rule screen_frames:
+    input:
+        frames=calibration_frames,
+    output:
+        "results/{target}/screening.csv",
+    log:
+        "logs/screen_frames/{target}.log",
+    wildcard_constraints:
+        target=DEEP_SKY_TARGETS,
+    conda:
+        "../envs/ingest.yaml"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    params:
+        code=library_code("screen_frames.py"),
+        sessions=calibration_sessions,
+        sources=calibration_sources,
+        owners=master_owners,
+    script:
+        "../scripts/screen_frames.py"
+
+
 rule frames_table:
     input:
         frames=ingested_frames,
+        screening="results/{target}/screening.csv",
         registration="results/{target}/registration.csv",
     output:
         report(
@@ -45,6 +70,7 @@ rule frames_table:
     params:
         code=library_code("frames_table.py"),
         sessions=frame_sessions,
+        sources=frame_sources,
         filters=frame_filters,
     script:
         "../scripts/frames_table.py"

@@ -1,6 +1,7 @@
 rule register:
     input:
-        calibrated_lights,
+        lights=calibrated_lights,
+        screening="results/{target}/screening.csv",
     output:
         "results/{target}/registration.csv",
     log:
@@ -27,6 +28,9 @@ rule register:
         outlier_sigma=config["registration"]["outlier_sigma"],
         keep_percent=config["registration"]["keep_percent"],
         tps_smoothing=config["registration"]["tps_smoothing"],
+        sources=frame_sources,
+        owners=master_owners,
+        dark_fraction=config["calibration"]["lights_dark_fraction"],
     script:
         "../scripts/register.py"
 

@@ -14,6 +14,7 @@ from astroflow.calibration.debayer import cfa_channel_map, debayer
 from astroflow.calibration.skyflat import SKY_FLAT_TYPE
 from astroflow.io.fits import (
     REASON_KEY,
+    image_shape,
     is_rejected,
     read_header,
     read_headers,
@@ -29,7 +30,19 @@ keys = snakemake.input.keys()
 # Bayer drizzle (drizzle.bayer) also takes the calibrated mosaic, before debayering
 keep_cfa = "cfa" in snakemake.output.keys()
 header = read_header(snakemake.input.light)
-if is_rejected(header):
+# a light of another size than its masters (the size of most of their frames, rule
+# screen_frames) is one bad frame, passed on as rejected, not the end of the night
+odd = None
+for kind in ("bias", "dark", "flat"):
+    if odd is None and kind in keys and not is_rejected(header):
+        master = read_header(snakemake.input[kind])
+        if not is_rejected(master) and image_shape(master) != image_shape(header):
+            size, master_size = ("x".join(map(str, image_shape(h)[1::-1])) for h in (header, master))
+            source = header.get("SRCFILE", snakemake.input.light)
+            odd = f"{source}: size {size} differs from the master {kind}'s {master_size}"
+if odd is not None:
+    header[REASON_KEY] = odd
+if is_rejected(header) or odd is not None:
     write_rejected(snakemake.output[0], header[REASON_KEY], header)
     if keep_cfa:
         write_rejected(snakemake.output.cfa, header[REASON_KEY], header)

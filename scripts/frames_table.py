@@ -12,7 +12,8 @@ from astroflow.workflow.logs import setup_logging
 
 log = setup_logging(snakemake.log[0])
 registration = pd.read_csv(snakemake.input.registration).drop(columns=["session", "filter"], errors="ignore")
-table = frames_table(snakemake.input.frames, registration)
+screening = pd.read_csv(snakemake.input.screening, dtype=str, keep_default_na=False)
+table = frames_table(snakemake.input.frames, registration, screening, sources=snakemake.params.sources)
 # every frame's session, each light's filter (both decided in common.smk), and the filter the
 # headers of flats record (they are matched to the lights by it)
 filters = dict(snakemake.params.filters)

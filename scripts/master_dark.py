@@ -8,6 +8,7 @@ uses), the others image extensions, among which calibrate_light and master_flat 
 """
 
 from astroflow.calibration.calibrate import master_darks
+from astroflow.deepsky.screening import usable_paths
 from astroflow.io.fits import read_image, write_images
 from astroflow.workflow.logs import setup_logging
 
@@ -15,7 +16,7 @@ log = setup_logging(snakemake.log[0])
 p = snakemake.params
 bias = read_image(snakemake.input.bias) if "bias" in snakemake.input.keys() else None
 masters = master_darks(
-    snakemake.input.frames, bias, exposure_tolerance=p.exposure_tolerance,
+    usable_paths(snakemake.input.frames, snakemake.input.screening, log), bias, exposure_tolerance=p.exposure_tolerance,
     temperature_tolerance=p.temperature_tolerance, method=p.method, sigma_low=p.sigma_low,
     sigma_high=p.sigma_high, memory_mb=p.memory_mb,
 )

@@ -7,6 +7,7 @@ several master darks (rule master_dark), each group of flats gets the one that m
 """
 
 from astroflow.calibration.calibrate import master_flats
+from astroflow.deepsky.screening import usable_paths
 from astroflow.io.fits import read_headers, read_image, write_images
 from astroflow.workflow.logs import setup_logging
 
@@ -17,8 +18,9 @@ bias = read_image(snakemake.input.bias) if "bias" in keys else None
 darks = []
 if "dark" in keys:
     darks = [read_image(snakemake.input.dark, hdu=i) for i in range(len(read_headers(snakemake.input.dark)))]
+frames = usable_paths(snakemake.input.frames, snakemake.input.screening, log)
 masters = master_flats(
-    snakemake.input.frames, bias, darks, exposure_tolerance=p.exposure_tolerance,
+    frames, bias, darks, exposure_tolerance=p.exposure_tolerance,
     temperature_tolerance=p.temperature_tolerance, method=p.method, sigma_low=p.sigma_low,
     sigma_high=p.sigma_high, memory_mb=p.memory_mb,
 )

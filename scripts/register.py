@@ -3,15 +3,27 @@
 from pathlib import Path
 
 from astroflow.deepsky.register import register_frames
+from astroflow.deepsky.screening import screen_lights
 from astroflow.io.atomic import atomic_write
 from astroflow.io.fits import is_rejected, read_header
 from astroflow.workflow.logs import setup_logging
 
 log = setup_logging(snakemake.log[0])
 p = snakemake.params
+lights = list(snakemake.input.lights)
+# duplicates, lights of another size than most, darks among the lights (astroflow.deepsky.screening)
+excluded = screen_lights(
+    [
+        {"frame": Path(path).stem, "type": "light", "session": p.sessions[Path(path).stem],
+         "source": p.sources["light"][Path(path).stem], "header": read_header(path)}
+        for path in lights
+    ],
+    snakemake.input.screening, p.owners, dark_fraction=p.dark_fraction,
+)
 table = register_frames(
-    list(snakemake.input),
-    [Path(path).stem for path in snakemake.input],
+    lights,
+    [Path(path).stem for path in lights],
+    excluded=excluded,
     reference=p.reference,
     model=p.model,
     threshold_sigma=p.threshold_sigma,
@@ -27,7 +39,7 @@ table = register_frames(
 # (NCOSMIC, where looked for), for frames.csv: the calibrated lights are temporary, and
 # frames_table must not need them again.
 flats, cosmic = {}, {}
-for path in snakemake.input:
+for path in lights:
     header = read_header(path)
     flats[Path(path).stem] = "" if is_rejected(header) else header.get("FLATUSED", "")
     cosmic[Path(path).stem] = header.get("NCOSMIC")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from astroflow.calibration.calibrate import CalibrationWarning, calibrate_light
 from astroflow.calibration.skyflat import SKY_FLAT_TYPE, SkyFlatRefused, sky_flat
+from astroflow.deepsky.screening import screen_lights
 from astroflow.io.atomic import atomic_write
 from astroflow.io.fits import is_rejected, read_header, read_image, write_image, write_rejected
 from astroflow.workflow.logs import setup_logging
@@ -16,8 +17,25 @@ p = snakemake.params
 keys = snakemake.input.keys()
 masters = {f"master_{kind}": read_image(snakemake.input[kind]) for kind in ("bias", "dark") if kind in keys}
 hot = read_image(snakemake.input.hot_pixels)[0] > 0 if "hot_pixels" in keys else None
-paths = [path for path in snakemake.input.lights if not is_rejected(read_header(path))]
-log.info("%d of %d lights usable (the others were rejected at ingest)", len(paths), len(snakemake.input.lights))
+# duplicates, lights of another size than most, darks among the lights (as rule register)
+excluded = screen_lights(
+    [
+        {"frame": Path(path).stem, "type": "light", "session": p.sessions[Path(path).stem],
+         "source": p.sources["light"][Path(path).stem], "header": read_header(path)}
+        for path in snakemake.input.lights
+    ],
+    snakemake.input.screening, p.owners, dark_fraction=p.dark_fraction, check_masters=True,
+)
+for frame, reason in excluded.items():
+    log.warning("%s excluded: %s", frame, reason)
+paths = [
+    path for path in snakemake.input.lights
+    if Path(path).stem not in excluded and not is_rejected(read_header(path))
+]
+log.info(
+    "%d of %d lights usable (the others were rejected at ingest or excluded by screening)",
+    len(paths), len(snakemake.input.lights),
+)
 
 
 def bias_dark_subtracted(path):

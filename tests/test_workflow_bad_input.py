@@ -68,7 +68,10 @@ def test_truncated_fits_and_raw_are_excluded_and_run_completes_without_calibrati
     assert "bias" in log and "skipped" in log
 
 
-def test_lights_of_different_sizes_name_the_files(small_night, tmp_path):
+def test_a_light_of_another_size_is_excluded_by_the_majority_size(small_night, tmp_path):
+    """The majority size of the lights wins (astroflow.deepsky.screening, in rule register): the
+    odd light is excluded with its size and the majority's, the others are registered (no size
+    holding more than half is an error: tests/test_workflow_bad_folders.py)."""
     lights = tmp_path / "lights"
     lights.mkdir()
     for path in sorted((small_night / "lights").glob("*.dng"))[:3]:
@@ -77,11 +80,16 @@ def test_lights_of_different_sizes_name_the_files(small_night, tmp_path):
     odd = rng.normal(1000, 10, (200, 300)).astype(np.uint16)
     fits.PrimaryHDU(odd).writeto(lights / "odd_size.fits")
     work = tmp_path / "work"
-    config = write_config(work, {"mixed": {"kind": "deep-sky", "lights": str(lights)}})
-    proc = snakemake(work, "--cores", "2", "--configfile", str(config), check=False)
-    assert proc.returncode != 0
-    logs = "".join(p.read_text() for p in (work / "logs").rglob("*.log"))
-    assert "odd_size" in logs and "light_001" in logs and "300" in logs
+    config = write_config(
+        work, {"mixed": {"kind": "deep-sky", "lights": str(lights)}}, calibration={"flatless": "none"}
+    )
+    snakemake(work, "results/mixed/frames.csv", "--cores", "2", "--configfile", str(config))
+    frames = pd.read_csv(work / "results" / "mixed" / "frames.csv").set_index("frame")
+    assert frames.loc["odd_size", "status"] == "rejected"
+    reason = frames.loc["odd_size", "reason"]
+    assert str(lights / "odd_size.fits") in reason
+    assert "size 300x200 differs from the size 320x240x3 of 3 of the 4 light frames" in reason
+    assert frames.loc["light_001", "status"] == "used"
 
 
 @pytest.mark.parametrize(

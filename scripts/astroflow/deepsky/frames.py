@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from astroflow.deepsky.screening import excluded_reason
 from astroflow.io.fits import REASON_KEY, is_rejected, read_header
 
 # FITS keyword -> frames.csv column, for what ingest records of every frame.
@@ -25,7 +26,7 @@ HEADER_COLUMNS = {
 }
 
 
-def frames_table(ingested_paths, registration):
+def frames_table(ingested_paths, registration, screening=None, *, sources=None):
     """One row per input frame: provenance, quality, transform, used or rejected and why.
 
     Parameters
@@ -37,6 +38,13 @@ def frames_table(ingested_paths, registration):
         The table written by the register rule (``registration.csv``): one row per light with
         ``frame``, ``status``, ``reason``, ``flat`` (the calibrated light's ``FLATUSED``) and
         the quality and transform columns.
+    screening : pandas.DataFrame, optional
+        ``screening.csv`` (:func:`astroflow.deepsky.screening.screen_frames`): the frames it
+        excludes (another size than the majority, duplicates, darks among the lights) are
+        ``rejected`` with its reason, calibration frames included.
+    sources : dict of str to dict of str to str, optional
+        Frame type -> frame -> source file: the ``source`` column, as the file system spells
+        it (the ingested header's ``SRCFILE`` escapes what is not ASCII).
 
     Returns
     -------
@@ -58,8 +66,13 @@ def frames_table(ingested_paths, registration):
         for key, column in HEADER_COLUMNS.items():
             row[column] = header.get(key)
         row["type"] = str(row["type"] or Path(path).parent.name).lower()
+        if sources is not None:
+            row["source"] = sources.get(Path(path).parent.name, {}).get(row["frame"], row["source"])
+        screened = None if screening is None else excluded_reason(path, screening)
         if is_rejected(header):
             row["status"], row["reason"] = "rejected", header.get(REASON_KEY, "")
+        elif screened is not None:
+            row["status"], row["reason"] = "rejected", screened
         else:
             row["status"], row["reason"] = "used", ""
         rows.append(row)

@@ -463,6 +463,7 @@ def register_frames(
     keep_percent=100.0,
     tps_smoothing=DEFAULT_TPS_SMOOTHING,
     saturation=None,
+    excluded=None,
 ):
     """Measure, select, register and weight a set of lights.
 
@@ -516,6 +517,10 @@ def register_frames(
         Default "auto".
     saturation : float or None, optional
         Saturation level (ADU) passed to :func:`~astroflow.quality.detect_stars`. Default None.
+    excluded : mapping of str to str, optional
+        Frames excluded before registration (name -> reason: a duplicate, another size than
+        most, a dark among the lights; :func:`astroflow.deepsky.screening.screen_lights`):
+        rejected with that reason, unread, like rejected placeholders.
 
     Returns
     -------
@@ -551,7 +556,7 @@ def register_frames(
         raise ValueError(f"keep_percent must be in (0, 100], got {keep_percent}")
     inputs = list(images_or_paths)
     names = _frame_names(inputs, names)
-    placeholders, shapes, groups = _survey(inputs, names)
+    placeholders, shapes, groups = _survey(inputs, names, excluded or {})
 
     rows, star_lists = [], {}
     for item, name in zip(inputs, names):
@@ -803,11 +808,14 @@ def _frame_names(inputs, names):
     return names
 
 
-def _survey(inputs, names):
-    """Rejected placeholders (name -> reason), image shapes (name -> shape) and groups of
-    comparable frames (name -> "exposure|filter", from EXPTIME and FILTER), from headers."""
-    placeholders, shapes, groups = {}, {}, {}
+def _survey(inputs, names, excluded):
+    """Rejected placeholders and excluded frames (name -> reason), image shapes (name -> shape)
+    and groups of comparable frames (name -> "exposure|filter", from EXPTIME and FILTER), from
+    headers."""
+    placeholders, shapes, groups = dict(excluded), {}, {}
     for item, name in zip(inputs, names):
+        if name in placeholders:
+            continue
         if _is_path(item):
             header = fitsio.read_header(item)
             if fitsio.is_rejected(header):

@@ -66,12 +66,14 @@ def frame_name(path):
     -------
     str
         Letters, digits, ``_``, ``.`` and ``-`` only (anything else becomes ``_``), never empty,
-        never starting with ``.`` and at most :data:`FRAME_NAME_LENGTH` characters (the rest is
-        cut): a Snakemake wildcard value and a safe file name, also with a session prefix and
-        an extension added (file names have at most 255 bytes). Different files may get the
-        same name (``a b.fits``, ``a_b.tif``): :func:`find_frames` makes them unique.
+        never starting with ``-`` (a file ``-rf.fits`` is an option to the shell tools a user
+        runs on the results) nor with or ending in ``.`` or ``_``, and at most
+        :data:`FRAME_NAME_LENGTH` characters (the rest is cut): a Snakemake wildcard value and a
+        safe file name, also with a session prefix and an extension added (file names have at
+        most 255 bytes). Different files may get the same name (``a b.fits``, ``a_b.tif``):
+        :func:`find_frames` makes them unique.
     """
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", strip_extension(path)).strip("._")
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", strip_extension(path)).lstrip("._-")
     return name[:FRAME_NAME_LENGTH].rstrip("._") or "frame"
 
 
