@@ -120,7 +120,8 @@ def memory_against_declared(runtimes, declared):
         :func:`runtime_table` of the run (``results/runtimes.tsv``): ``rule``, ``job``,
         ``max_rss`` (MB), ``s``, ``cpu_time``.
     declared : pandas.DataFrame
-        :func:`declared_resources` of the same run.
+        :func:`declared_resources` of the same run (or of the runs that wrote the benchmark
+        files: a job printed more than once counts as its last).
 
     Returns
     -------
