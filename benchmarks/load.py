@@ -34,6 +34,7 @@ import ast
 import json
 import os
 import platform
+import re
 import resource
 import subprocess
 import sys
@@ -47,7 +48,7 @@ import yaml
 
 from astroflow.io.fits import read_header
 from astroflow.simulation.night import simulate_night
-from astroflow.workflow.report import declared_resources, memory_against_declared
+from astroflow.workflow.report import declared_resources, memory_against_declared, runtime_table
 
 REPO = Path(__file__).resolve().parents[1]
 PER_FRAME_SCRIPTS = ("ingest_frame", "calibrate_light", "warp")
@@ -145,29 +146,42 @@ def run_case(work, targets, cores):
     (work / "snakemake.log").write_text(proc.stdout)
     if proc.returncode != 0:
         raise RuntimeError(f"run failed ({proc.returncode}), see {work / 'snakemake.log'}")
-    declared = declared_resources(proc.stdout)
-    runtimes = pd.read_csv(work / "results" / "runtimes.tsv", sep="\t")
+    case = measure(work, targets, proc.stdout, cores=cores, wall_s=wall_s)
+    return case | {
+        "dag_s": round(dag_s, 2),
+        "snakemake_cpu_s": round(children_cpu_s() - cpu_before, 1),
+        "load_before": round(load_before, 2),
+        "load_during": load.summary(),
+    }
+
+
+def measure(work, targets, log_text, *, cores, wall_s):
+    """Time, memory, disk and stacks of a run in ``work``, finished or not.
+
+    Reads every benchmark file under ``work/benchmarks`` (a run cut short has those of its
+    finished jobs) and the jobs Snakemake declared in ``log_text``.
+    """
+    declared = declared_resources(log_text)
+    runtimes = runtime_table(sorted((work / "benchmarks").rglob("*.tsv")))
     memory = memory_against_declared(runtimes, declared)
-    jobs = declared["rule"].value_counts()
+    planned = re.search(r"^total\s+(\d+)\s*$", log_text, re.MULTILINE)
     per_rule = runtimes.groupby("rule", sort=False).agg(s=("s", "sum"), cpu_s=("cpu_time", "sum"))
     job_s = float(runtimes["s"].sum())
     stacks = {}
     for target in targets:
-        table = pd.read_csv(work / "results" / target / "frames.csv")
-        used = int(((table["type"] == "light") & (table["status"] == "used")).sum())
-        ncombine = int(read_header(work / "results" / target / "stack.fits")["NCOMBINE"])
-        stacks[target] = {"used_lights": used, "ncombine": ncombine}
+        frames, stack = work / "results" / target / "frames.csv", work / "results" / target / "stack.fits"
+        if frames.exists() and stack.exists():
+            table = pd.read_csv(frames)
+            used = int(((table["type"] == "light") & (table["status"] == "used")).sum())
+            stacks[target] = {"used_lights": used, "ncombine": int(read_header(stack)["NCOMBINE"])}
     return {
-        "jobs": int(len(declared)),
-        "jobs_per_rule": {rule: int(n) for rule, n in jobs.items()},
-        "dag_s": round(dag_s, 2),
+        "jobs": int(planned.group(1)) if planned else int(len(declared)),
+        "jobs_finished": len(re.findall(r"^Finished jobid", log_text, re.MULTILINE)),
+        "jobs_per_rule": {rule: int(n) for rule, n in declared["rule"].value_counts().items()},
         "wall_s": round(wall_s, 1),
-        "snakemake_cpu_s": round(children_cpu_s() - cpu_before, 1),
         "benchmarked_job_s": round(job_s, 1),
         # core-seconds no benchmarked job used: Snakemake's scheduling and the unbenchmarked jobs
         "idle_core_s": round(cores * wall_s - job_s, 1),
-        "load_before": round(load_before, 2),
-        "load_during": load.summary(),
         "per_rule_time": {
             rule: {"s": round(row.s, 1), "cpu_s": round(row.cpu_s, 1)}
             for rule, row in per_rule.iterrows()
@@ -180,7 +194,20 @@ def run_case(work, targets, cores):
             for folder in DISK_FOLDERS
         },
         "stacks": stacks,
-        "ncombine_equals_used": all(s["used_lights"] == s["ncombine"] for s in stacks.values()),
+        "ncombine_equals_used": bool(stacks) and all(
+            s["used_lights"] == s["ncombine"] for s in stacks.values()
+        ),
+    }
+
+
+def measure_unfinished(work, cores):
+    """:func:`measure` of a run still going or cut short: its wall time from the log's stamps."""
+    log_text = max((work / ".snakemake" / "log").glob("*.snakemake.log")).read_text()
+    stamps = re.findall(r"^\[(\w{3} \w{3} +\d+ [\d:]{8} \d{4})\]$", log_text, re.MULTILINE)
+    first, last = (time.mktime(time.strptime(s, "%a %b %d %H:%M:%S %Y")) for s in (stamps[0], stamps[-1]))
+    targets = yaml.safe_load((work / "load.yaml").read_text())["targets"]
+    return measure(work, targets, log_text, cores=cores, wall_s=last - first) | {
+        "load_now": round(os.getloadavg()[0], 2)
     }
 
 
@@ -212,15 +239,24 @@ def markdown(results):
     ]
     for name, case in results["cases"].items():
         disk = ", ".join(f"{k} {v['mb']} MB ({v['files']} files)" for k, v in case["disk"].items())
+        finished = case.get("jobs_finished", case["jobs"])
+        if "load_during" in case:
+            timing = [
+                f"- {case['jobs']} jobs; wall {case['wall_s']} s (load average {case['load_before']} "
+                f"before, {case['load_during']['mean']} mean, {case['load_during']['max']} max during)",
+                f"- parse + DAG (dry run): {case['dag_s']} s; jobs' own time "
+                f"{case['benchmarked_job_s']} s; idle core-seconds {case['idle_core_s']}; CPU of "
+                f"snakemake and its jobs {case['snakemake_cpu_s']} s",
+                f"- simulating the frames: {case['simulate_s']} s (not in the wall time)",
+            ]
+        else:
+            timing = [
+                f"- NOT FINISHED: {finished} of {case['jobs']} jobs done in {case['wall_s']} s "
+                f"(load average {case['load_now']} when measured); jobs' own time "
+                f"{case['benchmarked_job_s']} s; idle core-seconds {case['idle_core_s']}",
+            ]
+        lines += [f"## {name}: {case['description']}", "", *timing]
         lines += [
-            f"## {name}: {case['description']}",
-            "",
-            f"- {case['jobs']} jobs; wall {case['wall_s']} s (load average {case['load_before']} "
-            f"before, {case['load_during']['mean']} mean, {case['load_during']['max']} max during)",
-            f"- parse + DAG (dry run): {case['dag_s']} s; jobs' own time {case['benchmarked_job_s']} s; "
-            f"idle core-seconds {case['idle_core_s']}; CPU of snakemake and its jobs "
-            f"{case['snakemake_cpu_s']} s",
-            f"- simulating the frames: {case['simulate_s']} s (not in the wall time)",
             f"- every rule within its declared memory: {case['within_declared_memory']}; "
             f"NCOMBINE = used lights for every target: {case['ncombine_equals_used']}",
             f"- disk: {disk}",
@@ -255,6 +291,15 @@ def main():
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--workdir", type=Path, help="scratch folder (default: a temporary one)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "load_results.json")
+    parser.add_argument(
+        "--update", action="store_true", help="keep the other cases of an existing --out file"
+    )
+    parser.add_argument(
+        "--measure", type=Path, metavar="DIR",
+        help="instead of running, measure the run (finished, still going or cut short) of one "
+        "case in DIR (a --workdir's case folder) and add it to --out as case --case-name",
+    )  # fmt: skip
+    parser.add_argument("--case-name", default="lights", help="the case --measure adds")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
     scratch = args.workdir or Path(tempfile.mkdtemp(prefix="astroflow-load-"))
@@ -271,7 +316,14 @@ def main():
         "imports": {script: import_cost(script) for script in PER_FRAME_SCRIPTS},
         "cases": {},
     }
-    for name in args.cases.split(","):
+    if args.update and args.out.exists():
+        results["cases"] = json.loads(args.out.read_text())["cases"]
+    if args.measure:
+        case = measure_unfinished(args.measure, args.cores)
+        description = f"{plans[args.case_name][3]}, measured from {args.measure}"
+        results["cases"][args.case_name] = {"description": description} | case
+        args.cases = ""
+    for name in filter(None, args.cases.split(",")):
         names, n_lights, n_calibration, description = plans[name]
         work = scratch / name
         start = time.perf_counter()
