@@ -35,6 +35,8 @@ rule register:
         "../scripts/register.py"
 
 
+# One thread: a warp is a second or so of which most is the script's start, so two warps side by
+# side on two cores beat one warp on both (benchmarks/load.py: 500 lights).
 rule warp:
     input:
         light="results/{target}/calibrated/{frame}.fits",
@@ -47,7 +49,7 @@ rule warp:
         "benchmarks/warp/{target}/{frame}.tsv"
     conda:
         "../envs/register.yaml"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=memory_estimate(500, 8),
         runtime=runtime_estimate(5, 5),

@@ -3,6 +3,7 @@
 import numpy as np
 
 from astroflow.calibration.calibrate import (
+    SKY_FLAT_TYPE,
     calibrate_light,
     calibrated_header,
     cosmetic_correction,
@@ -11,7 +12,6 @@ from astroflow.calibration.calibrate import (
 )
 from astroflow.calibration.cosmic import remove_cosmic_rays
 from astroflow.calibration.debayer import cfa_channel_map, debayer
-from astroflow.calibration.skyflat import SKY_FLAT_TYPE
 from astroflow.io.fits import (
     REASON_KEY,
     image_shape,

@@ -12,7 +12,14 @@ import yaml
 from PIL import Image
 
 from astroflow.workflow.plots import MAX_LISTED, QUALITY_PANELS, frame_times, quality_plot, runtime_plot
-from astroflow.workflow.report import BENCHMARK_COLUMNS, config_page, rule_and_job, runtime_table
+from astroflow.workflow.report import (
+    BENCHMARK_COLUMNS,
+    config_page,
+    declared_resources,
+    memory_against_declared,
+    rule_and_job,
+    runtime_table,
+)
 
 START = pd.Timestamp("2024-03-09T21:30:00")
 CADENCE = pd.Timedelta(seconds=135)
@@ -178,6 +185,58 @@ def test_runtime_table_reads_rule_and_job_from_the_path_and_averages_repeats(tmp
 def test_runtime_table_of_nothing_is_empty_with_its_columns():
     table = runtime_table([])
     assert table.empty and list(table.columns)[:3] == ["rule", "job", "repeats"]
+
+
+# Two jobs as Snakemake 9 prints them, and one without a benchmark or memory.
+SNAKEMAKE_LOG = """\
+[Wed Dec  2 03:40:49 2026]
+localrule warp:
+    input: results/m42/calibrated/light_009.fits, results/m42/registration.csv
+    output: results/m42/registered/light_009.fits
+    jobid: 47
+    benchmark: benchmarks/warp/m42/light_009.tsv
+    wildcards: target=m42, frame=light_009
+    threads: 2
+    resources: tmpdir=/tmp, runtime=5, mem_mb=507, mem=507 MB, mem_mib=484
+[Wed Dec  2 03:40:50 2026]
+Finished jobid: 47 (Rule: warp)
+rule stack:
+    jobid: 3
+    benchmark: benchmarks/stack/m42.tsv
+    resources: tmpdir=/tmp, mem_mb=2560, mem=2.56 GB
+localrule all:
+    jobid: 0
+    resources: tmpdir=/tmp
+"""
+
+
+def test_declared_resources_reads_each_job_of_a_snakemake_log():
+    table = declared_resources(SNAKEMAKE_LOG)
+    assert list(table["rule"]) == ["warp", "stack", "all"]
+    assert list(table["jobid"]) == [47, 3, 0]
+    assert list(table["benchmark"]) == ["benchmarks/warp/m42/light_009.tsv", "benchmarks/stack/m42.tsv", ""]
+    assert list(table["threads"]) == [2, 1, 1]
+    assert table["mem_mb"].iloc[:2].tolist() == [507.0, 2560.0] and np.isnan(table["mem_mb"].iloc[2])
+
+
+def test_memory_against_declared_flags_a_job_above_its_mem_mb():
+    runtimes = pd.DataFrame(
+        {
+            "rule": ["warp", "stack"],
+            "job": ["m42/light_009", "m42"],
+            "max_rss": [600.0, 300.0],
+            "s": [1.0, 5.0],
+            "cpu_time": [0.5, 4.0],
+        }
+    )
+    table = memory_against_declared(runtimes, declared_resources(SNAKEMAKE_LOG))
+    assert list(table["rule"]) == ["warp", "stack"]
+    warp, stack = table.to_dict("records")
+    assert warp["ratio"] == pytest.approx(600 / 507) and warp["worst_job"] == "m42/light_009"
+    assert stack["max_rss_mb"] == 300.0 and stack["mem_mb"] == 2560.0 and stack["ratio"] < 1
+    other_run = runtimes.assign(job=["m31/light_001", "m42"])
+    with pytest.raises(ValueError, match="m31/light_001"):
+        memory_against_declared(other_run, declared_resources(SNAKEMAKE_LOG))
 
 
 @pytest.mark.parametrize("path", ["stack/m42.tsv", "benchmarks/m42.tsv", "results/x.tsv"])

@@ -13,6 +13,7 @@ from scipy.ndimage import zoom
 
 from astroflow.io.export import tiff_scale
 from astroflow.io.fits import read_header, read_image
+from astroflow.workflow.report import declared_resources, memory_against_declared
 
 pytestmark = pytest.mark.integration
 TARGET = "simulated-night"
@@ -88,6 +89,19 @@ def test_outputs_and_frames_table(night):
     used = lights[lights["status"] == "used"]
     assert header["NCOMBINE"] == len(used)
     assert header["EXPTIME"] == pytest.approx(used["exposure_s"].sum())
+
+
+def test_every_benchmarked_job_stays_within_the_memory_it_declared(night):
+    """max_rss of every job (results/runtimes.tsv) against its mem_mb (the run's Snakemake log):
+    a job above it is killed on a cluster, and --resources mem_mb= on a workstation would not keep
+    jobs apart."""
+    logs = sorted(Path(night, ".snakemake", "log").glob("*.snakemake.log"))
+    runtimes = pd.read_csv(Path(night, "results", "runtimes.tsv"), sep="\t")
+    declared = declared_resources("\n".join(log.read_text() for log in logs))
+    memory = memory_against_declared(runtimes, declared)
+    assert set(memory["rule"]) == set(runtimes["rule"]) >= {"calibrate_light", "warp", "stack", "starless"}
+    over = memory[memory["ratio"] > 1]
+    assert over.empty, f"jobs above their declared mem_mb:\n{over.to_string()}"
 
 
 def test_registration_matches_true_transforms(night):

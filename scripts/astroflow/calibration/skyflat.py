@@ -43,7 +43,7 @@ from astropy.stats import sigma_clip
 from astropy.utils.exceptions import AstropyUserWarning
 from scipy import ndimage
 
-from astroflow.calibration.calibrate import _normalise
+from astroflow.calibration.calibrate import SKY_FLAT_TYPE, _normalise
 from astroflow.calibration.debayer import cfa_colour_cells, validate_pattern
 from astroflow.checks import check_float, check_int
 from astroflow.deepsky.register import RegistrationError, find_transform
@@ -60,9 +60,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-SKY_FLAT_TYPE = "SKY"
-"""``FLATTYPE`` of a sky flat's header (a master flat from flat frames has none)."""
 
 _COMBINES = ("median", "sigma_clip")
 # Stars kept per light for the matching (astroalign uses the 50 brightest; the refinement more).
