@@ -152,6 +152,7 @@ LONG_FIRST = [
     "test_workflow_planetary.py",
     "test_report.py",
     "test_workflow_bad_input.py",
+    "test_workflow_bad_folders.py",
     "test_workflow_starless.py",
 ]
 

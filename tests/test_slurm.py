@@ -233,6 +233,15 @@ def node_name():
     ).stdout.split()[0]
 
 
+# The fault runs take 5-7 min each on 2 cores (SLURM's polling, a resubmission, a reference
+# run): too long for the suite's 20 min, so they run on demand, as the README says:
+# ASTROFLOW_SLURM_FAULTS=1 .venv/bin/python -m pytest tests/test_slurm.py -k "scancel or down"
+slurm_faults = pytest.mark.skipif(
+    os.environ.get("ASTROFLOW_SLURM_FAULTS") != "1",
+    reason="SLURM fault runs take minutes: set ASTROFLOW_SLURM_FAULTS=1 to run them",
+)
+
+
 @pytest.fixture(scope="module")
 def fault_setup(slurm, tmp_path_factory):
     """The profile, the tiny night's config, and the undisturbed reference: the night up to its
@@ -300,6 +309,7 @@ def assert_results_equal(setup, work):
     return names
 
 
+@slurm_faults
 @pytest.mark.integration
 def test_scancelled_job_is_resubmitted_and_results_equal(fault_setup, tmp_path):
     started = time.monotonic()
@@ -316,6 +326,7 @@ def test_scancelled_job_is_resubmitted_and_results_equal(fault_setup, tmp_path):
           f"{len(names)} FITS equal to the undisturbed run")
 
 
+@slurm_faults
 @pytest.mark.integration
 def test_node_set_down_mid_job_recovers_and_results_equal(fault_setup, tmp_path):
     node = node_name()
