@@ -30,12 +30,11 @@ table = analyse_sequence(
 )
 digests = {source: sha256_file(source) for source in table["source"].unique()}
 table.insert(3, "sha256", table["source"].map(digests))
-atomic_write(snakemake.output[0], lambda tmp: table.to_csv(tmp, index=False))
 # the same frame file twice under two names (a folder of frames) would count twice in the stack
 for source, original in duplicate_sources(table["source"], digests).items():
     mine = (table["source"] == source) & (table["status"] != "rejected")
     table.loc[mine, ["status", "reason"]] = ["rejected", f"duplicate of {original} (same content)"]
-table.to_csv(snakemake.output[0], index=False)
+atomic_write(snakemake.output[0], lambda tmp: table.to_csv(tmp, index=False))
 rejected = table[table["status"] == "rejected"]
 log.info("%d frames, %d rejected", len(table), len(rejected))
 for _, row in rejected.iterrows():
