@@ -64,6 +64,11 @@ def _out(folder, name, default):
     return folder / (name or default)
 
 
+def _random_bytes(size, *, seed):
+    """``size`` reproducible random bytes (the filling of the garbage files)."""
+    return np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8).tobytes()
+
+
 def _truncate(path, fraction):
     """Cut a file to ``fraction`` of its length (at least 1 byte less)."""
     data = path.read_bytes()
@@ -132,7 +137,7 @@ def fits_truncated_header(folder, name=None):
 def fits_garbage(folder, name=None):
     """4 KB of random bytes named ``.fits``."""
     path = _out(folder, name, "fits_garbage.fits")
-    path.write_bytes(np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    path.write_bytes(_random_bytes(4096, seed=1))
     return path
 
 
@@ -333,7 +338,7 @@ def raw_unknown_camera(folder, name=None):
 def raw_garbage(folder, name=None, ext=".cr2"):
     """64 KB of random bytes named as a camera RAW (``.cr2`` unless ``ext``)."""
     path = _out(folder, name, f"raw_garbage{ext}")
-    path.write_bytes(np.random.default_rng(2).integers(0, 256, 65536, dtype=np.uint8).tobytes())
+    path.write_bytes(_random_bytes(65536, seed=2))
     return path
 
 
@@ -445,7 +450,7 @@ def video_broken_stream(folder, name=None):
     path = video_file(folder, name or "video_broken_stream.avi", count=24)
     raw = bytearray(path.read_bytes())
     start, stop = len(raw) // 3, 2 * len(raw) // 3
-    raw[start:stop] = np.random.default_rng(3).integers(0, 256, stop - start, dtype=np.uint8).tobytes()
+    raw[start:stop] = _random_bytes(stop - start, seed=3)
     path.write_bytes(bytes(raw))
     return path
 
@@ -453,7 +458,7 @@ def video_broken_stream(folder, name=None):
 def video_garbage(folder, name=None):
     """50 KB of random bytes named ``.avi``."""
     path = _out(folder, name, "video_garbage.avi")
-    path.write_bytes(np.random.default_rng(4).integers(0, 256, 50_000, dtype=np.uint8).tobytes())
+    path.write_bytes(_random_bytes(50_000, seed=4))
     return path
 
 
@@ -604,7 +609,7 @@ def tiff_huge_claim(folder, name=None):
 def xisf_garbage(folder, name=None):
     """4 KB of random bytes named ``.xisf``."""
     path = _out(folder, name, "xisf_garbage.xisf")
-    path.write_bytes(np.random.default_rng(5).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    path.write_bytes(_random_bytes(4096, seed=5))
     return path
 
 

@@ -160,3 +160,25 @@ LONG_FIRST = [
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONG_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FIRST)))
+
+
+def write_config(work, targets, **extra):
+    """Write ``{"targets": targets, **extra}`` as ``work/night.yaml`` (made if needed); its path."""
+    import yaml
+
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / "night.yaml"
+    path.write_text(yaml.safe_dump({"targets": targets, **extra}))
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_night(tmp_path_factory):
+    """A small simulated night (320x240 DNG: 6 lights, 2 darks, flats and bias) to build bad
+    folders from; read only by the tests, which copy what they change."""
+    from astroflow.simulation.night import simulate_night
+
+    out = tmp_path_factory.mktemp("small-night")
+    simulate_night(out, width=320, height=240, n_lights=6, n_darks=2, n_flats=2, n_bias=2, seed=7)
+    return out
+

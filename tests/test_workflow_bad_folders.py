@@ -18,29 +18,19 @@ import pytest
 import tifffile
 import yaml
 from astropy.io import fits
-from conftest import ROOT, snakemake
+from conftest import ROOT, snakemake, write_config
 
 from astroflow.io.fits import read_header
 from astroflow.simulation import planetary as sp
-from astroflow.simulation.night import simulate_night
 from astroflow.workflow.discovery import DiscoveryError, find_frames, find_sequence, frame_name
 
 # a name for each trap: spaces, a quote, a leading dash, shell command substitution, unicode
 HOSTILE = ["a b", "it's", "-rf", "$(touch x);", "étoile"]
 
 
-@pytest.fixture(scope="module")
-def night(tmp_path_factory):
-    out = tmp_path_factory.mktemp("night")
-    simulate_night(out, width=320, height=240, n_lights=6, n_darks=2, n_flats=2, n_bias=2, seed=7)
-    return out
-
-
-def write_config(work, targets, **extra):
-    work.mkdir(parents=True, exist_ok=True)
-    path = work / "night.yaml"
-    path.write_text(yaml.safe_dump({"targets": targets, **extra}))
-    return path
+@pytest.fixture
+def night(small_night):
+    return small_night
 
 
 def small_fits(path, shape=(48, 64), level=2000, seed=1):

@@ -7,29 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import rawpy
-import yaml
 from astropy.io import fits
-from conftest import snakemake
+from conftest import snakemake, write_config
 
 from astroflow.io.fits import read_header
-from astroflow.simulation.night import simulate_night
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def small_night(tmp_path_factory):
-    """A small simulated night (DNG lights, darks, flats, bias) to build bad folders from."""
-    out = tmp_path_factory.mktemp("small-night")
-    simulate_night(out, width=320, height=240, n_lights=6, n_darks=2, n_flats=2, n_bias=2, seed=7)
-    return out
-
-
-def write_config(work, targets, **extra):
-    work.mkdir(parents=True, exist_ok=True)
-    path = work / "night.yaml"
-    path.write_text(yaml.safe_dump({"targets": targets, **extra}))
-    return path
 
 
 def truncate(src, dst, fraction=0.5):

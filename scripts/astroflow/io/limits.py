@@ -111,6 +111,12 @@ def call_with_timeout(func, timeout_s, *args, **kwargs):
             box.put((False, exc))
 
     threading.Thread(target=run, name=f"decode-{getattr(func, '__name__', 'call')}", daemon=True).start()
+    return _answer(box, limit)
+
+
+def _answer(box, limit):
+    """The next ``(ok, value)`` the decoding thread put in ``box``: the value, or its exception
+    raised here; :class:`DecodeTimeoutError` if none came within ``limit`` seconds."""
     try:
         ok, value = box.get(timeout=limit)
     except queue.Empty:
@@ -174,12 +180,7 @@ def iterate_with_timeout(make_iterator, timeout_s):
     try:
         while True:
             asks.put(True)
-            try:
-                ok, item = answers.get(timeout=limit)
-            except queue.Empty:
-                raise DecodeTimeoutError(f"still decoding after {limit:g} s") from None
-            if not ok:
-                raise item
+            item = _answer(answers, limit)
             if item is done:
                 return
             yield item
