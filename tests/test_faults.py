@@ -170,5 +170,7 @@ def test_run_killed_mid_job_recovers_with_equal_results(inputs, undisturbed):
     snakemake(work, "--configfile", str(inputs["config"]), "--cores", "2", "--rerun-incomplete", *TARGETS["tiny"])
     recovered = fits_checksums(work / "results" / "tiny")
     assert "stack.fits" in recovered
+    # the killed jobs' temporary files went with their reruns' writes
+    assert not [p for p in (work / "results").rglob(".*.tmp*")]
     assert recovered == fits_checksums(undisturbed["work"] / "results" / "tiny")
     print(f"\nkilled while running {sorted(killed)}; {len(recovered)} FITS equal to the undisturbed run")

@@ -58,6 +58,11 @@ def test_a_write_killed_half_way_leaves_the_old_file(tmp_path):
     assert path.read_text() == "old,complete\n"
     # what the kill leaves is the hidden temporary file, never a file at a final path
     assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == ["frames.csv"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    # the rerun's write of the same file removes the killed writer's temporary file
+    atomic_write(path, lambda tmp: tmp.write_text("new,complete\n"))
+    assert [p.name for p in tmp_path.iterdir()] == ["frames.csv"]
+    assert path.read_text() == "new,complete\n"
 
 
 def test_fits_written_in_a_loop_and_killed_are_all_complete_or_absent(tmp_path):
