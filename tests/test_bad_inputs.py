@@ -7,7 +7,12 @@ an unusable :class:`Frame` with a reason rather than raising. The memory budget 
 time limit (astroflow.io.limits) are tested at the end.
 """
 
+import ctypes
+import ctypes.util
 import logging
+import multiprocessing
+import os
+import signal
 import time
 import warnings
 
@@ -21,7 +26,14 @@ from astroflow.io import ingest, sequence
 from astroflow.io.fits import REASON_KEY, FitsImageError, is_rejected, read_image
 from astroflow.io.imagefile import UnreadableImageError, read_finished_header, read_finished_image
 from astroflow.io.ingest import UnreadableFrameError, ingest_frame, read_frame
-from astroflow.io.limits import DecodeTimeoutError, call_with_timeout, check_memory, iterate_with_timeout
+from astroflow.io.limits import (
+    DecoderDiedError,
+    DecodeTimeoutError,
+    call_in_process,
+    call_with_timeout,
+    check_memory,
+    iterate_with_timeout,
+)
 from astroflow.io.sequence import UnreadableSequenceError, open_sequence
 from astroflow.workflow.discovery import source_header
 
@@ -378,43 +390,58 @@ def test_iterate_with_timeout_stops_at_the_slow_item():
     assert list(iterate_with_timeout(lambda: iter(range(5)), 5)) == [0, 1, 2, 3, 4]
 
 
-class _HangingRaw:
-    """A rawpy handle whose decoding hangs (what LibRaw does on some damaged files)."""
+class _BrokenRaw:
+    """A rawpy handle whose decoding goes wrong as LibRaw's does on some damaged files: it hangs
+    releasing the GIL (a sleep), hangs holding it (a C call through ctypes.PyDLL, which keeps
+    the GIL: no Python thread can run, so no thread-based time limit could stop it), or crashes
+    (SIGSEGV)."""
 
-    def __init__(self, raw):
-        self._raw = raw
-        self.closed = False
+    def __init__(self, raw, how):
+        self._raw, self._how = raw, how
 
     def __getattr__(self, name):
         return getattr(self._raw, name)
 
     def unpack(self):
-        time.sleep(30)
+        if self._how == "sleeps":
+            time.sleep(60)
+        elif self._how == "holds the GIL":
+            ctypes.PyDLL(ctypes.util.find_library("c")).sleep(60)
+        else:
+            os.kill(os.getpid(), signal.SIGSEGV)
 
-    def close(self):
-        self.closed = True
 
-
-def test_raw_decoder_that_hangs_costs_one_frame(tmp_path, monkeypatch):
+@pytest.mark.parametrize(("how", "reason"), [
+    ("sleeps", "time limit"), ("holds the GIL", "time limit"), ("crashes", "killed by SIGSEGV"),
+])  # fmt: skip
+def test_raw_decoder_that_hangs_or_crashes_costs_one_frame(tmp_path, monkeypatch, how, reason):
+    """LibRaw decodes in a child process: one that hangs is killed at ingest.decode_timeout_s,
+    one that crashes ends only the child; the frame is excluded with the reason, the caller
+    goes on, and no child process is left behind."""
     good = bad.dng_frame(tmp_path)
-    handles = []
-
     real_imread = ingest.rawpy.imread
-
-    def imread(path):
-        handles.append(_HangingRaw(real_imread(path)))
-        return handles[-1]
-
-    monkeypatch.setattr(ingest.rawpy, "imread", imread)
+    monkeypatch.setattr(ingest.rawpy, "imread", lambda path: _BrokenRaw(real_imread(path), how))
     start = time.monotonic()
-    header = ingest_frame(good, "light", tmp_path / "out.fits", decode_timeout_s=0.3)
-    assert time.monotonic() - start < 10
+    header = ingest_frame(good, "light", tmp_path / "out.fits", decode_timeout_s=1.0)
+    assert time.monotonic() - start < 20
     assert is_rejected(header)
-    assert "time limit" in header[REASON_KEY] and "dng_frame.dng" in header[REASON_KEY]
-    # the stuck decoder's handle is left alone, not closed under it
-    assert handles and not handles[0].closed
+    assert reason in header[REASON_KEY] and "dng_frame.dng" in header[REASON_KEY], header[REASON_KEY]
+    assert multiprocessing.active_children() == []
     monkeypatch.undo()
     assert read_frame(good, decode_timeout_s=30)[0].shape == bad.SHAPE
+
+
+def test_call_in_process_returns_raises_and_kills():
+    assert call_in_process(divmod, 5, 7, 2) == (3, 1)
+    with pytest.raises(ZeroDivisionError):
+        call_in_process(divmod, 5, 1, 0)
+    start = time.monotonic()
+    with pytest.raises(DecodeTimeoutError, match="after 0.5 s"):
+        call_in_process(ctypes.PyDLL(ctypes.util.find_library("c")).sleep, 0.5, 60)
+    assert time.monotonic() - start < 10
+    with pytest.raises(DecoderDiedError, match="exit status 3"):
+        call_in_process(os._exit, 5, 3)
+    assert multiprocessing.active_children() == []
 
 
 def test_video_decoder_that_hangs_costs_the_frames_from_there(tmp_path, monkeypatch):
@@ -439,3 +466,45 @@ def test_fits_image_error_is_a_value_error_naming_the_file(tmp_path):
     with pytest.raises(FitsImageError, match="truncated") as info:
         read_image(path)
     assert isinstance(info.value, ValueError) and str(path) in str(info.value)
+
+
+# The parse-time check of an image or planetary target's one file (discovery.probe_input) reads
+# headers only. It must refuse, naming the file and the problem, every file whose header shows
+# what the full reader refuses; the problems only the data show are left to the job.
+PROBE_FORMATS = ("png", "tiff", "fits", "xisf", "ser", "video")
+PROBE_CASES = [case for case, (_, fmt) in bad.CORPUS.items() if fmt in PROBE_FORMATS]
+DATA_ONLY_PROBLEMS = {
+    "fits_nan_filled", "fits_inf_filled", "png_truncated",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", PROBE_CASES)
+def test_parse_time_probe_refuses_what_the_header_shows(tmp_path, case, caplog):
+    from astroflow.workflow.discovery import DiscoveryError, probe_input
+
+    make, fmt = bad.CORPUS[case]
+    path = make(tmp_path)
+    container = fmt in ("ser", "video")
+    full = "sequence.open_sequence" if container else "imagefile.read_finished_image"
+    expected = _expectation(case, full)
+    caplog.set_level(logging.CRITICAL)
+    refused = not (expected is None or expected == "read" or expected.startswith("frame:"))
+    if refused and case not in DATA_ONLY_PROBLEMS:
+        with pytest.raises(DiscoveryError) as info:
+            probe_input(str(path), "target 't', lights", 4096)
+        message = str(info.value)
+        assert message.startswith("target 't', lights: ") and str(path) in message, message
+        assert _matches(expected, message), f"{message!r} does not say {expected!r}"
+        return
+    shape = probe_input(str(path), "target 't', lights", 4096)
+    if refused:  # a problem of the data: the full reader finds it in the job
+        with pytest.raises(READERS[full][2]):
+            READERS[full][1](path)
+        return
+    if container:
+        seq, _ = _sequence(path)
+        assert tuple(shape) == seq.shape[:2]
+    else:
+        data, _ = read_finished_image(path)
+        assert tuple(shape[:2]) == data.shape[:2]
+        assert shape[2] >= (data.shape[2] if data.ndim == 3 else 1)

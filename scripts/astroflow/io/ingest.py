@@ -40,7 +40,14 @@ from astroflow.io.fits import (
     write_rejected,
 )
 from astroflow.io.formats import DEEP_SKY_FRAME, extensions, format_of
-from astroflow.io.limits import DECODE_TIMEOUT_S, MEMORY_MB, DecodeTimeoutError, call_with_timeout, check_memory
+from astroflow.io.limits import (
+    DECODE_TIMEOUT_S,
+    MEMORY_MB,
+    DecoderDiedError,
+    DecodeTimeoutError,
+    call_in_process,
+    check_memory,
+)
 from astroflow.io.tiff import read_tiff
 from astroflow.workflow.provenance import sha256_file  # noqa: F401 (re-exported)
 
@@ -118,8 +125,10 @@ def read_frame(path, memory_mb=MEMORY_MB, decode_timeout_s=DECODE_TIMEOUT_S):
         claims a larger image is refused before its data are read
         (:func:`astroflow.io.limits.check_memory`).
     decode_timeout_s : float, optional
-        Time limit (s, ``ingest.decode_timeout_s``) of LibRaw's decoding of a RAW mosaic
-        (:func:`astroflow.io.limits.call_with_timeout`).
+        Time limit (s, ``ingest.decode_timeout_s``) of LibRaw's decoding of a RAW file, which
+        runs in a child process that is killed at the limit
+        (:func:`astroflow.io.limits.call_in_process`); a decoder that crashes ends only that
+        child.
 
     Returns
     -------
@@ -160,7 +169,7 @@ def read_frame(path, memory_mb=MEMORY_MB, decode_timeout_s=DECODE_TIMEOUT_S):
         A ValueError naming the file and the problem: unknown extension, empty, truncated or
         corrupt file, no image inside, an image layout that is not ``(H, W)`` or
         ``(H, W, 3)``, no finite pixel (all NaN or infinite), a header claiming an image larger
-        than ``memory_mb``, or RAW decoding longer than ``decode_timeout_s``.
+        than ``memory_mb``, or RAW decoding that crashes or takes longer than ``decode_timeout_s``.
     OSError
         If the file cannot be opened at all (missing, no permission).
     """
@@ -271,41 +280,18 @@ def ingest_frame(path, frame_type, out_path, memory_mb=MEMORY_MB, decode_timeout
 
 
 def _read_raw(path, memory_mb, timeout_s):
-    raw, stuck = None, False
     try:
-        raw = rawpy.imread(os.fspath(path))
-        sizes = raw.sizes
-        # LibRaw's 16-bit mosaic and its colour map, and our float32 copy of the visible area.
-        check_memory(path, f"a {sizes.raw_width} x {sizes.raw_height} px raw mosaic",
-                     sizes.raw_width * sizes.raw_height, 2 + 1 + 4, memory_mb, UnreadableFrameError)
-        try:
-            call_with_timeout(raw.unpack, timeout_s)
-        except DecodeTimeoutError as exc:
-            # The decoder still runs in its thread: its LibRaw handle must not be closed under it.
-            stuck = True
-            raise UnreadableFrameError(
-                f"{path}: LibRaw was {exc} decoding the mosaic, the time limit "
-                "(ingest.decode_timeout_s); a damaged RAW file?"
-            ) from None
-        if raw.raw_type != rawpy.RawType.Flat:
-            raise UnreadableFrameError(f"{path}: not a CFA raw (LibRaw raw type {raw.raw_type.name})")
-        data = raw.raw_image_visible.astype(np.float32)
-        colours = raw.raw_colors_visible[:2, :2].copy()
-        desc = raw.color_desc.decode("ascii", "replace")
-        black = [float(b) for b in raw.black_level_per_channel]
-        white = int(raw.white_level)
-        other = raw.other
-        exposure, iso, stamp = float(other.shutter_speed), float(other.iso_speed), other.timestamp
-        camera_wb = [float(v) for v in raw.camera_whitebalance[:3]]
-    except rawpy.LibRawError as exc:
-        # LibRaw says "Input/output error" when the data end before the mosaic does.
-        hint = "; the file is truncated or damaged" if isinstance(exc, rawpy.LibRawIOError) else ""
+        decoded = call_in_process(_decode_raw, timeout_s, os.fspath(path), memory_mb)
+    except DecodeTimeoutError as exc:
         raise UnreadableFrameError(
-            f"{path}: cannot read camera RAW ({type(exc).__name__}: {_libraw_message(exc)}){hint}"
-        ) from exc
-    finally:
-        if raw is not None and not stuck:
-            raw.close()
+            f"{path}: LibRaw was {exc} decoding the mosaic, the time limit "
+            "(ingest.decode_timeout_s), and was stopped; a damaged RAW file?"
+        ) from None
+    except DecoderDiedError as exc:
+        raise UnreadableFrameError(f"{path}: cannot read camera RAW: {exc}; a damaged RAW file?") from None
+    mosaic, colours, desc, black, white, exposure, iso, stamp, camera_wb = decoded
+    data = mosaic.astype(np.float32)
+    del mosaic
     meta = {}
     pattern = "".join(desc[c] for c in colours.ravel())
     if pattern in BAYER_PATTERNS:
@@ -332,6 +318,48 @@ def _read_raw(path, memory_mb, timeout_s):
     if "DATE-OBS" not in meta and stamp.year > 1970:
         meta["DATE-OBS"] = stamp.isoformat(timespec="seconds")
     return data, meta
+
+
+def _decode_raw(path, memory_mb):
+    """LibRaw's visible mosaic (uint16) and what :func:`_read_raw` needs of its metadata; run in
+    a child process by :func:`astroflow.io.limits.call_in_process`."""
+    # rawpy warns that LibRaw's OpenMP may deadlock in a forked child. That needs OpenMP used
+    # in the parent before the fork; LibRaw runs only in these children, and rawpy's wheel
+    # carries its own OpenMP runtime, which no other library in the parent uses.
+    warnings.filterwarnings("ignore", "rawpy is being used in a process created by multiprocessing",
+                            RuntimeWarning)
+    raw = None
+    try:
+        raw = rawpy.imread(path)
+        sizes = raw.sizes
+        # LibRaw's 16-bit mosaic and colour map, the visible copy sent back and its pickle in
+        # the child; the bytes received, the array and its float32 copy in the caller.
+        check_memory(path, f"a {sizes.raw_width} x {sizes.raw_height} px raw mosaic",
+                     sizes.raw_width * sizes.raw_height, 2 + 1 + 2 + 2 + 2 + 4, memory_mb, UnreadableFrameError)
+        raw.unpack()
+        if raw.raw_type != rawpy.RawType.Flat:
+            raise UnreadableFrameError(f"{path}: not a CFA raw (LibRaw raw type {raw.raw_type.name})")
+        other = raw.other
+        return (
+            raw.raw_image_visible.copy(),
+            raw.raw_colors_visible[:2, :2].copy(),
+            raw.color_desc.decode("ascii", "replace"),
+            [float(b) for b in raw.black_level_per_channel],
+            int(raw.white_level),
+            float(other.shutter_speed),
+            float(other.iso_speed),
+            other.timestamp,
+            [float(v) for v in raw.camera_whitebalance[:3]],
+        )
+    except rawpy.LibRawError as exc:
+        # LibRaw says "Input/output error" when the data end before the mosaic does.
+        hint = "; the file is truncated or damaged" if isinstance(exc, rawpy.LibRawIOError) else ""
+        raise UnreadableFrameError(
+            f"{path}: cannot read camera RAW ({type(exc).__name__}: {_libraw_message(exc)}){hint}"
+        ) from None
+    finally:
+        if raw is not None:
+            raw.close()
 
 
 def _read_fits(path, memory_mb, timeout_s):

@@ -5,7 +5,10 @@ NAXIS1 x NAXIS2 of 100000 x 100000, a SER frame of 10 GB, a TIFF strip of 20 GB.
 checks what a file's header claims against :func:`check_memory` *before* it allocates, so a
 hostile header costs one frame with a clear reason instead of a MemoryError or the kernel's OOM
 killer. A decoder that loops on a damaged file (DeepSkyStacker on truncated CR3 files, LibRaw on
-some damaged NEFs) is stopped by :func:`call_with_timeout`, so that it too costs one frame.
+some damaged NEFs) is stopped so that it too costs one frame: by :func:`call_in_process`, which
+decodes in a child process and kills it (RAW files: LibRaw may loop or crash where no thread can
+stop it), or by :func:`call_with_timeout` and :func:`iterate_with_timeout`, which give up on a
+decoding thread (video: FFmpeg releases the GIL while it decodes).
 
 Both limits are configuration keys (``ingest.memory_mb``, ``ingest.decode_timeout_s`` in
 ``schemas/config.schema.yaml``), passed to the readers by the rules that read input files; the
@@ -14,13 +17,17 @@ defaults here are the schema's.
 
 from __future__ import annotations
 
+import multiprocessing
 import queue
+import signal
 import threading
 
 __all__ = [
     "DECODE_TIMEOUT_S",
     "MEMORY_MB",
     "DecodeTimeoutError",
+    "DecoderDiedError",
+    "call_in_process",
     "call_with_timeout",
     "check_memory",
     "iterate_with_timeout",
@@ -34,6 +41,10 @@ DECODE_TIMEOUT_S = 120.0
 
 class DecodeTimeoutError(TimeoutError):
     """A decoder ran past its time limit (:func:`call_with_timeout`)."""
+
+
+class DecoderDiedError(RuntimeError):
+    """A decoder's child process ended without an answer (:func:`call_in_process`): a crash."""
 
 
 def check_memory(path, what, n_samples, bytes_per_sample, memory_mb, error=ValueError):
@@ -71,15 +82,104 @@ def check_memory(path, what, n_samples, bytes_per_sample, memory_mb, error=Value
         )
 
 
+def call_in_process(func, timeout_s, *args, **kwargs):
+    """Run ``func(*args, **kwargs)`` in a child process, killed after ``timeout_s`` seconds.
+
+    The child is a fork of this process (it starts no program and sees this process's modules
+    and objects) and sends back what ``func`` returned, or the exception it raised, pickled. A
+    decoder that loops, whether or not it holds the GIL, is killed with SIGKILL at the time
+    limit, and one that crashes (a segmentation fault in C code) ends only the child: either way
+    the caller gets an exception and the cost is one file. The price is a fork and a copy of
+    the result through a pipe: a few milliseconds and about two bytes per byte returned.
+
+    Parameters
+    ----------
+    func : callable
+        Run in the child; its result and exceptions must pickle (numpy arrays, numbers, text,
+        ValueError subclasses).
+    timeout_s : float or None
+        Seconds to wait (> 0); None: :data:`DECODE_TIMEOUT_S`.
+    *args, **kwargs
+        Passed to ``func``.
+
+    Returns
+    -------
+    object
+        What ``func`` returned.
+
+    Raises
+    ------
+    DecodeTimeoutError
+        If ``func`` has not returned after ``timeout_s`` seconds (the child is killed).
+    DecoderDiedError
+        If the child ended without an answer (killed by a signal or exited), naming how.
+    Exception
+        Whatever ``func`` raised, re-raised here.
+
+    Notes
+    -----
+    Linux and macOS (the ``fork`` start method of :mod:`multiprocessing`); elsewhere ``func``
+    runs through :func:`call_with_timeout` instead.
+    """
+    limit = DECODE_TIMEOUT_S if timeout_s is None else float(timeout_s)
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return call_with_timeout(func, limit, *args, **kwargs)
+    context = multiprocessing.get_context("fork")
+    reader, writer = context.Pipe(duplex=False)
+    child = context.Process(target=_answer_to, args=(writer, func, args, kwargs),
+                            name=f"decode-{getattr(func, '__name__', 'call')}", daemon=True)
+    child.start()
+    writer.close()
+    try:
+        if not reader.poll(limit):
+            raise DecodeTimeoutError(f"still decoding after {limit:g} s")
+        try:
+            ok, value = reader.recv()
+        except EOFError:
+            child.join()
+            raise DecoderDiedError(f"the decoder died without an answer ({_how_it_ended(child.exitcode)})") from None
+    finally:
+        reader.close()
+        if child.is_alive():
+            child.kill()
+        child.join()
+    if not ok:
+        raise value
+    return value
+
+
+def _answer_to(conn, func, args, kwargs):
+    """The child of :func:`call_in_process`: send ``(ok, value)`` through ``conn``."""
+    try:
+        answer = (True, func(*args, **kwargs))
+    except BaseException as exc:  # handed to the parent, which re-raises it
+        answer = (False, exc)
+    try:
+        conn.send(answer)
+    except Exception as exc:  # an answer that does not pickle
+        conn.send((False, DecoderDiedError(f"the decoder's answer cannot be sent back: {type(exc).__name__}: {exc}")))
+    conn.close()
+
+
+def _how_it_ended(exitcode):
+    """A child's exit code in words: ``"killed by SIGSEGV"``, ``"exit status 3"``."""
+    if exitcode is not None and exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exit status {exitcode}"
+
+
 def call_with_timeout(func, timeout_s, *args, **kwargs):
     """Run ``func(*args, **kwargs)`` and give up on it after ``timeout_s`` seconds.
 
     The call runs in a daemon thread; the caller waits at most ``timeout_s``. A call that
     overruns is abandoned, not killed (Python cannot kill a thread): it keeps its objects, which
-    the caller must not touch afterwards (do not close a LibRaw handle a stuck decoder still
-    uses), and it dies with the process. This stops decoders that release the GIL while they
-    work, as LibRaw's ``unpack`` (through rawpy) and FFmpeg's decoding (through PyAV) do; a
-    decoder that loops while holding the GIL would hold the waiting thread too.
+    the caller must not touch afterwards (do not close a decoder a stuck call still uses), and
+    it dies with the process. This stops decoders that release the GIL while they work, as
+    FFmpeg's decoding (through PyAV) does; a decoder that loops while holding the GIL would
+    hold the waiting thread too: :func:`call_in_process` stops any decoder.
 
     Parameters
     ----------
