@@ -7,6 +7,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 
 from astroflow.deepsky.palette import PaletteError, light_filter, palette_channels
+from astroflow.io.formats import SEQUENCE_CONTAINER, readable
 from astroflow.simulation.project import project_layout
 from astroflow.workflow.config import ConfigError, configfile_targets, validate_config
 from astroflow.workflow.discovery import (
@@ -15,6 +16,7 @@ from astroflow.workflow.discovery import (
     find_image,
     find_sequence,
     find_sessions,
+    probe_input,
     shared_masters,
     source_header,
     target_pattern,
@@ -189,6 +191,22 @@ IMAGES = {
     target: types["light"]
     for target, types in _discover("image", find_image, ("lights",)).items()
 }
+# The one input file of an image or planetary target is checked from its header now: a bad
+# one is one clear error before any job runs, not a failed job after the others ran.
+_ONE_FILE_INPUTS = [
+    (target, key, paths[0])
+    for target, types in SEQUENCES.items()
+    for key, paths in types.items()
+    if len(paths) == 1 and readable(paths[0], SEQUENCE_CONTAINER)
+] + [(target, "light", path) for target, path in IMAGES.items()]
+for _target, _key, _path in _ONE_FILE_INPUTS:
+    if os.path.exists(_path):  # simulated inputs are made by the workflow itself
+        try:
+            probe_input(
+                _path, f"target '{_target}', {_key}s", config["ingest"]["memory_mb"]
+            )
+        except DiscoveryError as err:
+            raise WorkflowError(str(err)) from None
 SESSION_PATTERN = "(?:{})".format(
     "|".join(
         [""]

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import badinputs as bad
 import jsonschema
 import numpy as np
 import pandas as pd
@@ -244,3 +245,30 @@ def test_planetary_frame_folder_with_hostile_names_a_duplicate_and_an_odd_size(t
     assert "duplicate" in frames.loc["zz duplicate.tif", "reason"]
     assert read_header(work / "results" / "planet" / "stack.fits")["NCOMBINE"] <= 11
     assert not list(tmp_path.rglob("x"))
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("kind", "make", "problem"),
+    [
+        ("image", bad.tiff_huge_claim, "memory budget"),
+        ("planetary", bad.video_garbage, "cannot open as a video"),
+    ],
+    ids=["oversized-tiff", "garbage-video"],
+)
+def test_bad_one_file_target_is_one_clear_error_before_any_job(tmp_path, kind, make, problem):
+    """An image or planetary target whose one file is bad stops the run while the workflow is
+    parsed, naming the target, the file and the problem, next to a good target: no job runs.
+    (Every corpus file through the same check: tests/test_bad_inputs.py.)"""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    path = make(folder)
+    good = bad.png_image(folder, "rgb8")
+    work = tmp_path / "work"
+    config = write_config(work, {"good": {"kind": "image", "lights": str(good)},
+                                 "bad": {"kind": kind, "lights": str(path)}})
+    proc = snakemake(work, "--cores", "1", "--configfile", str(config), check=False)
+    assert proc.returncode != 0
+    assert f"target 'bad', lights: {path}:" in proc.stdout, proc.stdout[-2000:]
+    assert problem in proc.stdout
+    assert not (work / "results").exists() and not (work / "logs").exists()

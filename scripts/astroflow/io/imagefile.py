@@ -24,13 +24,14 @@ from xisf import XISF
 from astroflow.io.fits import FitsImageError, fits_text, input_image_hdu, iso_date, open_input, top_down_rows
 from astroflow.io.formats import FINISHED_IMAGE, extensions, format_of
 from astroflow.io.limits import MEMORY_MB, check_memory
-from astroflow.io.tiff import read_tiff
+from astroflow.io.tiff import read_tiff, tiff_shape
 
 __all__ = [
     "CARRIED_KEYWORDS",
     "ENCODINGS",
     "UnreadableImageError",
     "choose_encoding",
+    "probe_finished_image",
     "read_finished_header",
     "read_finished_image",
 ]
@@ -82,8 +83,8 @@ def read_finished_image(path, memory_mb=MEMORY_MB):
         tile-compressed; BZERO/BSCALE applied; a ``(3, H, W)`` cube is RGB) or XISF (first
         image; Gray or RGB, UInt8/16/32 or Float32/64, planar or normal pixel storage).
     memory_mb : float, optional
-        Memory budget of the decoded image (MB, ``ingest.memory_mb``): a PNG, TIFF or FITS
-        header claiming more is refused before the data are read.
+        Memory budget of the decoded image (MB, ``ingest.memory_mb``): a header claiming
+        more is refused before the data are read.
 
     Returns
     -------
@@ -104,14 +105,7 @@ def read_finished_image(path, memory_mb=MEMORY_MB):
         pixel, or claims more than ``memory_mb`` (for XISF also: not monolithic, not 2-D, a
         colour space other than Gray or RGB, an unsupported sample format).
     """
-    path = Path(path)
-    fmt = format_of(path)
-    if fmt not in FINISHED_IMAGE:
-        raise UnreadableImageError(
-            f"{path}: not an image file (looked for {', '.join(extensions(FINISHED_IMAGE))})"
-        )
-    if path.is_file() and path.stat().st_size == 0:
-        raise UnreadableImageError(f"{path}: file is empty (0 bytes)")
+    path, fmt = _image_format(path)
     try:
         if fmt == "fits":
             with open_input(path) as hdul:
@@ -122,7 +116,7 @@ def read_finished_image(path, memory_mb=MEMORY_MB):
         elif fmt == "tiff":
             data = read_tiff(path, memory_mb, UnreadableImageError)
         elif fmt == "xisf":
-            data = _read_xisf(path)
+            data = _read_xisf(path, memory_mb)
         else:
             data = _read_png(path, memory_mb)
     except UnreadableImageError:
@@ -147,6 +141,71 @@ def read_finished_image(path, memory_mb=MEMORY_MB):
     return data, bits
 
 
+def probe_finished_image(path, memory_mb=MEMORY_MB):
+    """Check from its header alone that :func:`read_finished_image` can read an image file.
+
+    A check made before any job runs (on an ``image`` target's file, when the workflow is
+    parsed): it reads the header, not the image data, so it finds empty, mislabelled,
+    truncated (FITS, TIFF) and oversized files, not damaged compressed data.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A PNG, TIFF, FITS or XISF file.
+    memory_mb : float, optional
+        Memory budget of the decoded image (MB, ``ingest.memory_mb``).
+
+    Returns
+    -------
+    tuple of int
+        ``(height, width, channels)`` the header gives (channels as stored, alpha included).
+
+    Raises
+    ------
+    UnreadableImageError
+        Naming the file and the problem: not an image extension, empty, not of its format,
+        no image in it, truncated, or an image larger than ``memory_mb``.
+    """
+    path, fmt = _image_format(path)
+    try:
+        if fmt == "fits":
+            with open_input(path) as hdul:
+                header = input_image_hdu(hdul, path, memory_mb).header
+                axes = [int(header[f"NAXIS{i}"]) for i in range(1, int(header["NAXIS"]) + 1)]
+            if len(axes) > 3:
+                raise UnreadableImageError(f"{path}: not a mono or RGB image (NAXIS {len(axes)}, axes {axes})")
+            height, width = axes[1], axes[0]
+            channels = axes[2] if len(axes) > 2 else 1
+        elif fmt == "tiff":
+            height, width, channels = tiff_shape(path, memory_mb, UnreadableImageError)
+        elif fmt == "xisf":
+            width, height, channels = _xisf_image(XISF(os.fspath(path)), path, memory_mb)["geometry"]
+        else:
+            width, height, _, colour_type = _png_header(path, memory_mb)
+            channels = _PNG_SAMPLES.get(colour_type, 4)
+    except UnreadableImageError:
+        raise
+    except FitsImageError as exc:
+        raise UnreadableImageError(str(exc)) from exc
+    except Exception as exc:  # the readers raise many types; the user needs the file and cause
+        raise UnreadableImageError(f"{path}: cannot read the header: {exc}") from exc
+    return int(height), int(width), int(channels)
+
+
+def _image_format(path):
+    """``(Path, format)`` of a finished image file, refused when its extension is not of one or
+    it is empty."""
+    path = Path(path)
+    fmt = format_of(path)
+    if fmt not in FINISHED_IMAGE:
+        raise UnreadableImageError(
+            f"{path}: not an image file (looked for {', '.join(extensions(FINISHED_IMAGE))})"
+        )
+    if path.is_file() and path.stat().st_size == 0:
+        raise UnreadableImageError(f"{path}: file is empty (0 bytes)")
+    return path, fmt
+
+
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Samples per pixel of the PNG colour types (a palette image is decoded to RGB).
 _PNG_SAMPLES = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}
@@ -157,13 +216,7 @@ def _read_png(path, memory_mb):
 
     OpenCV keeps 16-bit colour samples, which Pillow (imageio's reader) reduces to 8 bits.
     """
-    with open(path, "rb") as fh:
-        head = fh.read(33)
-        if len(head) < 33 or not head.startswith(_PNG_SIGNATURE) or head[12:16] != b"IHDR":
-            raise UnreadableImageError(f"{path}: not a PNG file (no PNG signature and IHDR header)")
-        width, height, depth, colour_type = struct.unpack(">IIBB", head[16:26])
-        check_memory(path, f"a {width} x {height} px PNG image", width * height * _PNG_SAMPLES.get(colour_type, 4),
-                     (2 if depth == 16 else 1) + 4, memory_mb, UnreadableImageError)
+    _, _, _, colour_type = _png_header(path, memory_mb)
     # Mapped, not read: a file with gigabytes after its image costs only the pages decoded.
     image = cv2.imdecode(np.memmap(path, dtype=np.uint8, mode="r"), cv2.IMREAD_UNCHANGED)
     if image is None:
@@ -271,19 +324,43 @@ def display_scale(bits):
     return {8: 255.0, 16: 65535.0}.get(int(bits), 1.0)
 
 
-def _read_xisf(path):
+def _png_header(path, memory_mb):
+    """``(width, height, bit depth, colour type)`` of a PNG's IHDR chunk, refused when the file
+    is not a PNG or its image exceeds the memory budget."""
+    with open(path, "rb") as fh:
+        head = fh.read(33)
+    if len(head) < 33 or not head.startswith(_PNG_SIGNATURE) or head[12:16] != b"IHDR":
+        raise UnreadableImageError(f"{path}: not a PNG file (no PNG signature and IHDR header)")
+    width, height, depth, colour_type = struct.unpack(">IIBB", head[16:26])
+    check_memory(path, f"a {width} x {height} px PNG image", width * height * _PNG_SAMPLES.get(colour_type, 4),
+                 (2 if depth == 16 else 1) + 4, memory_mb, UnreadableImageError)
+    return width, height, depth, colour_type
+
+
+def _xisf_image(xisf, path, memory_mb):
+    """The metadata of an XISF file's first image, refused when there is none, it is not 2-D
+    or it exceeds the memory budget."""
+    images = xisf.get_images_metadata()
+    if not images:
+        raise UnreadableImageError(f"{path}: XISF file holds no image")
+    meta = images[0]
+    if len(meta["geometry"]) != 3:
+        geometry = ":".join(map(str, meta["geometry"]))
+        raise UnreadableImageError(
+            f"{path}: XISF image of geometry {geometry} is not 2-D (width:height:channels)"
+        )
+    width, height, channels = meta["geometry"]
+    sample_bytes = np.dtype(meta.get("dtype", np.float64)).itemsize
+    check_memory(path, f"a {width} x {height} px XISF image of {channels} channel(s)", width * height * channels,
+                 sample_bytes + 4, memory_mb, UnreadableImageError)
+    return meta
+
+
+def _read_xisf(path, memory_mb=MEMORY_MB):
     """The first image of a monolithic XISF file: ``(H, W)`` or ``(H, W, C)``, stored dtype."""
     try:
         xisf = XISF(os.fspath(path))
-        images = xisf.get_images_metadata()
-        if not images:
-            raise UnreadableImageError(f"{path}: XISF file holds no image")
-        meta = images[0]
-        if len(meta["geometry"]) != 3:
-            geometry = ":".join(map(str, meta["geometry"]))
-            raise UnreadableImageError(
-                f"{path}: XISF image of geometry {geometry} is not 2-D (width:height:channels)"
-            )
+        meta = _xisf_image(xisf, path, memory_mb)
         width, height, channels = meta["geometry"]
         # The package lays the data block out as planes (channels first) whatever the storage.
         planes = xisf.read_image(0, data_format="channels_first")

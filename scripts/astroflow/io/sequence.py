@@ -623,6 +623,67 @@ def _plane_array(plane, bits, big_endian=False):
     return flat[: per_line * plane.height].reshape(plane.height, per_line)[:, : plane.width]
 
 
+def probe_container(path, memory_mb=MEMORY_MB):
+    """Check from its header alone that :func:`open_sequence` can open a video or SER file.
+
+    A check made before any job runs (on a planetary target's file, when the workflow is
+    parsed): it reads the SER header, or opens the video's container and its first video
+    stream, without demuxing or decoding, so it finds empty, mislabelled and oversized files
+    and videos without a video stream, not damaged frames (which cost only themselves).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A video (``.avi .mov .mp4 .mkv .m4v .webm``) or SER file.
+    memory_mb : float, optional
+        Memory budget of one decoded frame (MB, ``ingest.memory_mb``).
+
+    Returns
+    -------
+    tuple of int
+        ``(height, width)`` of the frames, as the header gives them.
+
+    Raises
+    ------
+    UnreadableSequenceError
+        Naming the file and the problem: missing, empty, not a video or SER file, a SER header
+        :func:`open_sequence` refuses, no video stream, or frames larger than ``memory_mb``.
+    """
+    path = os.fspath(path)
+    kind = _kind(path)
+    if kind not in SEQUENCE_CONTAINER:
+        raise UnreadableSequenceError(f"{path}: not a video or SER file")
+    if not os.path.isfile(path):
+        raise UnreadableSequenceError(f"{path}: no such file")
+    if os.path.getsize(path) == 0:
+        raise UnreadableSequenceError(f"{path}: file is empty (0 bytes)")
+    if kind == "ser":
+        return _SerSequence(path, memory_mb).shape[:2]
+    with _open_video(_import_av(), path) as container:
+        stream = _video_stream(container, path, memory_mb)
+        return int(stream.height), int(stream.width)
+
+
+def _open_video(av, path):
+    """An open PyAV container of ``path``, or UnreadableSequenceError naming it."""
+    try:
+        return av.open(path)
+    except (av.error.FFmpegError, OSError, ValueError) as exc:
+        raise UnreadableSequenceError(f"{path}: cannot open as a video: {exc}") from exc
+
+
+def _video_stream(container, path, memory_mb):
+    """The first video stream of an open container, refused when there is none or its frames
+    would exceed the memory budget (decoded as RGB of up to 16 bits, then float32)."""
+    if not container.streams.video:
+        raise UnreadableSequenceError(f"{path}: the file has no video stream")
+    stream = container.streams.video[0]
+    width, height = int(stream.width or 0), int(stream.height or 0)
+    check_memory(path, f"{width} x {height} px video frames", width * height * 3, 2 + 4,
+                 memory_mb, UnreadableSequenceError)
+    return stream
+
+
 class _VideoSequence(FrameSequence):
     """Frames of a video file, decoded in order with PyAV."""
 
@@ -631,18 +692,9 @@ class _VideoSequence(FrameSequence):
         self._path = path
         self._timeout = timeout_s
         errors = (av.error.FFmpegError, OSError, ValueError)
+        container = _open_video(av, path)
         try:
-            container = av.open(path)
-        except errors as exc:
-            raise UnreadableSequenceError(f"{path}: cannot open as a video: {exc}") from exc
-        try:
-            if not container.streams.video:
-                raise UnreadableSequenceError(f"{path}: the file has no video stream")
-            stream = container.streams.video[0]
-            # Decoded as RGB of up to 16 bits, then float32: refuse an absurd size before decoding.
-            width, height = int(stream.width or 0), int(stream.height or 0)
-            check_memory(path, f"{width} x {height} px video frames", width * height * 3, 2 + 4,
-                         memory_mb, UnreadableSequenceError)
+            stream = _video_stream(container, path, memory_mb)
             declared = max(int(stream.frames or 0), 0)
             packets = 0
             try:

@@ -14,7 +14,7 @@ import tifffile
 
 from astroflow.io.limits import MEMORY_MB, check_memory
 
-__all__ = ["read_tiff", "tiff_layout"]
+__all__ = ["read_tiff", "tiff_layout", "tiff_shape"]
 
 
 def tiff_layout(page):
@@ -69,18 +69,9 @@ def read_tiff(path, memory_mb=MEMORY_MB, error=ValueError):
     OSError
         If the file cannot be opened at all (missing, no permission).
     """
-    size = os.path.getsize(path)
     try:
         with tifffile.TiffFile(path) as tif:
-            page = tif.pages.first
-            height, width, channels, _ = tiff_layout(page)
-            palette = page.photometric == tifffile.PHOTOMETRIC.PALETTE and page.colormap is not None
-            n_samples = height * width * (3 if palette else channels)
-            check_memory(path, f"a {width} x {height} px image of {channels} sample(s) per pixel",
-                         n_samples, np.dtype(page.dtype).itemsize + 4, memory_mb, error)
-            ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts, strict=True)]
-            if ends and max(ends) > size:
-                raise error(f"{path}: truncated TIFF: image data end at byte {max(ends)}, file has {size}")
+            page, palette = _checked_page(tif, path, memory_mb, error)
             image = page.asarray()
             if palette:
                 image = np.moveaxis(page.colormap[:, image], 0, -1)
@@ -93,3 +84,56 @@ def read_tiff(path, memory_mb=MEMORY_MB, error=ValueError):
             raise
         raise error(f"{path}: cannot read TIFF ({type(exc).__name__}: {exc})") from exc
     return image
+
+
+def tiff_shape(path, memory_mb=MEMORY_MB, error=ValueError):
+    """The size of the first image of a TIFF file, from its header, checked as :func:`read_tiff`
+    checks it, without reading the image data.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    memory_mb : float, optional
+        Memory budget of the decoded image (MB).
+    error : type, optional
+        The exception class to raise for a bad file.
+
+    Returns
+    -------
+    tuple of int
+        ``(height, width, channels)``; a palette image has 3 channels.
+
+    Raises
+    ------
+    error
+        As :func:`read_tiff`, except for undecodable image data, which only decoding finds.
+    OSError
+        If the file cannot be opened at all (missing, no permission).
+    """
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page, palette = _checked_page(tif, path, memory_mb, error)
+            height, width, channels, _ = tiff_layout(page)
+    except error:
+        raise
+    except (OSError, ValueError, IndexError, KeyError, TypeError, tifffile.TiffFileError) as exc:
+        if isinstance(exc, (FileNotFoundError, PermissionError)):
+            raise
+        raise error(f"{path}: cannot read TIFF ({type(exc).__name__}: {exc})") from exc
+    return height, width, 3 if palette else channels
+
+
+def _checked_page(tif, path, memory_mb, error):
+    """The first page of an open TIFF and whether it is a palette image, refused when it claims
+    more than the memory budget or its data end beyond the end of the file."""
+    size = os.path.getsize(path)
+    page = tif.pages.first
+    height, width, channels, _ = tiff_layout(page)
+    palette = page.photometric == tifffile.PHOTOMETRIC.PALETTE and page.colormap is not None
+    n_samples = height * width * (3 if palette else channels)
+    check_memory(path, f"a {width} x {height} px image of {channels} sample(s) per pixel",
+                 n_samples, np.dtype(page.dtype).itemsize + 4, memory_mb, error)
+    ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts, strict=True)]
+    if ends and max(ends) > size:
+        raise error(f"{path}: truncated TIFF: image data end at byte {max(ends)}, file has {size}")
+    return page, palette

@@ -34,6 +34,7 @@ __all__ = [
     "find_image",
     "find_sequence",
     "find_sessions",
+    "probe_input",
     "shared_masters",
     "frame_name",
     "source_header",
@@ -206,6 +207,46 @@ def find_image(spec, where):
             f"{where}: not an image file (looked for {', '.join(extensions(FINISHED_IMAGE))})"
         )
     return spec
+
+
+def probe_input(path, where, memory_mb):
+    """Check from its header the one input file of an ``image`` or ``planetary`` target.
+
+    Made while the workflow is parsed, so that an empty, mislabelled, truncated or oversized
+    file is one clear error before any job runs, rather than a failed job after others ran. A
+    deep-sky target's frames, and a planetary target's frame files, are not checked here: a bad
+    one among them costs only itself (see :mod:`astroflow.deepsky.screening`).
+
+    Parameters
+    ----------
+    path : str
+        An image file (:func:`astroflow.io.imagefile.probe_finished_image`), or a video or SER
+        file (:func:`astroflow.io.sequence.probe_container`).
+    where : str
+        What to name in messages (the target and its entry).
+    memory_mb : float
+        Memory budget of one decoded frame (MB, ``ingest.memory_mb``).
+
+    Returns
+    -------
+    tuple of int
+        ``(height, width, ...)`` as the header gives them.
+
+    Raises
+    ------
+    DiscoveryError
+        Naming ``where``, the file and the problem.
+    """
+    # imported here: they load OpenCV, astropy and PyAV, which most parses do not need
+    from astroflow.io.imagefile import UnreadableImageError, probe_finished_image
+    from astroflow.io.sequence import UnreadableSequenceError, probe_container
+
+    try:
+        if format_of(path) in SEQUENCE_CONTAINER:
+            return probe_container(path, memory_mb)
+        return probe_finished_image(path, memory_mb)
+    except (UnreadableImageError, UnreadableSequenceError) as err:
+        raise DiscoveryError(f"{where}: {err}") from None
 
 
 def target_pattern(names):
