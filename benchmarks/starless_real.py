@@ -19,20 +19,23 @@ Images (from ../shared/data; nothing is copied into the repository):
 
 Each image goes through :func:`astroflow.restoration.starless.remove_stars` (the entry script's
 way: linear data stretched with the invertible network stretch, display data as they are)
-with four answers: the network without the clamp (``predictor(no_holes=False)``), the
-network as shipped (with :func:`astroflow.restoration.starnet.clamp_holes`), the clamp with its
-optional ``distrust=2`` (all channels drawn down where one was dug) and the classical baseline
-(:func:`astroflow.restoration.starless.classical_star_removal`, the workflow's default
+with these answers: the network without the clamp (``predictor(no_holes=False)``), with
+:func:`astroflow.restoration.starnet.clamp_holes`, the clamp with its optional ``distrust=2``
+(all channels drawn down where one was dug), the clamp and
+:func:`astroflow.restoration.starnet.inpaint_residuals` (the chain shipped until the saturated
+stars were handled), the chain the workflow runs (clamp,
+:func:`astroflow.restoration.starnet.subtract_saturated`, inpainted residuals) and the classical
+baseline (:func:`astroflow.restoration.starless.classical_star_removal`, the workflow's default
 settings). The measures are :func:`astroflow.restoration.starmetrics.star_removal_measures`,
 in the display domain (linear data with the input's network stretch). Time: the network's
-inference (tiles 256, overlap 32, batch 4, CPU), plus the clamp for the shipped variant; the
+inference (tiles 256, overlap 32, batch 4, CPU), plus what follows it for each variant; the
 classical baseline's detection and inpainting.
 
 Writes to ``--out``: ``starless_real.csv`` and ``starless_real.md`` (the table) and, per image,
 crops ``<image>_<bright|bright2|crowded|nebula>.png`` (the two brightest detections, the most
-stars, the most large-scale structure) side by side: input | network raw | network
-(no holes) | network (no holes, distrust 2) | classical; linear images shown with one extra
-autostretch of the input crop for all panels, so that holes show as black. Not run by the tests.
+stars, the most large-scale structure) side by side: input | each answer above, in that
+order; linear images shown with one extra autostretch of the input crop for all panels, so
+that holes show as black. Not run by the tests.
 """
 
 from __future__ import annotations
@@ -57,16 +60,25 @@ from astroflow.io.imagefile import display_scale, read_finished_image
 from astroflow.io.ingest import read_frame
 from astroflow.restoration.starless import classical_star_removal, remove_stars
 from astroflow.restoration.starmetrics import crop_windows, measurement_pair, star_removal_measures
-from astroflow.restoration.starnet import clamp_holes, inpaint_residuals, load_starless, predictor
+from astroflow.restoration.starnet import (
+    clamp_holes,
+    inpaint_residuals,
+    load_starless,
+    predictor,
+    subtract_saturated,
+)
 from astroflow.workflow.plots import comparison_crops
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 CLASSICAL = {"threshold_sigma": 3.0, "grow": 2.0, "radius": 5}  # config.yaml starless.classical
+# The workflow's chain (astroflow.restoration.starnet.predictor's defaults).
+SHIPPED = "network (no holes, saturated subtracted, residuals inpainted)"
 COLUMNS = [
     "image", "method", "seconds", "sources_before", "sources_after", "removed_fraction",
     "hole_median", "hole_worst", "hole_grey_median", "hole_stars", "ring_excess", "ring_channel_max",
-    "ring_abs", "ring_stars", "outside_rms", "outside_max", "outside_bias", "outside_fraction", "noise",
+    "ring_abs", "ring_stars", "saturated_stars", "saturated_ring", "saturated_ring_channel_max", "outside_rms",
+    "outside_max", "outside_bias", "outside_fraction", "noise",
 ]
 
 
@@ -165,6 +177,13 @@ def run_methods(image, encoding, raw_predict):
         cache["cleanup"] = time.perf_counter() - start
         return out
 
+    def shipped(display):
+        start = time.perf_counter()
+        out, cache["saturated"] = subtract_saturated(display, clamp_holes(display, cache["out"]))
+        out, cache["inpainted"] = inpaint_residuals(display, out)
+        cache["shipped"] = time.perf_counter() - start
+        return out
+
     def classical(display):
         start = time.perf_counter()
         out = classical_star_removal(display, **CLASSICAL)[0]
@@ -177,6 +196,7 @@ def run_methods(image, encoding, raw_predict):
         ("network (no holes)", clamped()),
         ("network (no holes, distrust 2)", clamped(distrust=2.0)),
         ("network (no holes, residuals inpainted)", cleaned),
+        (SHIPPED, shipped),
         ("classical", classical),
     ):
         results[method] = remove_stars(image, predict, encoding=encoding).starless
@@ -184,6 +204,9 @@ def run_methods(image, encoding, raw_predict):
             seconds[method] = cache["classical"]
         elif method == "network (no holes, residuals inpainted)":
             seconds[method] = cache["network"] + cache["cleanup"]
+        elif method == SHIPPED:
+            seconds[method] = cache["network"] + cache["shipped"]
+            print(f"  {cache['saturated']} saturated stars subtracted, {cache['inpainted']} residuals inpainted")
         else:
             seconds[method] = cache["network"] + (cache["clamp"] if method != "network (no clamp)" else 0.0)
     return results, seconds

@@ -44,8 +44,10 @@ else:
         encoding,
         shape,
     )
-    predict = predictor(model, tile=p.tile, overlap=p.overlap, batch=p.batch, residuals=p.inpaint_residuals)
-    cleanup = ", residual stars inpainted" if p.inpaint_residuals else ""
+    predict = predictor(model, tile=p.tile, overlap=p.overlap, batch=p.batch, saturated=p.subtract_saturated,
+                        residuals=p.inpaint_residuals)
+    cleanup = (", saturated stars subtracted" if p.subtract_saturated else "") + (
+        ", residual stars inpainted" if p.inpaint_residuals else "")
     history = [f"astroflow starless: weights {snakemake.input.weights}{cleanup}, {encoding} data"]
 result = remove_stars(image, predict, encoding=encoding, target_background=p.target_background)
 write_image(snakemake.output.fits, result.starless, derived_header(header, history))

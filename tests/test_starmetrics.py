@@ -20,6 +20,7 @@ from astroflow.restoration.starmetrics import (
     outside_change,
     residual_sources,
     ring_energy,
+    saturated_stars,
     star_removal_measures,
     to_display,
 )
@@ -29,6 +30,7 @@ from astroflow.restoration.starnet import (
     load_starless,
     masked_background,
     predictor,
+    subtract_saturated,
 )
 from astroflow.workflow.plots import comparison_crops
 
@@ -303,6 +305,54 @@ def test_residual_stars_are_inpainted_and_nothing_else_is_touched():
         inpaint_residuals(display, sky[:, :, :1])
 
 
+
+def saturated_field(seed=1, size=256):
+    """A night sky (gradient + noise) with 30 small stars, one large saturated white star with a
+    wide halo at (x=80, y=70) and a red blob clipped in red only at (x=200, y=190).
+
+    Returns the display image with everything (H, W, 3), the network's imagined answer (small
+    stars removed, the large star and the blob left whole) and the truth without any star.
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size].astype(np.float64)
+    sky = SKY + 0.05 * xx / size
+    truth = np.repeat(sky[:, :, None], 3, axis=2) + rng.normal(0.0, SIGMA, (size, size, 3))
+    blob = np.exp(-((yy - 190) ** 2 + (xx - 200) ** 2) / (2 * 6.0**2))[:, :, None] * np.array([1.5, 0.3, 0.3])
+    big = 4.0 * (1 + (np.hypot(yy - 70.3, xx - 80.2) / 5.0) ** 2) ** -1.5  # Moffat, beta 1.5
+    answer = np.clip(truth + blob + big[:, :, None] * np.array([1.0, 0.95, 1.1]), 0.0, 1.0)
+    small = np.zeros((size, size))
+    for y, x in rng.uniform(10, size - 10, (30, 2)):
+        small += 0.4 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * 1.3**2))
+    display = np.clip(answer + small[:, :, None], 0.0, 1.0)
+    return display.astype(np.float32), answer.astype(np.float32), truth.astype(np.float32)
+
+
+def test_a_saturated_star_left_by_the_network_is_subtracted_to_the_sky():
+    display, answer, truth = saturated_field()
+    stars = saturated_stars(display)
+    assert len(stars.x) == 1  # the white star; not the blob that clips in red only
+    assert np.hypot(stars.x[0] - 80.2, stars.y[0] - 70.3) < 1.5
+    out, n = subtract_saturated(display, answer)
+    assert n == 1
+    yy, xx = np.mgrid[:256, :256]
+    r = np.hypot(yy - 70.3, xx - 80.2)
+    # what the star added, ring by ring (medians), before and after, in noise sigmas
+    excess_before = [np.median((answer - truth)[(r >= a) & (r < a + 4)]) / SIGMA for a in range(8, 60, 4)]
+    excess_after = [np.median((out - truth)[(r >= a) & (r < a + 4)]) / SIGMA for a in range(8, 60, 4)]
+    assert max(excess_before) > 20
+    assert max(abs(e) for e in excess_after) < 1.5
+    core = r < stars.fwhm[0] / 2  # the white core, the network left at 1.0: no hole, no disc
+    assert abs(np.median((out - truth)[core])) < 2 * SIGMA
+    assert (out <= display + 1e-6).all() and (out >= 0).all()
+    blob = np.hypot(yy - 190, xx - 200) < 30
+    assert np.array_equal(out[blob], answer[blob])  # the red blob is kept
+    assert np.array_equal(out[r > 200], answer[r > 200])
+    # nothing saturated, nothing done
+    clean, none = subtract_saturated(truth, truth)
+    assert none == 0 and np.array_equal(clean, truth)
+    with pytest.raises(ValueError, match="one \\(H, W, C\\) shape"):
+        subtract_saturated(display, answer[:, :, :1])
+
 # --- the crops of the report ------------------------------------------------------------
 
 
@@ -339,21 +389,29 @@ def test_cave_nebula_crop_has_no_holes_with_the_clamp():
     crop = np.ascontiguousarray(image[256:512, :512] / display_scale(bits))
     model, _ = load_starless(ROOT / "models" / "starless.pt", device="cpu")
     raw = remove_stars(crop, predictor(model, no_holes=False), encoding="display")
-    clamped = remove_stars(crop, predictor(model, residuals=False), encoding="display")
+    clamped = remove_stars(crop, predictor(model, saturated=False, residuals=False), encoding="display")
+    subtracted = remove_stars(crop, predictor(model, residuals=False), encoding="display")
     shipped = remove_stars(crop, predictor(model), encoding="display")
     assert np.allclose(screen(shipped.starless, shipped.stars), crop, atol=1e-5)
     before = star_removal_measures(crop, raw.starless, encoding="display")
     after = star_removal_measures(crop, shipped.starless, encoding="display")
     clamp_only = star_removal_measures(crop, clamped.starless, encoding="display")
-    print(f"raw network: {before}\nwith the clamp: {clamp_only}\nand the residuals inpainted: {after}")
+    saturated = star_removal_measures(crop, subtracted.starless, encoding="display")
+    print(f"raw network: {before}\nwith the clamp: {clamp_only}\nand the saturated stars subtracted: "
+          f"{saturated}\nand the residuals inpainted: {after}")
     # Measured (torch 2.13 CPU), weights of 2026-12-01 (models/starless-cpu.yaml): 149 sources
     # before; without the clamp 2 after, hole depth median -2.5, worst (5th percentile of the
-    # 50 brightest stars) -9.2 sigma; with it 5 after, median +0.58, worst -0.56 sigma; with the
-    # residual stars inpainted too (the default) 4 after, the holes unchanged. (The
-    # previous weights, models/starless-v1.pt: 14 and 20 after, worst -5.6 and -0.22 sigma.)
+    # 50 brightest stars) -9.2 sigma; with it 5 after, median +0.58, worst -0.56 sigma. The
+    # crop's 2 large saturated stars keep a halo (ring 1-3 FWHM out) of +1.46 sigma grey,
+    # +3.5 in their worst channel; with their profiles subtracted -0.69 and +0.27, 4 sources
+    # after, worst hole -0.79; with the residual stars inpainted too (the default) 3 after.
+    # (The previous weights, models/starless-v1.pt: 14 and 20 after, worst -5.6 and -0.22.)
     assert 130 <= before["sources_before"] <= 170
     assert before["hole_worst"] < -3.0  # the network's over-subtraction the clamp is for
     assert after["hole_worst"] > -1.0
     assert after["hole_median"] > -0.5
     assert before["sources_after"] <= 6 and clamp_only["sources_after"] <= 10
     assert after["sources_after"] < clamp_only["sources_after"]
+    assert clamp_only["saturated_stars"] == saturated["saturated_stars"] == 2
+    assert clamp_only["saturated_ring_channel_max"] > 2.0  # the halo the network leaves
+    assert abs(saturated["saturated_ring"]) < 1.0 and saturated["saturated_ring_channel_max"] < 1.0

@@ -63,6 +63,7 @@ __all__ = [
     "residual_objects",
     "residual_sources",
     "ring_energy",
+    "saturated_stars",
     "star_removal_measures",
     "to_display",
 ]
@@ -649,6 +650,61 @@ def outside_change(starry, starless, stars=None, *, grow=2.0, min_grow=3):
     }
 
 
+def saturated_stars(display, stars=None, *, min_fwhm_ratio=4.0, saturation=0.98, min_core=9, max_stars=50,
+                    threshold_sigma=5.0):
+    """The large saturated stars of a display image: bloated cores that are white in every channel.
+
+    A bright star in a stretched image is a disc clipped to white in every channel with a
+    coloured rim and a wide halo; a network trained on smaller stars can leave it whole
+    (measured on the Cave Nebula: its three brightest stars). Galaxy cores and nebula knots
+    that are as large and as bright clip in one or two channels, not in all: on the real images
+    of ``benchmarks/starless_real.py`` the white cores of the Cave's stars cover 17-83 px, those
+    of the Hubble Deep Field's saturated ellipticals 0-6 px, its one bright star 12 px, and the
+    Cave's red nebula knots 0 px.
+
+    Parameters
+    ----------
+    display : numpy.ndarray
+        ``(H, W)`` or ``(H, W, C)`` display data in ``[0, 1]``, finite.
+    stars : StarCatalog or None, optional
+        :func:`detect` of ``display`` (detected here when None).
+    min_fwhm_ratio : float, optional
+        Least FWHM, in units of the median FWHM of all detections.
+    saturation : float, optional
+        Display level from which a pixel counts as clipped (0.98 is 250 of 255).
+    min_core : int, optional
+        Least clipped pixels (every channel at or above ``saturation``) within one FWHM of the
+        centre.
+    max_stars : int, optional
+        Most stars returned, brightest first.
+    threshold_sigma : float, optional
+        SEP detection threshold when ``stars`` is None, see :func:`detect`.
+
+    Returns
+    -------
+    StarCatalog
+        The saturated stars among ``stars``, brightest first.
+    """
+    image = _channels(display)
+    stars = detect(image, threshold_sigma=threshold_sigma) if stars is None else stars
+    if not len(stars.x):
+        return stars
+    white = image.min(axis=2) >= saturation
+    h, w = white.shape
+    found = []
+    for i in np.flatnonzero(stars.fwhm >= min_fwhm_ratio * np.median(stars.fwhm)):
+        x, y, f = stars.x[i], stars.y[i], stars.fwhm[i]
+        r = int(np.ceil(f))
+        y0, x0 = max(0, int(y) - r), max(0, int(x) - r)
+        yy, xx = np.mgrid[y0 : min(h, int(y) + r + 1), x0 : min(w, int(x) + r + 1)]
+        core = white[y0 : y0 + yy.shape[0], x0 : x0 + yy.shape[1]] & (np.hypot(xx - x, yy - y) <= f)
+        if core.sum() >= min_core:
+            found.append(i)
+            if len(found) == max_stars:
+                break
+    return stars.select(np.array(found, dtype=int))
+
+
 def star_removal_measures(starry, starless, *, encoding, bits=None, threshold_sigma=5.0):
     """All the real-image measures of one star removal.
 
@@ -668,8 +724,12 @@ def star_removal_measures(starry, starless, *, encoding, bits=None, threshold_si
     -------
     dict
         The scalars of :func:`residual_sources`, :func:`hole_depth`, :func:`ring_energy` and
-        :func:`outside_change` (not the per-star arrays), and ``noise``, the global noise sigma
-        of the grey input in display units.
+        :func:`outside_change` (not the per-star arrays); ``noise``, the global noise sigma
+        of the grey input in display units; and, for the large saturated stars alone
+        (:func:`saturated_stars`, whose halos the medians over all stars do not see),
+        ``saturated_stars`` (how many were measured), ``saturated_ring`` and
+        ``saturated_ring_channel_max`` (:func:`ring_energy`'s ``ring_excess`` and
+        ``ring_channel_max`` over them; NaN without any).
 
     Raises
     ------
@@ -685,6 +745,9 @@ def star_removal_measures(starry, starless, *, encoding, bits=None, threshold_si
     result.update(holes)
     result.update(ring_energy(before, after, stars))
     result.update(outside_change(before, after, stars))
+    saturated = ring_energy(before, after, saturated_stars(before, stars), min_peak_sigma=0.0)
+    result.update({"saturated_stars": saturated["ring_stars"], "saturated_ring": saturated["ring_excess"],
+                   "saturated_ring_channel_max": saturated["ring_channel_max"]})
     return result
 
 
