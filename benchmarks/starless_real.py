@@ -22,9 +22,9 @@ way: linear data stretched with the invertible network stretch, display data as 
 with these answers: the network without the clamp (``predictor(no_holes=False)``), with
 :func:`astroflow.restoration.starnet.clamp_holes`, the clamp with its optional ``distrust=2``
 (all channels drawn down where one was dug), the clamp and
-:func:`astroflow.restoration.starnet.inpaint_residuals` (the chain shipped until the saturated
-stars were handled), the chain the workflow runs (clamp,
-:func:`astroflow.restoration.starnet.subtract_saturated`, inpainted residuals) and the classical
+:func:`astroflow.restoration.starnet.inpaint_residuals` (the chain shipped until the stars'
+profiles were subtracted), the chain the workflow runs (clamp,
+:func:`astroflow.restoration.starnet.subtract_profiles`, inpainted residuals) and the classical
 baseline (:func:`astroflow.restoration.starless.classical_star_removal`, the workflow's default
 settings). The measures are :func:`astroflow.restoration.starmetrics.star_removal_measures`,
 in the display domain (linear data with the input's network stretch). Time: the network's
@@ -65,7 +65,7 @@ from astroflow.restoration.starnet import (
     inpaint_residuals,
     load_starless,
     predictor,
-    subtract_saturated,
+    subtract_profiles,
 )
 from astroflow.workflow.plots import comparison_crops
 
@@ -73,7 +73,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 CLASSICAL = {"threshold_sigma": 3.0, "grow": 2.0, "radius": 5}  # config.yaml starless.classical
 # The workflow's chain (astroflow.restoration.starnet.predictor's defaults).
-SHIPPED = "network (no holes, saturated subtracted, residuals inpainted)"
+SHIPPED = "network (no holes, profiles subtracted, residuals inpainted)"
 COLUMNS = [
     "image", "method", "seconds", "sources_before", "sources_after", "removed_fraction",
     "hole_median", "hole_worst", "hole_grey_median", "hole_stars", "ring_excess", "ring_channel_max",
@@ -179,7 +179,7 @@ def run_methods(image, encoding, raw_predict):
 
     def shipped(display):
         start = time.perf_counter()
-        out, cache["saturated"] = subtract_saturated(display, clamp_holes(display, cache["out"]))
+        out, cache["profiles"] = subtract_profiles(display, clamp_holes(display, cache["out"]))
         out, cache["inpainted"] = inpaint_residuals(display, out)
         cache["shipped"] = time.perf_counter() - start
         return out
@@ -206,7 +206,7 @@ def run_methods(image, encoding, raw_predict):
             seconds[method] = cache["network"] + cache["cleanup"]
         elif method == SHIPPED:
             seconds[method] = cache["network"] + cache["shipped"]
-            print(f"  {cache['saturated']} saturated stars subtracted, {cache['inpainted']} residuals inpainted")
+            print(f"  {cache['profiles']} star profiles subtracted, {cache['inpainted']} residuals inpainted")
         else:
             seconds[method] = cache["network"] + (cache["clamp"] if method != "network (no clamp)" else 0.0)
     return results, seconds

@@ -70,7 +70,7 @@ rule starless:
         code=library_code("starless.py"),
         method=config["starless"]["method"],
         classical=config["starless"]["classical"],
-        subtract_saturated=config["starless"]["subtract_saturated"],
+        subtract_profiles=config["starless"]["subtract_profiles"],
         inpaint_residuals=config["starless"]["inpaint_residuals"],
         tile=config["starless"]["tile"],
         overlap=config["starless"]["overlap"],

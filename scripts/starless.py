@@ -44,9 +44,9 @@ else:
         encoding,
         shape,
     )
-    predict = predictor(model, tile=p.tile, overlap=p.overlap, batch=p.batch, saturated=p.subtract_saturated,
+    predict = predictor(model, tile=p.tile, overlap=p.overlap, batch=p.batch, profiles=p.subtract_profiles,
                         residuals=p.inpaint_residuals)
-    cleanup = (", saturated stars subtracted" if p.subtract_saturated else "") + (
+    cleanup = (", star profiles subtracted" if p.subtract_profiles else "") + (
         ", residual stars inpainted" if p.inpaint_residuals else "")
     history = [f"astroflow starless: weights {snakemake.input.weights}{cleanup}, {encoding} data"]
 result = remove_stars(image, predict, encoding=encoding, target_background=p.target_background)

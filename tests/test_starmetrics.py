@@ -30,7 +30,8 @@ from astroflow.restoration.starnet import (
     load_starless,
     masked_background,
     predictor,
-    subtract_saturated,
+    profile_stars,
+    subtract_profiles,
 )
 from astroflow.workflow.plots import comparison_crops
 
@@ -332,7 +333,7 @@ def test_a_saturated_star_left_by_the_network_is_subtracted_to_the_sky():
     stars = saturated_stars(display)
     assert len(stars.x) == 1  # the white star; not the blob that clips in red only
     assert np.hypot(stars.x[0] - 80.2, stars.y[0] - 70.3) < 1.5
-    out, n = subtract_saturated(display, answer)
+    out, n = subtract_profiles(display, answer)
     assert n == 1
     yy, xx = np.mgrid[:256, :256]
     r = np.hypot(yy - 70.3, xx - 80.2)
@@ -348,10 +349,42 @@ def test_a_saturated_star_left_by_the_network_is_subtracted_to_the_sky():
     assert np.array_equal(out[blob], answer[blob])  # the red blob is kept
     assert np.array_equal(out[r > 200], answer[r > 200])
     # nothing saturated, nothing done
-    clean, none = subtract_saturated(truth, truth)
+    clean, none = subtract_profiles(truth, truth)
     assert none == 0 and np.array_equal(clean, truth)
     with pytest.raises(ValueError, match="one \\(H, W, C\\) shape"):
-        subtract_saturated(display, answer[:, :, :1])
+        subtract_profiles(display, answer[:, :, :1])
+
+
+def test_what_the_network_left_of_bright_stars_is_subtracted_and_a_galaxy_is_kept():
+    rng = np.random.default_rng(4)
+    size = 256
+    yy, xx = np.mgrid[:size, :size].astype(np.float64)
+    truth = SKY + rng.normal(0.0, SIGMA, (size, size, 3))
+
+    def gaussian(x, y, fwhm):
+        return np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * (fwhm / 2.3548) ** 2))[:, :, None]
+
+    grid = [(15.0 + 32 * i, 15.0 + 32 * j) + rng.uniform(-3, 3, 2) for i in range(8) for j in range(8)]
+    small = sum(0.3 * gaussian(x, y, 2.5) for x, y in grid)  # 64 small stars, none blended
+    bright = [(60.2, 60.7), (190.4, 70.1), (70.6, 190.3)]
+    medium = sum(0.6 * gaussian(x, y, 6.0) for x, y in bright)
+    galaxy = 0.5 * gaussian(185.0, 185.0, 16.0) * np.array([1.0, 0.8, 0.6])
+    display = np.clip(truth + small + medium + galaxy, 0.0, 1.0).astype(np.float32)
+    # a network that removed the small stars, 70 % of the bright ones and 60 % of the galaxy
+    answer = np.clip(truth + 0.3 * medium + 0.4 * galaxy, 0.0, 1.0).astype(np.float32)
+    chosen = profile_stars(display, answer)
+    assert len(chosen.x) == 3  # the bright stars; not the galaxy (5 times their FWHM)
+    assert all(np.min(np.hypot(chosen.x - x, chosen.y - y)) < 1.0 for x, y in bright)
+    out, n = subtract_profiles(display, answer)
+    assert n == 3
+    for x, y in bright:
+        r = np.hypot(yy - y, xx - x)
+        before = [np.median((answer - truth)[(r >= a) & (r < a + 2)]) / SIGMA for a in range(0, 12, 2)]
+        after = [np.median((out - truth)[(r >= a) & (r < a + 2)]) / SIGMA for a in range(0, 12, 2)]
+        assert max(before) > 10 and max(abs(e) for e in after) < 1.5
+    kept = np.hypot(yy - 185, xx - 185) < 30
+    assert np.array_equal(out[kept], answer[kept])
+    assert (out <= display + 1e-6).all()
 
 # --- the crops of the report ------------------------------------------------------------
 
@@ -389,7 +422,7 @@ def test_cave_nebula_crop_has_no_holes_with_the_clamp():
     crop = np.ascontiguousarray(image[256:512, :512] / display_scale(bits))
     model, _ = load_starless(ROOT / "models" / "starless.pt", device="cpu")
     raw = remove_stars(crop, predictor(model, no_holes=False), encoding="display")
-    clamped = remove_stars(crop, predictor(model, saturated=False, residuals=False), encoding="display")
+    clamped = remove_stars(crop, predictor(model, profiles=False, residuals=False), encoding="display")
     subtracted = remove_stars(crop, predictor(model, residuals=False), encoding="display")
     shipped = remove_stars(crop, predictor(model), encoding="display")
     assert np.allclose(screen(shipped.starless, shipped.stars), crop, atol=1e-5)
@@ -397,14 +430,14 @@ def test_cave_nebula_crop_has_no_holes_with_the_clamp():
     after = star_removal_measures(crop, shipped.starless, encoding="display")
     clamp_only = star_removal_measures(crop, clamped.starless, encoding="display")
     saturated = star_removal_measures(crop, subtracted.starless, encoding="display")
-    print(f"raw network: {before}\nwith the clamp: {clamp_only}\nand the saturated stars subtracted: "
+    print(f"raw network: {before}\nwith the clamp: {clamp_only}\nand the star profiles subtracted: "
           f"{saturated}\nand the residuals inpainted: {after}")
     # Measured (torch 2.13 CPU), weights of 2026-12-01 (models/starless-cpu.yaml): 149 sources
     # before; without the clamp 2 after, hole depth median -2.5, worst (5th percentile of the
     # 50 brightest stars) -9.2 sigma; with it 5 after, median +0.58, worst -0.56 sigma. The
     # crop's 2 large saturated stars keep a halo (ring 1-3 FWHM out) of +1.46 sigma grey,
-    # +3.5 in their worst channel; with their profiles subtracted -0.69 and +0.27, 4 sources
-    # after, worst hole -0.79; with the residual stars inpainted too (the default) 3 after.
+    # +3.5 in their worst channel; with the stars' profiles subtracted -0.45 and +0.29, 4
+    # sources after, worst hole -0.94; with the residual stars inpainted too (the default) 3.
     # (The previous weights, models/starless-v1.pt: 14 and 20 after, worst -5.6 and -0.22.)
     assert 130 <= before["sources_before"] <= 170
     assert before["hole_worst"] < -3.0  # the network's over-subtraction the clamp is for
