@@ -60,6 +60,7 @@ __all__ = [
     "noise_map",
     "noise_sigma",
     "outside_change",
+    "residual_detections",
     "residual_objects",
     "residual_sources",
     "ring_energy",
@@ -410,12 +411,39 @@ def residual_objects(starry, starless, *, threshold_sigma=5.0, min_area=4):
     ValueError
         Non-finite pixels.
     """
-    before, after = grey(starry), grey(starless)
+    before = grey(starry)
     _check_finite(before, "input")
-    _check_finite(after, "starless image")
     objects, _, _, rms = _extract(before, threshold_sigma, min_area)
-    residual, _, _, _ = _extract(after, threshold_sigma, min_area, rms=rms)
-    return objects, residual, rms
+    return objects, residual_detections(starless, rms, threshold_sigma=threshold_sigma, min_area=min_area), rms
+
+
+def residual_detections(starless, rms, *, threshold_sigma=5.0, min_area=4):
+    """SEP detections of a starless image at a threshold set by the input's background RMS.
+
+    Parameters
+    ----------
+    starless : numpy.ndarray
+        ``(H, W)`` or ``(H, W, C)`` display data, finite.
+    rms : float
+        The input's global background RMS (grey display units; :class:`StarCatalog`'s ``rms``).
+    threshold_sigma : float, optional
+        Threshold in units of ``rms``.
+    min_area : int, optional
+        Minimum connected pixels.
+
+    Returns
+    -------
+    numpy.ndarray
+        SEP object records (fields ``x``, ``y``, ``a``, ``b``, ``theta``, ``peak``, ``flux``...).
+
+    Raises
+    ------
+    ValueError
+        Non-finite pixels.
+    """
+    after = grey(starless)
+    _check_finite(after, "starless image")
+    return _extract(after, threshold_sigma, min_area, rms=rms)[0]
 
 
 def _annulus_pixels(shape, x, y, r_in, r_out):

@@ -30,7 +30,7 @@ import torch
 from astroflow.nets.tiling import predict_tiled
 from astroflow.nets.unet import WeightsError, load_weights
 from astroflow.restoration.starless import inpaint
-from astroflow.restoration.starmetrics import detect, noise_sigma, residual_objects, saturated_stars
+from astroflow.restoration.starmetrics import detect, noise_sigma, residual_detections, saturated_stars
 
 __all__ = [
     "clamp_holes",
@@ -305,7 +305,8 @@ def stellar_fwhm(display, starless, stars, *, min_removed=0.5):
 
 
 def inpaint_residuals(
-    display, starless, *, threshold_sigma=5.0, grow=2.0, radius=5, min_area=4, passes=3, max_fwhm_ratio=3.0
+    display, starless, catalog=None, *, threshold_sigma=5.0, grow=2.0, radius=5, min_area=4, passes=3,
+    max_fwhm_ratio=3.0,
 ):
     """Inpaint the compact sources a network left where the input had a star.
 
@@ -337,6 +338,9 @@ def inpaint_residuals(
         ``(H, W, C)`` float32, the network's input, in ``[0, 1]``.
     starless : numpy.ndarray
         ``(H, W, C)`` float32, the network's (clamped) answer.
+    catalog : astroflow.restoration.starmetrics.StarCatalog or None, optional
+        :func:`astroflow.restoration.starmetrics.detect` of ``display`` at ``threshold_sigma``
+        and ``min_area`` (detected here when None).
     threshold_sigma : float, optional
         Detection threshold (input background RMS).
     grow : float, optional
@@ -370,13 +374,13 @@ def inpaint_residuals(
         raise ValueError(f"display {display.shape} and starless {starless.shape} must be one (H, W, C) shape")
     out, total = starless.copy(), 0
     h, w = display.shape[:2]
+    catalog = detect(display, threshold_sigma=threshold_sigma, min_area=min_area) if catalog is None else catalog
     stars = None
     for _ in range(passes):
-        before, after, _ = residual_objects(display, out, threshold_sigma=threshold_sigma, min_area=min_area)
-        if not len(after) or not len(before):
+        after = residual_detections(out, catalog.rms, threshold_sigma=threshold_sigma, min_area=min_area)
+        if not len(after) or not len(catalog.x):
             break
         if stars is None:
-            catalog = detect(display, threshold_sigma=threshold_sigma, min_area=min_area)
             fwhm = stellar_fwhm(display, starless, catalog)
             if not np.isfinite(fwhm):  # the network removed no star: nothing is a residual star
                 break
@@ -476,14 +480,14 @@ def subtract_profiles(display, starless, stars=None, *, reach=4.0, max_radius=20
     takes some nebula with it (one sample of 16: 26.0 to 24.2 dB); over the 16, the mean PSNR is
     unchanged (34.44 and 34.40 dB).
 
-    On the real images of ``benchmarks/starless_real.py`` (shipped weights of 2026-12-01):
-    the network leaves the Cave Nebula's three brightest stars almost whole and grey-blue halos
-    around many others; with their profiles subtracted (140 stars) the residual sources after
-    the inpainting fall from 24 to 19, the median hole depth from +0.62 to +0.15 noise sigmas
-    (light left at the stars), the ring 1-3 FWHM out from +0.28 to +0.20 (the classical
-    baseline +0.20) and, around its 12 saturated stars, from +1.30 to +0.38 (worst channel
-    +2.77 to +0.52; classical +0.75 and +1.41). M 94's nucleus and the Hubble Deep Field's
-    large galaxies are kept.
+    On the real images of ``benchmarks/starless_real.py``, with the weights of 2026-12-01
+    (``models/starless-v2.pt``): the network leaves the Cave Nebula's three brightest stars
+    almost whole and grey-blue halos around many others; with their profiles subtracted the
+    residual sources after the inpainting fall from 25 to 16, the ring 1-3 FWHM out from +0.29
+    to +0.24 noise sigmas and, around its 12 saturated stars, from +1.30 to +0.72 (worst
+    channel +2.77 to +1.31; the classical baseline +0.75 and +1.41). With the weights of
+    2026-12-02 (shipped): 18 to 12 sources, saturated rings +0.84 to +0.40 (worst channel +2.38
+    to +1.12). M 94's nucleus and the Hubble Deep Field's large galaxies are kept.
 
     Parameters
     ----------
@@ -602,11 +606,12 @@ def predictor(model, *, tile=256, overlap=32, batch=4, device=None, no_holes=Tru
         if not no_holes:
             return out
         out = clamp_holes(display, out)
+        catalog = detect(display) if profiles or residuals else None  # one detection for both
         if profiles:
-            out, n = subtract_profiles(display, out)
+            out, n = subtract_profiles(display, out, profile_stars(display, out, catalog))
             log.info("%d star profiles subtracted", n)
         if residuals:
-            out, n = inpaint_residuals(display, out)
+            out, n = inpaint_residuals(display, out, catalog)
             log.info("%d residual stars inpainted", n)
         return out
 
