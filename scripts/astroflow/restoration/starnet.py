@@ -481,13 +481,12 @@ def subtract_profiles(display, starless, stars=None, *, reach=4.0, max_radius=20
     unchanged (34.44 and 34.40 dB).
 
     On the real images of ``benchmarks/starless_real.py``, with the weights of 2026-12-01
-    (``models/starless-v2.pt``): the network leaves the Cave Nebula's three brightest stars
+    (the shipped ones): the network leaves the Cave Nebula's three brightest stars
     almost whole and grey-blue halos around many others; with their profiles subtracted the
     residual sources after the inpainting fall from 25 to 16, the ring 1-3 FWHM out from +0.29
     to +0.24 noise sigmas and, around its 12 saturated stars, from +1.30 to +0.72 (worst
-    channel +2.77 to +1.31; the classical baseline +0.75 and +1.41). With the weights of
-    2026-12-02 (shipped): 18 to 12 sources, saturated rings +0.84 to +0.40 (worst channel +2.38
-    to +1.12). M 94's nucleus and the Hubble Deep Field's large galaxies are kept.
+    channel +2.77 to +1.31; the classical baseline +0.75 and +1.41). M 94's nucleus and the
+    Hubble Deep Field's large galaxies are kept.
 
     Parameters
     ----------
