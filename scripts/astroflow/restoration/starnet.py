@@ -279,7 +279,7 @@ def removed_fraction(display, starless, stars):
     return taken / np.maximum(stars.peak, 1e-6)
 
 
-def stellar_fwhm(display, starless, stars, *, min_removed=0.5):
+def stellar_fwhm(stars, removed, *, min_removed=0.5):
     """The FWHM of the image's stars: median FWHM (px) of the detections the answer removed.
 
     The median FWHM of all detections is not the stars' where nebula knots outnumber them (a
@@ -288,19 +288,19 @@ def stellar_fwhm(display, starless, stars, *, min_removed=0.5):
 
     Parameters
     ----------
-    display, starless : numpy.ndarray
-        ``(H, W, C)`` float32, the input and the answer, in ``[0, 1]``.
     stars : astroflow.restoration.starmetrics.StarCatalog
-        Detections of ``display``.
+        Detections of the input.
+    removed : numpy.ndarray
+        ``(N,)`` :func:`removed_fraction` of each.
     min_removed : float, optional
-        Least :func:`removed_fraction` of a star.
+        Least removed fraction of a star.
 
     Returns
     -------
     float
         px; NaN when no detection was removed.
     """
-    removed = removed_fraction(display, starless, stars) >= min_removed
+    removed = np.asarray(removed) >= min_removed
     return float(np.median(stars.fwhm[removed])) if removed.any() else float("nan")
 
 
@@ -375,13 +375,15 @@ def inpaint_residuals(
     out, total = starless.copy(), 0
     h, w = display.shape[:2]
     catalog = detect(display, threshold_sigma=threshold_sigma, min_area=min_area) if catalog is None else catalog
+    if not len(catalog.x):
+        return out, 0
     stars = None
     for _ in range(passes):
         after = residual_detections(out, catalog.rms, threshold_sigma=threshold_sigma, min_area=min_area)
-        if not len(after) or not len(catalog.x):
+        if not len(after):
             break
         if stars is None:
-            fwhm = stellar_fwhm(display, starless, catalog)
+            fwhm = stellar_fwhm(catalog, removed_fraction(display, starless, catalog))
             if not np.isfinite(fwhm):  # the network removed no star: nothing is a residual star
                 break
             star_sized = catalog.fwhm <= max_fwhm_ratio * fwhm
@@ -449,7 +451,7 @@ def profile_stars(display, starless, stars=None, *, min_peak_sigma=20.0, min_fwh
         return stars
     saturated = saturated_stars(display, stars)
     removed = removed_fraction(display, starless, stars)
-    fwhm = stellar_fwhm(display, starless, stars, min_removed=min_removed)
+    fwhm = stellar_fwhm(stars, removed, min_removed=min_removed)
     bright = (
         (stars.peak >= min_peak_sigma * stars.noise)
         & (stars.fwhm >= min_fwhm_ratio * fwhm)
@@ -604,10 +606,12 @@ def predictor(model, *, tile=256, overlap=32, batch=4, device=None, no_holes=Tru
         out = network(display)
         if not no_holes:
             return out
-        out = clamp_holes(display, out)
-        catalog = detect(display) if profiles or residuals else None  # one detection for both
+        # one noise estimate and one detection of the input for every step
+        noise = [noise_sigma(display[:, :, k]) for k in range(display.shape[2])]
+        out = clamp_holes(display, out, noise=noise)
+        catalog = detect(display) if profiles or residuals else None
         if profiles:
-            out, n = subtract_profiles(display, out, profile_stars(display, out, catalog))
+            out, n = subtract_profiles(display, out, profile_stars(display, out, catalog), noise=noise)
             log.info("%d star profiles subtracted", n)
         if residuals:
             out, n = inpaint_residuals(display, out, catalog)
