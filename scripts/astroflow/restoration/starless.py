@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import scipy.ndimage as ndi
 import sep
 from skimage.metrics import peak_signal_noise_ratio
 
@@ -252,21 +253,26 @@ def inpaint(display, mask, *, radius=5):
     image = np.asarray(display, dtype=np.float32)
     mask = np.asarray(mask, dtype=bool)
     channels = image[:, :, None] if image.ndim == 2 else image
+    out = channels.copy()
     if not mask.any():
         return image.copy()
-    mask8 = mask.astype(np.uint8)
-    # OpenCV 5's Telea inpainting of float32 data overshoots badly (values above 1.7 in [0, 1]
-    # data); its 16-bit path is exact to the quantisation, so the fill is done in 16 bits.
-    as16 = np.round(np.clip(channels, 0.0, 1.0) * 65535).astype(np.uint16)
-    out = np.stack(
-        [
-            cv2.inpaint(np.ascontiguousarray(as16[:, :, c]), mask8, radius, cv2.INPAINT_TELEA)
-            for c in range(channels.shape[2])
-        ],
-        axis=2,
-    ).astype(np.float32) / 65535.0
-    out = np.where(mask[:, :, None], out, channels)
-    return (out[:, :, 0] if image.ndim == 2 else out).astype(np.float32)
+    # Telea's fill of a pixel uses known pixels within ``radius`` and OpenCV's distance band
+    # outside the mask reaches ``2 radius + 1``: groups of masked pixels further apart than
+    # that are filled independently, each in its own window (the same answer as one call on
+    # the whole image, far faster for a few stars of a large image).
+    margin = 2 * radius + 3
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1, 2 * margin + 1))
+    groups, n = ndi.label(cv2.dilate(mask.astype(np.uint8), disc))
+    for k, (rows, cols) in enumerate(ndi.find_objects(groups), start=1):
+        own = mask[rows, cols] & (groups[rows, cols] == k)
+        # OpenCV 5's Telea inpainting of float32 data overshoots badly (values above 1.7 in
+        # [0, 1] data); its 16-bit path is exact to the quantisation, so the fill is in 16 bits.
+        as16 = np.round(np.clip(channels[rows, cols], 0.0, 1.0) * 65535).astype(np.uint16)
+        mask8 = own.astype(np.uint8)
+        for c in range(channels.shape[2]):
+            filled = cv2.inpaint(np.ascontiguousarray(as16[:, :, c]), mask8, radius, cv2.INPAINT_TELEA)
+            out[rows, cols, c][own] = filled[own].astype(np.float32) / 65535.0
+    return out[:, :, 0] if image.ndim == 2 else out
 
 
 def starless_metrics(output, truth, starry, footprint):

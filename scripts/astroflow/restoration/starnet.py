@@ -125,28 +125,35 @@ def masked_background(image, keep, *, scales=(2, 4, 8, 16, 32, 64, 128), support
         ``(H, W, C)`` float32; equal to a smoothed ``image`` near kept pixels.
     """
     image = np.asarray(image, dtype=np.float32)
-    weight = np.asarray(keep, dtype=np.float32)
-    c = image.shape[2]
-    if not weight.any():
+    keep = np.asarray(keep, dtype=bool)
+    weight = keep.astype(np.float32)
+    h, w, c = image.shape
+    if not keep.any():
         return np.broadcast_to(np.median(image.reshape(-1, c), axis=0), image.shape).astype(np.float32)
-    # Blend from the finest scale at which every pixel has support (coarser ones would be
-    # overwritten) down to the finest.
-    alphas = []
+    # From the finest scale to the coarsest, each pixel takes ``alpha`` of the scale's estimate
+    # and leaves the rest (``remaining``) to the coarser ones; once nothing remains for a pixel
+    # it drops out, so that the coarse scales are evaluated only inside the large masked areas.
+    weighted = [np.ascontiguousarray(image[:, :, k]) * weight for k in range(c)]
+    background = np.zeros(image.shape, np.float32).reshape(-1, c)
+    index = slice(None)  # every pixel, then the ones left
+    remaining = np.ones(h * w, np.float32)
     for sigma in sorted(scales):
-        den = _blur(weight, sigma)
-        alphas.append((sigma, den, np.clip(den / support, 0.0, 1.0)))
-        if alphas[-1][2].min() >= 1.0:
+        den = _blur(weight, sigma).reshape(-1)[index]
+        alpha = np.clip(den / support, 0.0, 1.0)
+        share = remaining * alpha
+        np.maximum(den, 1e-6, out=den)
+        for k in range(c):
+            background[index, k] += share * (_blur(weighted[k], sigma).reshape(-1)[index] / den)
+        remaining *= 1.0 - alpha
+        more = remaining > 0.0
+        index = np.flatnonzero(more) if isinstance(index, slice) else index[more]
+        remaining = remaining[more]
+        if not len(index):
             break
-    complete = alphas[-1][2].min() >= 1.0
-    background = np.empty(image.shape, np.float32)
-    for k in range(c):
-        plane = np.ascontiguousarray(image[:, :, k])
-        level = np.full(plane.shape, np.median(plane[keep]) if not complete else 0.0, np.float32)
-        for sigma, den, alpha in reversed(alphas):
-            fine = _blur(plane * weight, sigma) / np.maximum(den, 1e-6)
-            level = alpha * fine + (1.0 - alpha) * level
-        background[:, :, k] = level
-    return background
+    if len(index):  # no scale has support there: the median of the kept pixels
+        for k in range(c):
+            background[index, k] += remaining * np.median(image[:, :, k][keep])
+    return background.reshape(image.shape)
 
 
 def clamp_holes(display, starless, *, low=1.0, high=3.0, exclude=2.0, grow=2, distrust=None, noise=None):
@@ -405,10 +412,27 @@ def inpaint_residuals(
     return out, total
 
 
-def _ring_medians(plane, rings, n):
-    """Median of ``plane`` over each ring label 0..n-1 of ``rings`` (-1 outside); 0 for empty rings."""
-    values = ndi.median(plane, labels=rings + 1, index=np.arange(1, n + 1))
-    return np.nan_to_num(np.asarray(values, dtype=np.float64))
+def _ring_medians(window, rings, n):
+    """Median of each channel of ``window`` over each ring label 0..n-1 of ``rings`` (-1 outside).
+
+    ``window`` is ``(h, w, C)``, ``rings`` ``(h, w)`` int; returns ``(C, n)`` float64, 0 for
+    empty rings, the mean of the two middle values for an even count (as
+    :func:`scipy.ndimage.median`). One sort by (ring, value) per channel instead of a
+    selection per label: about ten times faster on the 1-3 thousand pixels of a star window.
+    """
+    inside = rings >= 0
+    labels = rings[inside]
+    values = window[inside].astype(np.float64)  # (npix, C)
+    counts = np.bincount(labels, minlength=n)[:n]
+    lo = values.min(axis=0)
+    span = values.max(axis=0) - lo + 1.0
+    order = np.argsort(labels[:, None] * span + (values - lo), axis=0, kind="stable")
+    ordered = np.take_along_axis(values, order, axis=0)
+    starts = np.cumsum(counts) - counts
+    low = np.clip(starts + (counts - 1) // 2, 0, len(labels) - 1)
+    high = np.clip(starts + counts // 2, 0, len(labels) - 1)
+    medians = 0.5 * (ordered[low] + ordered[high])
+    return np.where(counts[:, None] > 0, medians, 0.0).T
 
 
 def profile_stars(display, starless, stars=None, *, min_peak_sigma=20.0, min_fwhm_ratio=1.5, max_fwhm_ratio=3.0,
@@ -541,7 +565,7 @@ def subtract_profiles(display, starless, stars=None, *, reach=4.0, max_radius=20
         # The halo ends where the input's profile stops falling: less than ``fade`` noise sigmas
         # over the next ``step`` px. Its zero is the ring median just beyond, so that a star on
         # a nebula is measured against the nebula around it, not the darker sky further out.
-        raw_in = np.stack([_ring_medians(display[y0:y1, x0:x1, k], rings, radius) for k in range(c)])
+        raw_in = _ring_medians(display[y0:y1, x0:x1], rings, radius)
         step = max(3, int(round(fwhm / 2)))
         drop = raw_in[:, : radius - step] - raw_in[:, step:]
         flat = np.flatnonzero((drop < fade * np.asarray(noise)[:, None]).all(axis=0)[int(fwhm // 2):])
@@ -550,9 +574,8 @@ def subtract_profiles(display, starless, stars=None, *, reach=4.0, max_radius=20
         band = (r >= extent) & (r < extent + step)
         if not band.any():
             continue
-        prof_in = raw_in - np.array([np.median(display[y0:y1, x0:x1, k][band]) for k in range(c)])[:, None]
-        prof_out = np.stack([_ring_medians(out[y0:y1, x0:x1, k], rings, radius)
-                             - np.median(out[y0:y1, x0:x1, k][band]) for k in range(c)])
+        prof_in = raw_in - np.median(display[y0:y1, x0:x1][band], axis=0)[:, None]
+        prof_out = _ring_medians(out[y0:y1, x0:x1], rings, radius) - np.median(out[y0:y1, x0:x1][band], axis=0)[:, None]
         taper = np.clip((extent + step - np.arange(radius)) / step, 0.0, 1.0)
         # Rings the answer left above the sky lose their excess (at most the input's); rings
         # it left below (a clamped core, a dug ring) are raised to the sky, never above the input.
