@@ -21,6 +21,18 @@ include: "rules/training.smk"
 include: "rules/report.smk"
 
 
+# Bookkeeping of a few seconds that reads small tables (the run's settings, the frames table and
+# its plot, the runtime table): on a cluster each would wait for a node, and for the executor's
+# next status check, far longer than it runs, so it runs where Snakemake runs (the login node).
+localrules:
+    effective_config,
+    frames_table,
+    quality_plot,
+    planetary_frames_table,
+    planetary_quality_plot,
+    runtimes,
+
+
 rule all:
     default_target: True
     input:

@@ -29,12 +29,14 @@ from conftest import ROOT, snakemake
 
 SLURM_TESTS = ROOT / "tests" / "slurm"
 PROFILES = ROOT / "profiles"
-# A tiny night: 26 jobs, each mostly Python and Snakemake start-up. Deconvolution is off: it adds
+# A tiny night: 29 jobs, each mostly Python and Snakemake start-up. Deconvolution is off: it adds
 # two CPU jobs and nothing this test looks at (star removal is the GPU job it checks).
 TINY_NIGHT = {
     "simulate": dict(width=320, height=240, n_lights=4, n_darks=1, n_flats=1, n_bias=1),
     "deconvolution": {"enabled": False},
 }
+# The Snakefile's localrules: bookkeeping that runs where Snakemake runs, not in a SLURM job.
+LOCAL_RULES = {"effective_config", "frames_table", "quality_plot", "runtimes"}
 # The first line of every job log (astroflow.logs.setup_logging, and the probes of Snakefile.gpu).
 LOG_HEADER = re.compile(r"host (\S+), SLURM_JOB_ID (\S+), CUDA_VISIBLE_DEVICES (\S+)")
 SUBMITTED = re.compile(r"has been submitted with SLURM jobid (\d+)")
@@ -128,14 +130,19 @@ def test_simulated_night_runs_as_slurm_jobs(slurm, tmp_path):
     rule_jobs = [rule for rule in finished if rule != "all"]
     logs = sorted((work / "logs").rglob("*.log"))
     headers = first_lines(logs)
-    # Every job wrote its log inside a SLURM job that this run submitted, and every SLURM job
-    # ran at least one of them: nothing ran on the submit host, nothing went missing.
+    local = {log: ids for log, ids in headers.items() if log.parent.name in LOCAL_RULES}
+    remote = {log: ids for log, ids in headers.items() if log.parent.name not in LOCAL_RULES}
+    # Every job wrote its log; the localrules ran outside SLURM, every other job inside a SLURM
+    # job that this run submitted, and every SLURM job ran at least one of them: nothing else
+    # ran on the submit host, nothing went missing.
     assert len(logs) == len(rule_jobs)
-    assert {job_id for _, job_id, _ in headers.values()} == set(submitted)
+    assert {log.parent.name for log in local} == LOCAL_RULES
+    assert {job_id for _, job_id, _ in local.values()} == {"none"}
+    assert {job_id for _, job_id, _ in remote.values()} == set(submitted)
     assert len(set(submitted)) == len(submitted)
     # Only star removal asks for a GPU (resources: gpu=1): it gets the node's GPU through the
     # profile's gres mapping, and no other job sees one.
-    gpu_jobs = {log.parent.name: cuda for log, (_, _, cuda) in headers.items() if cuda != "unset"}
+    gpu_jobs = {log.parent.name: cuda for log, (_, _, cuda) in remote.items() if cuda != "unset"}
     assert gpu_jobs == {"starless": "0"}
     # The profile's bundles: several frames per SLURM job.
     assert len(submitted) < len(rule_jobs)

@@ -56,7 +56,9 @@ def run(tmp_path_factory):
         "rawnames": {"kind": "deep-sky", "lights": str(raw_dir)},
         "fitsgz": {"kind": "deep-sky", "lights": str(fits_dir)},
     }
-    config.write_text(yaml.safe_dump({"targets": targets, "starless": {"enabled": False}}))
+    # the stages after the stack read no frame: off, as this test looks at the frames and the stack
+    off = {"enabled": False}
+    config.write_text(yaml.safe_dump({"targets": targets, "starless": off, "deconvolution": off, "background": off}))
     snakemake(work, "--cores", "2", "--configfile", str(config))
     return work
 
