@@ -253,16 +253,16 @@ def inpaint(display, mask, *, radius=5):
     image = np.asarray(display, dtype=np.float32)
     mask = np.asarray(mask, dtype=bool)
     channels = image[:, :, None] if image.ndim == 2 else image
-    out = channels.copy()
     if not mask.any():
         return image.copy()
+    out = channels.copy()
     # Telea's fill of a pixel uses known pixels within ``radius`` and OpenCV's distance band
     # outside the mask reaches ``2 radius + 1``: groups of masked pixels further apart than
     # that are filled independently, each in its own window (the same answer as one call on
     # the whole image, far faster for a few stars of a large image).
     margin = 2 * radius + 3
     disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1, 2 * margin + 1))
-    groups, n = ndi.label(cv2.dilate(mask.astype(np.uint8), disc))
+    groups, _ = ndi.label(cv2.dilate(mask.astype(np.uint8), disc))
     for k, (rows, cols) in enumerate(ndi.find_objects(groups), start=1):
         own = mask[rows, cols] & (groups[rows, cols] == k)
         # OpenCV 5's Telea inpainting of float32 data overshoots badly (values above 1.7 in
