@@ -18,8 +18,8 @@ try:
 except ImportError:  # the library tests that need torch import it themselves
     torch = None
 if torch is not None:
-    # pytest-xdist runs two workers on the 2 CI cores: torch's intra-op threads of one worker
-    # competing with the other worker made the torch tests up to 15x slower than one thread.
+    # pytest-xdist runs three workers on the 2 CI cores: torch's intra-op threads of one worker
+    # competing with the others made the torch tests up to 15x slower than one thread.
     torch.set_num_threads(1)
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
@@ -139,21 +139,29 @@ def benchmarked_rules(files=None, *, planetary=False):
     return names
 
 
-# The longest test files, longest first: with `-n 2 --dist loadfile --no-loadscope-reorder` (the
+# The longest test files, longest first: with `-n 3 --dist loadfile --no-loadscope-reorder` (the
 # Makefile) a worker takes whole files in collection order, so starting the long ones first keeps
-# both workers busy to the end. (xdist's default order, most tests first, left the SLURM night,
-# three tests and four minutes, to run alone at the end.)
+# the workers busy to the end. (xdist's default order, most tests first, left the SLURM night,
+# three tests and four minutes, to run alone at the end.) The order is that of the files' summed
+# test durations in a clean-clone run with three workers (2026-12-03: 373 s for test_slurm.py down
+# to 73 s for test_workflow_skyflat.py).
 LONG_FIRST = [
     "test_slurm.py",
-    "test_workflow_simulated.py",
-    "test_workflow_sbig.py",
     "test_reruns.py",
-    "test_faults.py",
+    "test_workflow_simulated.py",
     "test_workflow_planetary.py",
-    "test_report.py",
-    "test_workflow_bad_input.py",
-    "test_workflow_bad_folders.py",
     "test_workflow_starless.py",
+    "test_workflow_sbig.py",
+    "test_workflow_project.py",
+    "test_workflow_bad_folders.py",
+    "test_report.py",
+    "test_workflow_sessions.py",
+    "test_workflow_drizzle.py",
+    "test_workflow_bad_input.py",
+    "test_faults.py",
+    "test_workflow_formats.py",
+    "test_workflow_skyflat.py",
+    "test_module.py",
 ]
 
 
