@@ -49,6 +49,7 @@ def main():
     predict = predictor(model, tile=256, overlap=32, batch=4)
     raw = predictor(model, tile=256, overlap=32, batch=4, no_holes=False)
     no_profiles = predictor(model, tile=256, overlap=32, batch=4, profiles=False)
+    no_spikes = predictor(model, tile=256, overlap=32, batch=4, spikes=False)
     print(f"weights {args.weights}: {meta.get('profile')} profile, settings {meta.get('settings')}")
 
     rows = []
@@ -62,6 +63,7 @@ def main():
             "astroflow network (no profiles subtracted)": remove_stars(
                 starry, no_profiles, encoding="display"
             ).starless,
+            "astroflow network (no spikes subtracted)": remove_stars(starry, no_spikes, encoding="display").starless,
             "astroflow network": remove_stars(starry, predict, encoding="display").starless,
         }
         for method, out in outputs.items():

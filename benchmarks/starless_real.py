@@ -20,11 +20,12 @@ Images (from ../shared/data; nothing is copied into the repository):
 Each image goes through :func:`astroflow.restoration.starless.remove_stars` (the entry script's
 way: linear data stretched with the invertible network stretch, display data as they are)
 with these answers: the network without the clamp (``predictor(no_holes=False)``), with
-:func:`astroflow.restoration.starnet.clamp_holes`, the clamp with its optional ``distrust=2``
-(all channels drawn down where one was dug), the clamp and
+:func:`astroflow.restoration.starnet.clamp_holes`, the clamp and
 :func:`astroflow.restoration.starnet.inpaint_residuals` (the chain shipped until the stars'
-profiles were subtracted), the chain the workflow runs (clamp,
-:func:`astroflow.restoration.starnet.subtract_profiles`, inpainted residuals) and the classical
+profiles were subtracted), the clamp, :func:`astroflow.restoration.starnet.subtract_profiles`
+and inpainted residuals (the chain shipped until the spikes were subtracted), the chain the
+workflow runs (:func:`astroflow.restoration.starnet.clean_answer`: the same with
+:func:`astroflow.restoration.starnet.subtract_spikes` after the profiles) and the classical
 baseline (:func:`astroflow.restoration.starless.classical_star_removal`, the workflow's default
 settings). The measures are :func:`astroflow.restoration.starmetrics.star_removal_measures`,
 in the display domain (linear data with the input's network stretch). Time: the network's
@@ -62,23 +63,25 @@ from astroflow.restoration.starless import classical_star_removal, remove_stars
 from astroflow.restoration.starmetrics import crop_windows, measurement_pair, star_removal_measures
 from astroflow.restoration.starnet import (
     clamp_holes,
+    clean_answer,
     inpaint_residuals,
     load_starless,
     predictor,
-    subtract_profiles,
 )
 from astroflow.workflow.plots import comparison_crops
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 CLASSICAL = {"threshold_sigma": 3.0, "grow": 2.0, "radius": 5}  # config.yaml starless.classical
-# The workflow's chain (astroflow.restoration.starnet.predictor's defaults).
-SHIPPED = "network (no holes, profiles subtracted, residuals inpainted)"
+# The workflow's chain (astroflow.restoration.starnet.predictor's defaults) and the one before it.
+PROFILES = "network (no holes, profiles subtracted, residuals inpainted)"
+SHIPPED = "network (no holes, profiles and spikes subtracted, residuals inpainted)"
 COLUMNS = [
     "image", "method", "seconds", "sources_before", "sources_after", "removed_fraction",
     "hole_median", "hole_worst", "hole_grey_median", "hole_stars", "ring_excess", "ring_channel_max",
     "ring_abs", "ring_stars", "saturated_stars", "saturated_ring", "saturated_ring_channel_max", "outside_rms",
-    "outside_max", "outside_bias", "outside_fraction", "noise",
+    "outside_max", "outside_bias", "outside_fraction", "spike_lines", "spike_arms", "spike_before", "spike_excess",
+    "noise",
 ]
 
 
@@ -177,12 +180,14 @@ def run_methods(image, encoding, raw_predict):
         cache["cleanup"] = time.perf_counter() - start
         return out
 
-    def shipped(display):
-        start = time.perf_counter()
-        out, cache["profiles"] = subtract_profiles(display, clamp_holes(display, cache["out"]))
-        out, cache["inpainted"] = inpaint_residuals(display, out)
-        cache["shipped"] = time.perf_counter() - start
-        return out
+    def chain(name, **steps):
+        def predict(display):
+            start = time.perf_counter()
+            out = clean_answer(display, cache["out"], **steps)
+            cache[name] = time.perf_counter() - start
+            return out
+
+        return predict
 
     def classical(display):
         start = time.perf_counter()
@@ -194,9 +199,9 @@ def run_methods(image, encoding, raw_predict):
     for method, predict in (
         ("network (no clamp)", network),
         ("network (no holes)", clamped()),
-        ("network (no holes, distrust 2)", clamped(distrust=2.0)),
         ("network (no holes, residuals inpainted)", cleaned),
-        (SHIPPED, shipped),
+        (PROFILES, chain(PROFILES, spikes=False)),
+        (SHIPPED, chain(SHIPPED)),
         ("classical", classical),
     ):
         results[method] = remove_stars(image, predict, encoding=encoding).starless
@@ -204,9 +209,8 @@ def run_methods(image, encoding, raw_predict):
             seconds[method] = cache["classical"]
         elif method == "network (no holes, residuals inpainted)":
             seconds[method] = cache["network"] + cache["cleanup"]
-        elif method == SHIPPED:
-            seconds[method] = cache["network"] + cache["shipped"]
-            print(f"  {cache['profiles']} star profiles subtracted, {cache['inpainted']} residuals inpainted")
+        elif method in (PROFILES, SHIPPED):
+            seconds[method] = cache["network"] + cache[method]
         else:
             seconds[method] = cache["network"] + (cache["clamp"] if method != "network (no clamp)" else 0.0)
     return results, seconds

@@ -71,6 +71,7 @@ rule starless:
         method=config["starless"]["method"],
         classical=config["starless"]["classical"],
         subtract_profiles=config["starless"]["subtract_profiles"],
+        subtract_spikes=config["starless"]["subtract_spikes"],
         inpaint_residuals=config["starless"]["inpaint_residuals"],
         tile=config["starless"]["tile"],
         overlap=config["starless"]["overlap"],

@@ -45,9 +45,12 @@ else:
         shape,
     )
     predict = predictor(model, tile=p.tile, overlap=p.overlap, batch=p.batch, profiles=p.subtract_profiles,
-                        residuals=p.inpaint_residuals)
-    cleanup = (", star profiles subtracted" if p.subtract_profiles else "") + (
-        ", residual stars inpainted" if p.inpaint_residuals else "")
+                        spikes=p.subtract_spikes, residuals=p.inpaint_residuals)
+    cleanup = (
+        (", star profiles subtracted" if p.subtract_profiles else "")
+        + (", spikes subtracted" if p.subtract_spikes else "")
+        + (", residual stars inpainted" if p.inpaint_residuals else "")
+    )
     history = [f"astroflow starless: weights {snakemake.input.weights}{cleanup}, {encoding} data"]
 result = remove_stars(image, predict, encoding=encoding, target_background=p.target_background)
 write_image(snakemake.output.fits, result.starless, derived_header(header, history))

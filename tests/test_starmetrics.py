@@ -21,6 +21,8 @@ from astroflow.restoration.starmetrics import (
     residual_sources,
     ring_energy,
     saturated_stars,
+    spike_angles,
+    spike_excess,
     star_removal_measures,
     to_display,
 )
@@ -32,6 +34,7 @@ from astroflow.restoration.starnet import (
     predictor,
     profile_stars,
     subtract_profiles,
+    subtract_spikes,
 )
 from astroflow.workflow.plots import comparison_crops
 
@@ -385,6 +388,86 @@ def test_what_the_network_left_of_bright_stars_is_subtracted_and_a_galaxy_is_kep
     kept = np.hypot(yy - 185, xx - 185) < 30
     assert np.array_equal(out[kept], answer[kept])
     assert (out <= display + 1e-6).all()
+
+SPIKED = [(70.2, 60.6), (190.3, 75.4), (80.7, 190.2), (200.1, 200.8)]
+
+
+def spiked_field(seed=2, size=272, angles=(30.0, 120.0)):
+    """Four large saturated white stars with crossed diffraction spikes (at ``angles`` degrees),
+    30 small stars, and a red filament running from the first star along its 30-degree spike, on
+    one side only (nebulosity, which must stay).
+
+    Returns the display image, the network's imagined answer (every star removed, the spikes
+    left), the same answer without the spikes, the truth (sky, noise, filament) and the spikes.
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size].astype(np.float64)
+    sky = SKY + 0.04 * yy / size
+    truth = np.repeat(sky[:, :, None], 3, axis=2) + rng.normal(0.0, SIGMA, (size, size, 3))
+    x0, y0 = SPIKED[0]
+    th = np.radians(30.0)
+    along = (xx - x0) * np.cos(th) + (yy - y0) * np.sin(th)
+    across = -(xx - x0) * np.sin(th) + (yy - y0) * np.cos(th)
+    filament = 0.15 * np.exp(-across**2 / (2 * 1.5**2)) * (along > 0) * np.exp(-along / 80.0)
+    truth += filament[:, :, None] * np.array([1.0, 0.0, 0.0])
+    spikes = np.zeros((size, size))
+    cores = np.zeros((size, size))
+    for x, y in SPIKED:
+        r = np.hypot(xx - x, yy - y)
+        cores += 4.0 * (1 + (r / 5.0) ** 2) ** -1.5
+        for angle in angles:
+            a = np.radians(angle)
+            t = (xx - x) * np.cos(a) + (yy - y) * np.sin(a)
+            s = -(xx - x) * np.sin(a) + (yy - y) * np.cos(a)
+            spikes += 0.25 * np.exp(-s**2 / (2 * 0.8**2)) * np.exp(-np.abs(t) / 20.0) * (np.abs(t) > 3)
+    small = np.zeros((size, size))
+    for y, x in rng.uniform(10, size - 10, (30, 2)):
+        small += 0.4 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * 1.3**2))
+    white = np.array([1.0, 0.97, 1.04])
+    answer = np.clip(truth + spikes[:, :, None] * white, 0.0, 1.0).astype(np.float32)
+    display = np.clip(answer + (cores + small)[:, :, None] * white, 0.0, 1.0).astype(np.float32)
+    return display, answer, np.clip(truth, 0.0, 1.0).astype(np.float32), truth.astype(np.float32), spikes
+
+
+def test_diffraction_spikes_left_by_the_network_are_found_and_subtracted_and_a_filament_stays():
+    display, answer, no_spikes, truth, spikes = spiked_field()
+    stars = saturated_stars(display)
+    assert len(stars.x) == 4
+    angles = spike_angles(answer, stars)
+    assert sorted(angles.tolist()) in ([29, 120], [30, 120], [30, 119], [30, 121], [31, 120], [29, 119], [31, 121])
+    # no spikes, no directions: not the filament (one side of one star), not the noise
+    assert len(spike_angles(no_spikes, stars)) == 0
+    out, n = subtract_spikes(display, answer, stars, angles)
+    assert n == 16  # 4 stars, 2 lines, 2 arms
+    # on the spikes, beyond a quarter of the stars' FWHM (inside, the core is the clamp's)
+    yy, xx = np.mgrid[: display.shape[0], : display.shape[1]]
+    r = np.min([np.hypot(xx - x, yy - y) for x, y in SPIKED], axis=0)
+    on = (spikes > 0.05) & (r > 0.25 * stars.fwhm.max() + 1)
+    before = np.mean((answer - truth)[on]) / SIGMA
+    after = np.mean((out - truth)[on]) / SIGMA
+    assert before > 8 and abs(after) < 1.0
+    measured = spike_excess(display, out, stars, angles=angles)
+    assert measured["spike_arms"] == 16 and measured["spike_before"] > 5
+    assert spike_excess(display, answer, stars, angles=angles)["spike_excess"] > 5
+    # (the spike-free truth measures +0.24 here: the filament along one arm)
+    assert abs(measured["spike_excess"]) < 0.1 * measured["spike_before"]
+    assert (out <= display + 1e-6).all() and (out >= 0).all()
+    # the red filament along the first star's spike keeps its red light
+    x0, y0 = SPIKED[0]
+    th = np.radians(30.0)
+    along = (xx - x0) * np.cos(th) + (yy - y0) * np.sin(th)
+    across = -(xx - x0) * np.sin(th) + (yy - y0) * np.cos(th)
+    ridge = (np.abs(across) < 0.6) & (along > 8) & (along < 40)
+    red = (out - truth)[ridge, 0].mean() + 0.15 * np.exp(-along[ridge] / 80.0).mean()
+    assert red > 0.8 * 0.15 * np.exp(-along[ridge] / 80.0).mean()
+    # away from every spike, nothing changes; with no directions, nothing at all
+    far = spikes < 1e-6
+    assert np.array_equal(out[far & (np.abs(across) > 4)], answer[far & (np.abs(across) > 4)])
+    same, none = subtract_spikes(display, answer, stars, np.zeros(0, dtype=int))
+    assert none == 0 and np.array_equal(same, answer)
+    with pytest.raises(ValueError, match="one \\(H, W, C\\) shape"):
+        subtract_spikes(display, answer[:, :, :1], stars, angles)
+
 
 # --- the crops of the report ------------------------------------------------------------
 

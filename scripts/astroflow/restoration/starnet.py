@@ -30,10 +30,21 @@ import torch
 from astroflow.nets.tiling import predict_tiled
 from astroflow.nets.unet import WeightsError, load_weights
 from astroflow.restoration.starless import inpaint
-from astroflow.restoration.starmetrics import detect, noise_sigma, residual_detections, saturated_stars
+from astroflow.restoration.starmetrics import (
+    SPIKE_ON,
+    detect,
+    grey,
+    noise_sigma,
+    residual_detections,
+    saturated_stars,
+    spike_angles,
+    spike_arm,
+    spike_reach,
+)
 
 __all__ = [
     "clamp_holes",
+    "clean_answer",
     "default_device",
     "inpaint_residuals",
     "load_starless",
@@ -43,6 +54,7 @@ __all__ = [
     "removed_fraction",
     "stellar_fwhm",
     "subtract_profiles",
+    "subtract_spikes",
 ]
 
 log = logging.getLogger(__name__)
@@ -590,7 +602,168 @@ def subtract_profiles(display, starless, stars=None, *, reach=4.0, max_radius=20
     return out, len(stars.x)
 
 
-def predictor(model, *, tile=256, overlap=32, batch=4, device=None, no_holes=True, profiles=True, residuals=True):
+def subtract_spikes(display, starless, stars, angles, *, sigma=None, reach=4.0, max_radius=200, end=0.5, smooth=7):
+    """Take away what is left of the stars' diffraction spikes along the given directions.
+
+    Along each arm of each spike (:func:`spike_angles`) of each star, the sky either side is the
+    median of reference lines 4-7 px to either side, at each distance from the star
+    (:func:`astroflow.restoration.starmetrics.spike_arm`), and the arm ends where the input's
+    excess over it (the middle three lines, smoothed over 9 px) falls below ``end`` noise sigmas.
+    Up to there, every pixel within 2.5 px of the line gets its excess over that sky, in the
+    input and in the answer, averaged in bins 1 px along the spike and 0.5 px across it and then
+    over ``smooth`` bins along it (pixels, not resampled lines: a spike 1-2 px wide keeps its
+    peak). The answer's positive excess, capped at the input's, is subtracted as far as it has
+    the spike's colour (the star's: the median over its arms of each arm's mean colour in the
+    input), as much of that colour as the middle channel holds, and never more in a channel
+    than its own excess: nebulosity along a spike that one channel holds (an H-alpha nebula's
+    red) stays. The result is never above the input nor below 0. The round part of a star is
+    :func:`subtract_profiles`'s, whose azimuthal medians leave the spikes; inside a quarter of
+    the star's FWHM (:func:`astroflow.restoration.starmetrics.spike_reach`), the clamped core,
+    nothing is done.
+
+    Parameters
+    ----------
+    display : numpy.ndarray
+        ``(H, W, C)`` float32, the network's input, in ``[0, 1]``.
+    starless : numpy.ndarray
+        ``(H, W, C)`` float32, the network's answer (after the clamp and the profiles).
+    stars : astroflow.restoration.starmetrics.StarCatalog
+        The stars whose spikes are taken (the saturated ones).
+    angles : numpy.ndarray
+        Spike directions in degrees (:func:`spike_angles`).
+    sigma : float or None, optional
+        Noise sigma of the grey ``display`` (display units); estimated when None.
+    reach, max_radius : float, optional
+        Longest spike: ``reach`` FWHM, at most ``max_radius`` px.
+    end : float, optional
+        The input's excess (noise sigmas) at which a spike ends.
+    smooth : int, optional
+        Bins (px) along a spike over which each pixel's excess is averaged.
+
+    Returns
+    -------
+    out : numpy.ndarray
+        ``(H, W, C)`` float32.
+    n : int
+        Spike arms subtracted.
+
+    Raises
+    ------
+    ValueError
+        Shapes that differ or are not ``(H, W, C)``.
+    """
+    display = np.asarray(display, dtype=np.float32)
+    starless = np.asarray(starless, dtype=np.float32)
+    if display.shape != starless.shape or display.ndim != 3:
+        raise ValueError(f"display {display.shape} and starless {starless.shape} must be one (H, W, C) shape")
+    out = starless.copy()
+    if not len(stars.x) or not len(angles):
+        return out, 0
+    h, w, c = display.shape
+    sigma = noise_sigma(grey(display)) if sigma is None else sigma
+    half_width = float(SPIKE_ON[-1]) + 0.5
+    bins = int(round(4 * half_width))
+    n = 0
+    for x, y, fwhm in zip(stars.x, stars.y, stars.fwhm):
+        inner, outer = spike_reach(fwhm, reach, max_radius)
+        y0, y1 = max(0, int(y) - outer), min(h, int(y) + outer + 1)
+        x0, x1 = max(0, int(x) - outer), min(w, int(x) + outer + 1)
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        arms = []
+        for angle in angles:
+            for direction in (angle, angle + 180.0):
+                e_in, _, stop, sky_in, sky_out = spike_arm(display, out, x, y, direction, inner, outer, sigma=sigma,
+                                                           end=end)
+                if stop:
+                    arms.append((direction, stop, sky_in, sky_out, e_in[:stop, 1:-1].mean(axis=(0, 1))))
+        if not arms:
+            continue
+        # The spikes' colour is the star's: the median over its arms of each arm's colour, so
+        # that nebulosity along one arm does not tint it.
+        tints = np.array([np.clip(arm[4], 0.0, None) for arm in arms])
+        tints /= np.maximum(tints.mean(axis=1, keepdims=True), 1e-12)
+        colour = np.median(tints, axis=0)
+        colour = colour / colour.mean() if colour.mean() > 0 else np.ones(c)
+        for direction, stop, sky_in, sky_out, _ in arms:
+            th = np.radians(direction)
+            along = (xx - x) * np.cos(th) + (yy - y) * np.sin(th) - inner
+            across = -(xx - x) * np.sin(th) + (yy - y) * np.cos(th)
+            hit = (along > -0.5) & (along < stop - 0.5) & (np.abs(across) <= half_width)
+            if not hit.any():
+                continue
+            # each pixel's excess over the sky either side, averaged in bins 1 px along the
+            # spike and 0.5 px across it, then over `smooth` bins along it
+            tb = np.round(along[hit]).astype(np.int64)
+            sb = np.minimum(((across[hit] + half_width) * 2).astype(np.int64), bins - 1)
+            index = tb * bins + sb
+            counts = np.bincount(index, minlength=stop * bins).reshape(stop, bins).astype(np.float64)
+            counts = ndi.uniform_filter1d(counts, smooth, axis=0, mode="constant")
+            window = out[y0:y1, x0:x1]
+            excess = []
+            for image, sky in ((display[y0:y1, x0:x1], sky_in), (window, sky_out)):
+                e = image[hit] - sky[tb]
+                binned = np.stack([np.bincount(index, e[:, k], minlength=stop * bins) for k in range(c)], axis=1)
+                binned = ndi.uniform_filter1d(binned.reshape(stop, bins, c), smooth, axis=0, mode="constant")
+                excess.append((binned / np.maximum(counts, 1e-9)[:, :, None])[tb, sb])
+            take = np.clip(excess[1], 0.0, np.clip(excess[0], 0.0, None))  # (N, C)
+            # only light of the spike's colour: as much as the middle channel holds (light that one
+            # channel holds alone, a nebula's, stays; the middle one, unlike the least, is not
+            # biased low by the noise)
+            amount = np.median(take / np.maximum(colour, 1e-6), axis=1, keepdims=True)
+            amount = np.minimum(amount * colour, take) if c > 1 else take
+            window[hit] -= amount.astype(np.float32)
+            np.clip(window, 0.0, display[y0:y1, x0:x1], out=window)
+            n += 1
+    return out, n
+
+
+def clean_answer(display, answer, *, profiles=True, spikes=True, residuals=True):
+    """The network's answer made safe and finished: the chain :func:`predictor` runs after it.
+
+    :func:`clamp_holes`, then optionally :func:`subtract_profiles` (of :func:`profile_stars`),
+    :func:`subtract_spikes` (of the saturated stars, along :func:`spike_angles` of what is
+    left) and :func:`inpaint_residuals`, in that order, with one noise estimate and one SEP
+    detection of the input for all of them.
+
+    Parameters
+    ----------
+    display : numpy.ndarray
+        ``(H, W, C)`` float32, the network's input, in ``[0, 1]``.
+    answer : numpy.ndarray
+        ``(H, W, C)`` float32, the network's raw answer.
+    profiles, spikes, residuals : bool, optional
+        Run that step (all by default, as the workflow does).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(H, W, C)`` float32 starless display data.
+
+    Raises
+    ------
+    ValueError
+        Shapes that differ or are not ``(H, W, C)``, or non-finite pixels.
+    """
+    display = np.asarray(display, dtype=np.float32)
+    noise = [noise_sigma(display[:, :, k]) for k in range(display.shape[2])]
+    out = clamp_holes(display, answer, noise=noise)
+    catalog = detect(display) if profiles or spikes or residuals else None
+    if profiles:
+        out, n = subtract_profiles(display, out, profile_stars(display, out, catalog), noise=noise)
+        log.info("%d star profiles subtracted", n)
+    if spikes:
+        bright = saturated_stars(display, catalog)
+        angles = spike_angles(out, bright)
+        out, n = subtract_spikes(display, out, bright, angles)
+        log.info("spikes at %s degrees: %d spike arms subtracted", angles.tolist(), n)
+    if residuals:
+        out, n = inpaint_residuals(display, out, catalog)
+        log.info("%d residual stars inpainted", n)
+    return out
+
+
+def predictor(model, *, tile=256, overlap=32, batch=4, device=None, no_holes=True, profiles=True, spikes=True,
+              residuals=True):
     """A function from display data to the network's starless display data, tiled.
 
     Parameters
@@ -608,6 +781,11 @@ def predictor(model, *, tile=256, overlap=32, batch=4, device=None, no_holes=Tru
     profiles : bool, optional
         With ``no_holes``, also :func:`subtract_profiles`: what the network left of the large
         saturated stars and of the bright stars it removed in part (default).
+    spikes : bool, optional
+        With ``no_holes``, also :func:`subtract_spikes`: what the network left of the large
+        saturated stars' diffraction spikes, along the directions
+        :func:`astroflow.restoration.starmetrics.spike_angles` finds in its answer (default),
+        after ``profiles``.
     residuals : bool, optional
         With ``no_holes``, also :func:`inpaint_residuals` the stars the network left (default),
         after ``profiles``.
@@ -629,17 +807,7 @@ def predictor(model, *, tile=256, overlap=32, batch=4, device=None, no_holes=Tru
         out = network(display)
         if not no_holes:
             return out
-        # one noise estimate and one detection of the input for every step
-        noise = [noise_sigma(display[:, :, k]) for k in range(display.shape[2])]
-        out = clamp_holes(display, out, noise=noise)
-        catalog = detect(display) if profiles or residuals else None
-        if profiles:
-            out, n = subtract_profiles(display, out, profile_stars(display, out, catalog), noise=noise)
-            log.info("%d star profiles subtracted", n)
-        if residuals:
-            out, n = inpaint_residuals(display, out, catalog)
-            log.info("%d residual stars inpainted", n)
-        return out
+        return clean_answer(display, out, profiles=profiles, spikes=spikes, residuals=residuals)
 
     def network(display):
         c = display.shape[2]
