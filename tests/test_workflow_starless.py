@@ -117,7 +117,7 @@ def test_cave_nebula_loses_its_stars_and_recombines_exactly(images_run):
     assert png.dtype == np.uint8 and png.shape == image.shape
     # Its crossed diffraction spikes (measured 2026-12-03, shipped weights: the input 5.9 noise
     # sigmas along the spikes of its 12 saturated stars, what the network and the profiles left
-    # 1.33, after subtract_spikes 0.16; the classical baseline 0.12) are found and taken.
+    # 1.31, after subtract_spikes 0.13; the classical baseline 0.12) are found and taken.
     log = (work / "logs" / "starless" / "cave.log").read_text()
     found = re.search(r"spikes at \[(\d+), (\d+)\] degrees: (\d+) spike arms subtracted", log)
     assert found, log
