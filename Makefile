@@ -27,7 +27,8 @@ lint: $(STAMP)
 
 # Three workers on the 2 CI cores, one test file each (module fixtures run once): the workflow
 # tests spend much of their time waiting on Snakemake, SLURM's status checks and apt, and a third
-# worker's CPU work fills it (clean clone, 2 cores: 21:39 with two workers, 19:23 with three).
+# worker's CPU work fills it (clean clone, 2 cores: 21:39 with two workers, 19:23 with three;
+# 14:28 on 2026-12-03 with the files in their measured order: this machine's speed varies).
 test: lint
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -n 3 --dist loadfile --no-loadscope-reorder --durations=20
 
