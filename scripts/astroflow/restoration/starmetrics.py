@@ -95,6 +95,15 @@ def _check_finite(image, name):
         raise ValueError(f"{name} holds NaN or infinite pixels (fill or crop them first)")
 
 
+def _finite_pair(before, after):
+    """``before, after`` (an input and its starless image), checked for one shape and finite pixels."""
+    if before.shape != after.shape:
+        raise ValueError(f"input {before.shape} and starless {after.shape} differ in shape")
+    _check_finite(before, "input")
+    _check_finite(after, "starless image")
+    return before, after
+
+
 def to_display(image, *, encoding, bits=None, stretch=None):
     """The display-domain version of an image that the measures work on.
 
@@ -663,11 +672,7 @@ def outside_change(starry, starless, stars=None, *, grow=2.0, min_grow=3):
     ValueError
         Non-finite pixels, or shapes that differ.
     """
-    before, after = grey(starry), grey(starless)
-    if before.shape != after.shape:
-        raise ValueError(f"input {before.shape} and starless {after.shape} differ in shape")
-    _check_finite(before, "input")
-    _check_finite(after, "starless image")
+    before, after = _finite_pair(grey(starry), grey(starless))
     stars = detect(before) if stars is None else stars
     radius = max(int(np.ceil(grow * np.median(stars.fwhm))) if len(stars) else 0, min_grow)
     disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
@@ -914,11 +919,7 @@ def spike_excess(starry, starless, stars=None, *, angles=None, reach=4.0, max_ra
     ValueError
         Shapes that differ, or non-finite pixels.
     """
-    before, after = _channels(starry), _channels(starless)
-    if before.shape != after.shape:
-        raise ValueError(f"input {before.shape} and starless image {after.shape} differ in shape")
-    _check_finite(before, "input")
-    _check_finite(after, "starless image")
+    before, after = _finite_pair(_channels(starry), _channels(starless))
     stars = saturated_stars(before) if stars is None else stars
     sigma = noise_sigma(grey(before))
     angles = spike_angles(before, stars) if angles is None else np.asarray(angles)

@@ -237,10 +237,7 @@ def clamp_holes(display, starless, *, low=1.0, high=3.0, exclude=2.0, grow=2, di
     The filled value is the smooth sky, without the input's noise: a filled hole is a
     noiseless patch at the sky level.
     """
-    display = np.asarray(display, dtype=np.float32)
-    starless = np.asarray(starless, dtype=np.float32)
-    if display.shape != starless.shape or display.ndim != 3:
-        raise ValueError(f"display {display.shape} and starless {starless.shape} must be one (H, W, C) shape")
+    display, starless = _answer_pair(display, starless)
     c = display.shape[2]
     if noise is None:
         noise = [noise_sigma(display[:, :, k]) for k in range(c)]
@@ -273,6 +270,15 @@ def clamp_holes(display, starless, *, low=1.0, high=3.0, exclude=2.0, grow=2, di
 
 
 GAUSS_FWHM = 2.0 * np.sqrt(2.0 * np.log(2.0))  # FWHM / sigma of a Gaussian
+
+
+def _answer_pair(display, starless):
+    """The input and a star remover's answer as float32, checked to be one ``(H, W, C)`` shape."""
+    display = np.asarray(display, dtype=np.float32)
+    starless = np.asarray(starless, dtype=np.float32)
+    if display.shape != starless.shape or display.ndim != 3:
+        raise ValueError(f"display {display.shape} and starless {starless.shape} must be one (H, W, C) shape")
+    return display, starless
 
 
 def removed_fraction(display, starless, stars):
@@ -387,10 +393,7 @@ def inpaint_residuals(
     ValueError
         Shapes that differ or are not ``(H, W, C)``, or non-finite pixels.
     """
-    display = np.asarray(display, dtype=np.float32)
-    starless = np.asarray(starless, dtype=np.float32)
-    if display.shape != starless.shape or display.ndim != 3:
-        raise ValueError(f"display {display.shape} and starless {starless.shape} must be one (H, W, C) shape")
+    display, starless = _answer_pair(display, starless)
     out, total = starless.copy(), 0
     h, w = display.shape[:2]
     catalog = detect(display, threshold_sigma=threshold_sigma, min_area=min_area) if catalog is None else catalog
@@ -568,10 +571,7 @@ def subtract_profiles(display, starless, stars=None, *, reach=4.0, max_radius=20
     ValueError
         Shapes that differ or are not ``(H, W, C)``.
     """
-    display = np.asarray(display, dtype=np.float32)
-    starless = np.asarray(starless, dtype=np.float32)
-    if display.shape != starless.shape or display.ndim != 3:
-        raise ValueError(f"display {display.shape} and starless {starless.shape} must be one (H, W, C) shape")
+    display, starless = _answer_pair(display, starless)
     if stars is None:
         stars = profile_stars(display, starless)
     out = starless.copy()
@@ -675,10 +675,7 @@ def subtract_spikes(display, starless, stars, angles, *, sigma=None, reach=4.0, 
     ValueError
         Shapes that differ or are not ``(H, W, C)``.
     """
-    display = np.asarray(display, dtype=np.float32)
-    starless = np.asarray(starless, dtype=np.float32)
-    if display.shape != starless.shape or display.ndim != 3:
-        raise ValueError(f"display {display.shape} and starless {starless.shape} must be one (H, W, C) shape")
+    display, starless = _answer_pair(display, starless)
     out = starless.copy()
     if not len(stars.x) or not len(angles):
         return out, 0
