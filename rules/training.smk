@@ -43,6 +43,7 @@ rule starless_shard:
         seed=config["training"]["starless"]["seed"],
         size=config["training"]["starless"]["sample_size"],
         samples=config["training"]["starless"]["samples_per_shard"],
+        mono_fraction=config["training"]["starless"]["mono_fraction"],
     script:
         "../scripts/starless_shard.py"
 

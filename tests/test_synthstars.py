@@ -122,6 +122,30 @@ def test_shard_sequence_seed_and_mono(tmp_path):
     np.testing.assert_allclose(data["starless"][0, 0], s0.starless[..., 0], atol=1e-5)
 
 
+def test_rgb_shard_mono_fraction_renders_grey_samples(tmp_path):
+    """mono_fraction: those samples are the mono render in three equal channels, the others
+    the RGB render they would be without it; the choice is recorded and deterministic."""
+    make_shard(tmp_path / "rgb.npz", 12, 4, size=48)
+    make_shard(tmp_path / "mix.npz", 12, 4, size=48, mono_fraction=0.5)
+    make_shard(tmp_path / "mix2.npz", 12, 4, size=48, mono_fraction=0.5)
+    rgb, mix = load_shard(tmp_path / "rgb.npz"), load_shard(tmp_path / "mix.npz")
+    assert rgb["meta"]["mono"] == [False] * 12 and rgb["meta"]["mono_fraction"] == 0.0
+    mono = np.array(mix["meta"]["mono"])
+    assert 0 < mono.sum() < 12 and mix["meta"]["mono"] == load_shard(tmp_path / "mix2.npz")["meta"]["mono"]
+    assert mix["starry"].shape == (12, 3, 48, 48)
+    for i in range(12):
+        spread = np.ptp(mix["starry"][i], axis=0).max()
+        if mono[i]:
+            assert spread == 0.0
+            grey = render_sample(np.random.default_rng([4, i]), 48, channels=1)
+            np.testing.assert_allclose(mix["starless"][i, 1], grey.starless[..., 0], atol=1e-5)
+        else:
+            assert spread > 0.0
+            np.testing.assert_array_equal(mix["starry"][i], rgb["starry"][i])
+    with pytest.raises(ValueError, match="mono_fraction"):
+        make_shard(tmp_path / "bad.npz", 1, 4, size=48, mono_fraction=1.5)
+
+
 def test_mono_sample():
     s = sample(1, "nebula", channels=1, overrides=SPARSE)
     for image in (s.starry, s.starless, s.linear_starry, s.linear_starless):
