@@ -504,10 +504,12 @@ def make_shard(path, n_samples, seed, *, size=256, channels=3, stamps=None, mono
     the stream ``[*seed, i, 1]``) are rendered mono and stored as three equal channels, which is
     how :func:`astroflow.restoration.starnet.predictor` gives a mono image to the network: a
     mono camera's grey stars on a grey sky, without the colour that tells an RGB star from a
-    knot of nebulosity. Without them, fine-tuning on RGB data taught the network to leave
-    part of a mono star: the median fraction of their peak removed on the workflow's SBIG
-    stack fell from 0.97 (``models/starless-v1.pt``) to 0.92 (``models/starless.pt``) and to
-    0.79 after 3000 more steps (2026-12-03).
+    knot of nebulosity. Measured on the workflow's real SBIG stack (2026-12-03; median
+    fraction of the stars' peak removed by the network): 0.97 with ``models/starless-v1.pt``,
+    0.92 with ``models/starless.pt`` (fine-tuned on RGB data), 0.79 after 3000 more steps on
+    RGB shards, and with a quarter of the samples mono 0.83 after 3000 steps but 0.76 after
+    4200: the mono samples do not stop that drift (``models/starless.json``,
+    ``fine_tunes_not_shipped_2026_12_03``).
 
     Parameters
     ----------
