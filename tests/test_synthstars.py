@@ -118,6 +118,7 @@ def test_shard_sequence_seed_and_mono(tmp_path):
     data = load_shard(path)
     assert data["starry"].shape == (2, 1, 48, 48) and data["starless"].shape == (2, 1, 48, 48)
     assert data["meta"]["seed"] == [5, 123, 0] and data["meta"]["channels"] == 1
+    assert data["meta"]["mono"] == [True, True]
     s0 = render_sample(np.random.default_rng([5, 123, 0, 0]), 48, channels=1)
     np.testing.assert_allclose(data["starless"][0, 0], s0.starless[..., 0], atol=1e-5)
 

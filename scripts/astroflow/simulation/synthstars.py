@@ -540,7 +540,7 @@ def make_shard(path, n_samples, seed, *, size=256, channels=3, stamps=None, mono
         applies to the stored values divided by 65535), ``encoding`` (``"float"``,
         ``"uint8"`` or ``"jpeg"``: the stretch inverts the 8-bit ones only up to their
         rounding and compression), ``stamp_stars`` (stars pasted from real stamps), ``mono``
-        (the sample was rendered mono), ``mono_fraction``, and ``stamps``, the library's
+        (the sample was rendered mono: all of a mono shard's), ``mono_fraction``, and ``stamps``, the library's
         :meth:`StampLibrary.summary` (or None).
 
     Raises
@@ -566,17 +566,17 @@ def make_shard(path, n_samples, seed, *, size=256, channels=3, stamps=None, mono
     kinds, stretches, encodings, stamp_stars, monos = [], [], [], [], []
     for i in range(n_samples):
         rng = np.random.default_rng(entropy + [i])
-        mono = channels == 3 and bool(np.random.default_rng(entropy + [i, 1]).random() < mono_fraction)
-        s = render_sample(rng, size, channels=1 if mono else channels, stamps=library)
-        starry[i] = _to_uint16(s.starry)  # a mono sample's one channel broadcasts to all three
+        mono = channels == 1 or bool(np.random.default_rng(entropy + [i, 1]).random() < mono_fraction)
+        s = render_sample(rng, size, channels=1 if mono else 3, stamps=library)
+        starry[i] = _to_uint16(s.starry)  # in an RGB shard, a mono sample's channel broadcasts to all three
         starless[i] = _to_uint16(s.starless)
-        monos.append(mono)
         footprint[i] = s.footprint
         star_flux[i] = s.star_flux_linear
         kinds.append(s.kind)
         stretches.append(s.stretch)
         encodings.append(s.params["encoding"])
         stamp_stars.append(int((s.stars["stamp"] >= 0).sum()))
+        monos.append(mono)
     meta = {
         "version": VERSION,
         "seed": entropy[0] if np.isscalar(seed) else entropy,
